@@ -1,0 +1,188 @@
+/*
+ * internal.h — the internal prototypes of libfragless, grouped per file.
+ *
+ * Owns: nothing but declarations. Each section below belongs to one .c file and lists what
+ * that file offers to the others. Layers (DESIGN.md §2): interpose → heap → segment/vmm →
+ * driver; config, log, stats, trace and shm are side paths any layer may use. No layer calls
+ * upward, and only driver.c calls libcuda.
+ */
+#ifndef FRAGLESS_INTERNAL_H
+#define FRAGLESS_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cuda.h>
+
+#include "fragless.h"
+
+#define FL_EXPORT __attribute__((visibility("default")))
+#define FL_UNUSED __attribute__((unused))
+#define FL_LIKELY(x) __builtin_expect(!!(x), 1)
+#define FL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define FL_KiB ((size_t)1 << 10)
+#define FL_MiB ((size_t)1 << 20)
+#define FL_GiB ((size_t)1 << 30)
+
+/* Most devices fragless keeps state for. */
+#define FL_MAX_DEVICES 64
+
+/* ---- log.c: the one path for every message ------------------------------------------- */
+
+enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+
+/* Per call-site rate limiter state; zero-initialized static storage is ready to use. */
+struct log_site {
+    uint64_t window_start_ns;
+    uint32_t count;
+    uint32_t suppressed;
+};
+
+/* Messages at or below this level are printed (set from config `verbose`). */
+void log_set_level(int level);
+int log_get_level(void);
+/* Prints "fragless: <msg>\n" to stderr if `level` is enabled and the site's and the global
+ * budget allow; otherwise counts it as suppressed and says so once the window reopens. */
+void log_site_printf(struct log_site *site, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Async-signal-safe: write(2) of "fragless: <msg>\n", no formatting, no locks. */
+void log_signal_safe(const char *msg);
+
+#define LOG_AT(level, ...)                                                                     \
+    do {                                                                                       \
+        static struct log_site log_site_;                                                      \
+        log_site_printf(&log_site_, (level), __VA_ARGS__);                                     \
+    } while (0)
+#define log_error(...) LOG_AT(LOG_ERROR, __VA_ARGS__)
+#define log_warn(...) LOG_AT(LOG_WARN, __VA_ARGS__)
+#define log_info(...) LOG_AT(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) LOG_AT(LOG_DEBUG, __VA_ARGS__)
+
+/* ---- config.c: FRAGLESS_CONF ------------------------------------------------------------ */
+
+#define CONF_PATH_MAX 512
+/* roundup_power2_divisions is kept per power-of-two size interval, as PyTorch does:
+ * interval i covers sizes in [2^(i+CONF_RP2_FIRST_SHIFT-1), 2^(i+CONF_RP2_FIRST_SHIFT)). */
+#define CONF_RP2_INTERVALS 64
+
+struct config {
+    bool passthrough;                /* passthrough: everything straight to the driver */
+    bool strict;                     /* strict: a bad pair is fatal at first use */
+    int verbose;                     /* verbose: 0 errors, 1 +resolved config, 2 info, 3 debug */
+    char driver_path[CONF_PATH_MAX]; /* driver: path of libcuda to load ("" = libcuda.so.1) */
+    int expandable_segments;         /* expandable_segments: -1 auto (VMM if supported), 0, 1 */
+    size_t max_split_size;           /* max_split_size_mb, bytes; SIZE_MAX = unlimited */
+    uint32_t roundup_power2_divisions[CONF_RP2_INTERVALS]; /* 0 = no rounding beyond 512 B */
+    double garbage_collection_threshold; /* fraction of device memory; 0 = off */
+    size_t release_threshold;        /* release_threshold_mb, bytes; SIZE_MAX = keep all */
+    size_t page_size;                /* page_size_mb, bytes; multiple of the granularity */
+    char trace_path[CONF_PATH_MAX];  /* trace: record events to PATH.devN ("" = off) */
+    bool trace_extensions;           /* trace_extensions: record actions beyond RMM's */
+    char report[CONF_PATH_MAX];      /* report: "stderr" or PATH ("" = off) */
+    bool stats_page;                 /* stats_page: publish /dev/shm page for fragstat */
+};
+
+/* One rejected key:value pair, with the message that names what is accepted. */
+struct conf_error {
+    char message[256];
+};
+
+void config_defaults(struct config *c);
+/* Pure: parses `text` into `c` (which holds defaults or earlier values). Each bad pair adds
+ * one entry to errs (up to max_errs) and is skipped; good pairs still apply. Returns the
+ * number of bad pairs. */
+int config_parse(const char *text, struct config *c, struct conf_error *errs, int max_errs);
+/* Writes the resolved configuration, one "key:value" per line, into buf. */
+void config_format(const struct config *c, char *buf, size_t len);
+/* The process's configuration: FRAGLESS_CONF parsed once (thread-safe, lazily), errors
+ * reported once on stderr; with strict:true a bad pair aborts the process here. */
+const struct config *config_get(void);
+
+/* ---- driver.c: the only file that calls libcuda ---------------------------------------- */
+
+enum drv_feature {
+    DRV_FEATURE_ASYNC, /* cuMemAllocAsync / cuMemFreeAsync */
+    DRV_FEATURE_VMM,   /* cuMemAddressReserve ... cuMemSetAccess */
+    DRV_FEATURE_COUNT
+};
+
+/* Loads the driver once (dlopen of config's driver path or libcuda.so.1) and resolves every
+ * entry point; thread-safe and re-entrant. Does not call cuInit. */
+CUresult drv_load(void);
+/* drv_load() + cuInit(0) once. */
+CUresult drv_init(void);
+bool drv_has(enum drv_feature f);
+/* The real driver function for a CUDA entry point name as the driver's own cuGetProcAddress
+ * would return it (used for pass-through and by the resolvers); NULL if unknown. */
+void *drv_real_proc(const char *symbol, int cuda_version, cuuint64_t flags,
+                    CUdriverProcAddressQueryResult *status);
+/* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
+uint64_t drv_call_count(void);
+uint64_t drv_call_ns(void);
+
+CUresult drv_ctx_get_current(CUcontext *ctx);
+CUresult drv_ctx_set_current(CUcontext ctx);
+CUresult drv_ctx_get_device(CUdevice *dev);
+CUresult drv_ctx_synchronize(void);
+CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev);
+CUresult drv_primary_ctx_release(CUdevice dev);
+CUresult drv_device_get_count(int *count);
+CUresult drv_device_get_attribute(int *value, CUdevice_attribute attr, CUdevice dev);
+CUresult drv_device_total_mem(size_t *bytes, CUdevice dev);
+CUresult drv_mem_get_info(size_t *free_bytes, size_t *total_bytes);
+CUresult drv_mem_alloc(CUdeviceptr *ptr, size_t size);
+CUresult drv_mem_free(CUdeviceptr ptr);
+CUresult drv_mem_alloc_async(CUdeviceptr *ptr, size_t size, CUstream stream);
+CUresult drv_mem_free_async(CUdeviceptr ptr, CUstream stream);
+CUresult drv_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
+CUresult drv_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr);
+CUresult drv_stream_is_capturing(CUstream stream, CUstreamCaptureStatus *status);
+CUresult drv_stream_synchronize(CUstream stream);
+CUresult drv_event_create(CUevent *event, unsigned int flags);
+CUresult drv_event_destroy(CUevent event);
+CUresult drv_event_record(CUevent event, CUstream stream);
+CUresult drv_event_query(CUevent event);
+CUresult drv_event_synchronize(CUevent event);
+CUresult drv_mem_get_granularity(size_t *granularity, int device);
+CUresult drv_mem_address_reserve(CUdeviceptr *ptr, size_t size, size_t alignment);
+CUresult drv_mem_address_free(CUdeviceptr ptr, size_t size);
+CUresult drv_mem_create(CUmemGenericAllocationHandle *handle, size_t size, int device);
+CUresult drv_mem_release(CUmemGenericAllocationHandle handle);
+CUresult drv_mem_map(CUdeviceptr ptr, size_t size, CUmemGenericAllocationHandle handle);
+CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size);
+/* Read/write access for `device` and every peer device enabled for it. */
+CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device);
+
+/* ---- heap.c (and friends): the caching allocator ---------------------------------------- */
+
+enum heap_mode {
+    HEAP_SYNC,  /* cudaMalloc/cuMemAlloc, cudaFree/cuMemFree: device-wide ordering */
+    HEAP_ASYNC, /* the stream-ordered forms: ordered on `stream` */
+};
+
+/* Allocates `size` bytes (0 is allowed and returns a unique minimal block) on `device` for
+ * the current context's use, ordered on `stream` when mode is HEAP_ASYNC. */
+CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mode,
+                    CUdeviceptr *out);
+/* Frees `ptr` if fragless handed it out; *foreign = true (and nothing done) otherwise. */
+CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *foreign);
+/* The live block containing `ptr`: its base, requested size and device. False if none. */
+bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device);
+/* Bytes of `device` a new request could take without asking the driver. */
+size_t heap_cached_bytes(int device);
+int heap_get_stats(int device, fragless_stats_t *out);
+int heap_reset_peaks(int device);
+CUresult heap_empty_cache(int device, size_t *released);
+/* Checks every invariant of every device's heap; logs and returns false on the first
+ * violation. Run after every operation in test builds (FRAGLESS_CHECK=1 in the env). */
+bool heap_is_valid(void);
+void heap_atfork_prepare(void);
+void heap_atfork_parent(void);
+void heap_atfork_child(void);
+
+#endif /* FRAGLESS_INTERNAL_H */
