@@ -185,4 +185,10 @@ void heap_atfork_prepare(void);
 void heap_atfork_parent(void);
 void heap_atfork_child(void);
 
+/* ---- vmm.c: expandable segments' page layer (reserve/create/map/set access) ------------- */
+
+/* ---- trace.c: allocation event recording (RMM CSV) -------------------------------------- */
+
+/* ---- shm.c and report.c: the stats page for fragstat, OOM and exit reports ------------- */
+
 #endif /* FRAGLESS_INTERNAL_H */
