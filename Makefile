@@ -56,11 +56,12 @@ UNIT_TESTS    := $(patsubst tests/unit/%.c,$(BUILD)/tests/unit/%,$(wildcard test
 EMU_TESTS     := $(patsubst tests/emu/%.c,$(BUILD)/tests/emu/%,$(wildcard tests/emu/test_*.c))
 INTEG_TESTS   := $(patsubst tests/integ/%.c,$(BUILD)/tests/integ/%,$(wildcard tests/integ/test_*.c))
 PROGS         := $(patsubst tests/progs/%.c,$(BUILD)/tests/progs/%,$(wildcard tests/progs/*.c))
+BENCH_PROGS   := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 TEST_BINS     := $(UNIT_TESTS) $(EMU_TESTS) $(INTEG_TESTS) $(PROGS)
 
 EMU_LINK      := -L$(BUILD)/emu -lcudart -lcuda
 
-.PHONY: all lib emu tools tests test check deps install clean format format-check
+.PHONY: all lib emu tools tests benches test check deps install clean format format-check
 .DEFAULT_GOAL := all
 
 all: lib emu tools
@@ -68,6 +69,7 @@ lib: $(BUILD)/libfragless.so
 emu: $(EMU_LIBS)
 tools: $(TOOL_BINS)
 tests: all $(TEST_BINS)
+benches: all $(BENCH_PROGS)
 
 # ---- compile ----------------------------------------------------------------------------
 $(BUILD)/obj/lib/%.o: lib/%.c
@@ -117,6 +119,12 @@ $(BUILD)/tests/integ/%: $(BUILD)/obj/tests/integ/%.o $(COMMON_OBJS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ -lcriterion $(SYSLIBS)
 
 $(BUILD)/tests/progs/%: $(BUILD)/obj/tests/progs/%.o | $(EMU_LIBS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(EMU_LINK) $(SYSLIBS)
+
+# Benchmarks: bench/NAME.c → build/bench/NAME, linked like the test programs (they run under
+# LD_PRELOAD of libfragless on the emulated device or a GPU).
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o | $(EMU_LIBS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(EMU_LINK) $(SYSLIBS)
 

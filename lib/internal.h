@@ -181,11 +181,59 @@ CUresult heap_empty_cache(int device, size_t *released);
 /* Checks every invariant of every device's heap; logs and returns false on the first
  * violation. Run after every operation in test builds (FRAGLESS_CHECK=1 in the env). */
 bool heap_is_valid(void);
+/* One segment as fragstat's map shows it (see heap_segment_info). */
+#define HEAP_SEG_MAP_CHARS 64
+struct heap_segment_info {
+    CUdeviceptr base;
+    size_t size;        /* bytes of address space (VMM: the reservation) */
+    size_t allocated;   /* bytes in live blocks */
+    size_t free_mapped; /* bytes in free blocks backed by memory */
+    size_t unmapped;    /* bytes of address space not backed (VMM) */
+    uint32_t blocks;
+    uint8_t expandable; /* 1 for a VMM segment */
+    /* one char per 1/64 of the segment: '#' allocated, '+' partly allocated, '.' free and
+     * mapped, ' ' unmapped */
+    char map[HEAP_SEG_MAP_CHARS + 1];
+};
+/* Fills at most `max` entries for `device`'s segments; returns how many segments exist. Safe
+ * to call from any thread; takes the device's lock briefly. */
+int heap_segment_info(int device, struct heap_segment_info *out, int max);
 void heap_atfork_prepare(void);
 void heap_atfork_parent(void);
 void heap_atfork_child(void);
 
 /* ---- vmm.c: expandable segments' page layer (reserve/create/map/set access) ------------- */
+
+/* A reserved virtual range on one device, backed page by page (page = config page_size, a
+ * multiple of the allocation granularity). Not thread-safe: the heap serializes access. */
+struct vrange;
+
+CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vrange **out);
+/* Unmaps and releases every page, then frees the address range. */
+void vrange_destroy(struct vrange *r);
+CUdeviceptr vrange_base(const struct vrange *r);
+size_t vrange_size(const struct vrange *r);
+size_t vrange_page_size(const struct vrange *r);
+/* Makes every page touching [off, off+len) mapped and accessible: takes spare pages of the
+ * device first, creates the rest, maps them, sets access once per newly mapped contiguous run.
+ * On failure everything this call did is undone and the range is as before. */
+CUresult vrange_map(struct vrange *r, size_t off, size_t len);
+/* Unmaps every page lying wholly inside [off, off+len); keep = true puts their physical
+ * memory on the device's spare list instead of releasing it. */
+CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep);
+/* Moves the physical pages lying wholly inside src[src_off, +len) to dst[dst_off, +len) (both
+ * page-aligned, dst unmapped there): unmap, map elsewhere, set access; no create/release. */
+CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, size_t dst_off,
+                     size_t len);
+size_t vrange_mapped_bytes(const struct vrange *r);
+/* Bytes of [off, off+len) (rounded out to pages) already mapped. */
+size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len);
+bool vrange_is_valid(const struct vrange *r);
+/* The device's spare physical pages (unmapped, kept for reuse): bytes held, and release. */
+size_t vmm_spare_bytes(int device);
+CUresult vmm_release_spare(int device, size_t *released);
+/* Pages created, released and moved so far on `device`. */
+void vmm_page_counters(int device, uint64_t *created, uint64_t *released, uint64_t *moved);
 
 /* ---- trace.c: allocation event recording (RMM CSV) -------------------------------------- */
 
