@@ -223,6 +223,7 @@ bool emu_range_known(CUdeviceptr p, size_t n);
 
 /* ---- vmm.c ----------------------------------------------------------------------------- */
 
+struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n);
 struct emu_mapping *emu_mapping_containing(CUdeviceptr p);
 bool emu_vmm_range_accessible(CUdeviceptr p, size_t n);
 
