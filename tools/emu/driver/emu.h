@@ -210,6 +210,8 @@ void emu_ctx_clear_tls(void);
 CUresult emu_cap_charge(int device, size_t bytes);
 void emu_cap_uncharge(int device, size_t bytes);
 size_t emu_cap_used(int device);
+/* In a forked child: drops the parent's view (its file lock is shared with the parent). */
+void emu_cap_forget(void);
 
 /* ---- memory.c: cuMemAlloc memory, pointer lookup --------------------------------------- */
 
