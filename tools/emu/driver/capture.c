@@ -10,11 +10,7 @@
 static CUresult capture_stream(CUstream h, bool ptds, struct emu_stream **out)
 {
     struct emu_ctx *c = NULL;
-    CUresult r = emu_current(&c);
-
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, out);
-    return r;
+    return emu_current_stream(h, ptds, &c, out);
 }
 
 static CUresult begin_capture(CUstream h, CUstreamCaptureMode mode, bool ptds)

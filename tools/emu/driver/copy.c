@@ -53,9 +53,7 @@ static CUresult op_run(const struct op *o, CUstream h, bool ptds)
     struct emu_stream *s = NULL;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, &s);
+    r = emu_current_stream(h, ptds, &c, &s);
     if (r == CUDA_SUCCESS && o->kind == OP_SET32 && o->dst % 4)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS && s->capture_status == CU_STREAM_CAPTURE_STATUS_ACTIVE) {

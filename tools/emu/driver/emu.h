@@ -244,6 +244,8 @@ CUresult emu_stream_resolve(struct emu_ctx *ctx, CUstream h, bool ptds, struct e
 /* Simulated time after which new work on `s` may run: its own queued work and, through the
  * legacy default stream's implicit ordering, other streams' work. Moves `s` there. */
 uint64_t emu_stream_order(struct emu_stream *s);
+/* The current context and, in it, the stream handle h resolves to (as emu_stream_resolve). */
+CUresult emu_current_stream(CUstream h, bool ptds, struct emu_ctx **ctx, struct emu_stream **s);
 /* Queues usec of work on `s`; returns the simulated time it completes. */
 uint64_t emu_stream_enqueue(struct emu_stream *s, uint64_t usec);
 /* Latest completion time of all work on the context's streams. */
