@@ -5,6 +5,7 @@
  * allocated memory (CUDA_ERROR_INVALID_VALUE otherwise); touching memory that is mapped but
  * not accessible is a device fault, as on a GPU.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "emu.h"
@@ -100,6 +101,8 @@ static CUresult set(CUdeviceptr dst, uint32_t value, size_t count, bool wide, CU
                    .value = value,
                    .n = wide ? count * 4 : count,
                    .dst_dev = true};
+    if (wide && count > SIZE_MAX / 4)
+        return CUDA_ERROR_INVALID_VALUE;
     return op_run(&o, h, ptds);
 }
 

@@ -14,6 +14,9 @@
 
 #include "emu.h"
 
+/* Larger reservations or alignments than this cannot be had (47-bit user address space). */
+#define VA_LIMIT ((size_t)1 << 46)
+
 static bool aligned(uint64_t v)
 {
     return v % EMU_GRANULARITY == 0;
@@ -154,9 +157,12 @@ EMU_API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align
     EMU_ENTER(cuMemAddressReserve);
     emu_lock();
     r = vmm_check();
-    if (r == CUDA_SUCCESS && (!ptr || size == 0 || flags != 0 || size % (size_t)page ||
-                              addr % (size_t)page || (alignment & (alignment - 1))))
+    if (r == CUDA_SUCCESS &&
+        (!ptr || size == 0 || flags != 0 || size % (size_t)page || addr % (size_t)page ||
+         (alignment & (alignment - 1)) || alignment > VA_LIMIT))
         r = CUDA_ERROR_INVALID_VALUE;
+    if (r == CUDA_SUCCESS && size > VA_LIMIT)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS && !(res = calloc(1, sizeof *res)))
         r = CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS &&
