@@ -249,3 +249,56 @@ Test(rt_device, a_context_made_current_through_the_driver_is_used)
     cr_assert_eq(device_of_new_allocation(), 1);
     cr_assert_eq(cuDevicePrimaryCtxRelease(1), CUDA_SUCCESS);
 }
+
+struct reset_peer {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int phase; /* 0 start, 1 peer allocated, 2 main reset, 3 peer done */
+    cudaError_t before, after;
+};
+
+static void wait_phase(struct reset_peer *r, int phase)
+{
+    pthread_mutex_lock(&r->lock);
+    while (r->phase < phase)
+        pthread_cond_wait(&r->cond, &r->lock);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void set_phase(struct reset_peer *r, int phase)
+{
+    pthread_mutex_lock(&r->lock);
+    r->phase = phase;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+}
+
+static void *peer_thread(void *arg)
+{
+    struct reset_peer *r = arg;
+    void *p = NULL;
+    r->before = cudaMalloc(&p, MiB);
+    set_phase(r, 1);
+    wait_phase(r, 2);
+    r->after = cudaMalloc(&p, MiB);
+    if (r->after == cudaSuccess)
+        r->after = cudaFree(p);
+    set_phase(r, 3);
+    return NULL;
+}
+
+Test(rt_device, reset_on_one_thread_leaves_the_others_working)
+{
+    tu_emu_isolate();
+    struct reset_peer r = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, cudaErrorUnknown,
+                           cudaErrorUnknown};
+    pthread_t t;
+    pthread_create(&t, NULL, peer_thread, &r);
+    wait_phase(&r, 1);
+    cr_assert_eq(r.before, cudaSuccess);
+    cr_assert_eq(cudaDeviceReset(), cudaSuccess);
+    cr_assert_eq(fragless_emu_used(0), 0, "the reset freed the other thread's memory too");
+    set_phase(&r, 2);
+    pthread_join(t, NULL);
+    cr_assert_eq(r.after, cudaSuccess, "%s", cudaGetErrorName(r.after));
+}
