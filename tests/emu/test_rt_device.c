@@ -117,6 +117,13 @@ Test(rt_device, set_device_makes_its_primary_context_current)
     cr_assert_eq(cuDevicePrimaryCtxRelease(1), CUDA_SUCCESS);
 }
 
+/* Device 0's attribute as cudaGetDeviceProperties reports it: 0 where the driver has none. */
+static int attribute(CUdevice_attribute a)
+{
+    int v = 0;
+    return cuDeviceGetAttribute(&v, a, 0) == CUDA_SUCCESS ? v : 0;
+}
+
 Test(rt_device, properties_and_attributes_come_from_the_driver)
 {
     tu_emu_isolate();
@@ -139,6 +146,12 @@ Test(rt_device, properties_and_attributes_come_from_the_driver)
     cr_assert_eq(prop.minor, minor);
     cr_assert_gt(prop.major, 0);
     cr_assert_eq(prop.multiProcessorCount, sms);
+    cr_assert_eq(prop.warpSize, attribute(CU_DEVICE_ATTRIBUTE_WARP_SIZE));
+    cr_assert_eq(prop.maxThreadsDim[2], attribute(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z));
+    cr_assert_eq(prop.sharedMemPerBlock,
+                 (size_t)attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK));
+    cr_assert_eq(prop.memoryPoolsSupported, attribute(CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED));
+    cr_assert_eq(prop.luidDeviceNodeMask, 0, "fields without an attribute are 0");
     cr_assert_eq(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
     cr_assert_eq(v, major);
     cr_assert_eq(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
