@@ -487,8 +487,8 @@ static int format_rp2(const struct conf_key *k FL_UNUSED, const void *field, cha
 
 uint32_t config_rp2_divisions(const struct config *c, size_t size)
 {
-    int i = size ? 63 - __builtin_clzll((unsigned long long)size) : 0;
-    return c->roundup_power2_divisions[i];
+    int log2 = size ? 63 - __builtin_clzll((unsigned long long)size) : 0;
+    return c->roundup_power2_divisions[log2 - (CONF_RP2_FIRST_SHIFT - 1)];
 }
 
 static const struct conf_type T_BOOL = {"bool", parse_bool, format_bool};

@@ -199,6 +199,8 @@ void log_text(const char *text)
 void log_signal_safe(const char *msg)
 {
     int saved_errno = errno;
+    if (!msg)
+        msg = "(null)";
     emit(msg, strlen(msg));
     errno = saved_errno;
 }
