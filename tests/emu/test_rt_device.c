@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "fragless_emu.h"
 #include "testutil.h"
@@ -314,4 +316,21 @@ Test(rt_device, reset_on_one_thread_leaves_the_others_working)
     set_phase(&r, 2);
     pthread_join(t, NULL);
     cr_assert_eq(r.after, cudaSuccess, "%s", cudaGetErrorName(r.after));
+}
+
+Test(rt_device, a_child_forked_after_initialization_gets_initialization_errors)
+{
+    void *p = NULL;
+    cr_assert_eq(cudaMalloc(&p, MiB), cudaSuccess);
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *q = NULL;
+        cudaError_t a = cudaMalloc(&q, MiB);
+        cudaError_t b = cudaGetLastError();
+        _exit(a == cudaErrorInitializationError && b == a ? 0 : 1);
+    }
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's runtime calls must fail");
+    cr_assert_eq(cudaFree(p), cudaSuccess, "the parent is unaffected");
 }
