@@ -153,3 +153,14 @@ int rt_thread_device(void)
 {
     return thread_device;
 }
+
+/* fork(): a child starts with the lock free even if another thread held it at the fork. */
+static void reset_lock_in_child(void)
+{
+    pthread_mutex_init(&primary_lock, NULL);
+}
+
+void rt_context_atfork(void)
+{
+    pthread_atfork(NULL, NULL, reset_lock_in_child);
+}
