@@ -48,9 +48,10 @@ static cudaError_t check_device(int device)
 
 cudaError_t rt_device_count(int *count)
 {
+    /* device 0 exists whenever any does */
     cudaError_t e = check_device(0);
-    *count = e == cudaSuccess || e == cudaErrorInvalidDevice ? device_count : 0;
-    return e == cudaErrorInvalidDevice ? cudaSuccess : e;
+    *count = e == cudaSuccess ? device_count : 0;
+    return e;
 }
 
 cudaError_t rt_device_handle(int device, CUdevice *dev)
