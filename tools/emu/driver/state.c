@@ -184,6 +184,8 @@ static void fork_parent(void)
 static void fork_child(void)
 {
     pthread_mutex_init(&emu.lock, NULL);
+    emu_cap_forget();
+    emu_arena_forget();
     emu_ctx_clear_tls();
 }
 
