@@ -108,6 +108,8 @@ const struct config *config_get(void);
 enum drv_feature {
     DRV_FEATURE_ASYNC, /* cuMemAllocAsync / cuMemFreeAsync */
     DRV_FEATURE_VMM,   /* cuMemAddressReserve ... cuMemSetAccess */
+    DRV_FEATURE_PROC_ADDRESS, /* cuGetProcAddress_v2 or the 4-argument cuGetProcAddress */
+    DRV_FEATURE_IPC,   /* cuIpcGetMemHandle */
     DRV_FEATURE_COUNT
 };
 
@@ -121,10 +123,17 @@ bool drv_has(enum drv_feature f);
  * would return it (used for pass-through and by the resolvers); NULL if unknown. */
 void *drv_real_proc(const char *symbol, int cuda_version, cuuint64_t flags,
                     CUdriverProcAddressQueryResult *status);
+/* The driver's own export `name` (real dlsym on the driver's handle); NULL if it has none. */
+void *drv_sym(const char *name);
+/* The driver's cuGetProcAddress (5-argument form; synthesized status on drivers with only the
+ * 4-argument one). CUDA_ERROR_NOT_SUPPORTED when the driver has neither. */
+CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
+                              CUdriverProcAddressQueryResult *status);
 /* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
 
+CUresult drv_driver_get_version(int *version);
 CUresult drv_ctx_get_current(CUcontext *ctx);
 CUresult drv_ctx_set_current(CUcontext ctx);
 CUresult drv_ctx_get_device(CUdevice *dev);
@@ -141,6 +150,7 @@ CUresult drv_mem_alloc_async(CUdeviceptr *ptr, size_t size, CUstream stream);
 CUresult drv_mem_free_async(CUdeviceptr ptr, CUstream stream);
 CUresult drv_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
 CUresult drv_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr);
+CUresult drv_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr);
 CUresult drv_stream_is_capturing(CUstream stream, CUstreamCaptureStatus *status);
 CUresult drv_stream_synchronize(CUstream stream);
 CUresult drv_event_create(CUevent *event, unsigned int flags);
@@ -155,8 +165,13 @@ CUresult drv_mem_create(CUmemGenericAllocationHandle *handle, size_t size, int d
 CUresult drv_mem_release(CUmemGenericAllocationHandle handle);
 CUresult drv_mem_map(CUdeviceptr ptr, size_t size, CUmemGenericAllocationHandle handle);
 CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size);
-/* Read/write access for `device` and every peer device enabled for it. */
+/* Read/write access for `device` (peers are not granted access yet; README "Known limits"). */
 CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device);
+
+/* ---- dl.c: the real dlsym (interpose.c exports a dlsym hook; call only this one) --------- */
+
+/* The C library's dlsym, found once with dlvsym. RTLD_NEXT searches after libfragless. */
+void *dl_sym(void *handle, const char *name);
 
 /* ---- heap.c (and friends): the caching allocator ---------------------------------------- */
 
