@@ -474,16 +474,13 @@ static size_t largest_free(const struct heap *h)
 
 int heap_get_stats(int device, fragless_stats_t *out)
 {
-    if (!device_in_range(device))
-        return FRAGLESS_ENODEV;
-    fragless_stats_t snap = {0};
     struct heap *h = heap_of(device, false);
-    if (h) {
-        pthread_mutex_lock(&h->lock);
-        stat_set(&h->st.largest_free_block_bytes, largest_free(h));
-        snap = h->st;
-        pthread_mutex_unlock(&h->lock);
-    }
+    if (!h)
+        return FRAGLESS_ENODEV; /* no such device, or fragless has not used it */
+    pthread_mutex_lock(&h->lock);
+    stat_set(&h->st.largest_free_block_bytes, largest_free(h));
+    fragless_stats_t snap = h->st;
+    pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
     return stats_copy_out(&snap, device, out);

@@ -112,6 +112,8 @@ Test(heap, bad_arguments)
     fragless_stats_t s = {.size = 4};
     cr_assert_eq(heap_get_stats(0, &s), FRAGLESS_EINVAL);
     cr_assert_eq(heap_get_stats(FL_MAX_DEVICES, &s), FRAGLESS_ENODEV);
+    s.size = sizeof s;
+    cr_assert_eq(heap_get_stats(1, &s), FRAGLESS_ENODEV, "never used");
     cr_assert_eq(heap_reset_peaks(-2), FRAGLESS_ENODEV);
     size_t released = 1;
     cr_assert_eq(heap_empty_cache(-5, &released), CUDA_ERROR_INVALID_DEVICE);
