@@ -223,8 +223,24 @@ static const size_t step_sizes[] = {
 };
 #define STEP_N (sizeof step_sizes / sizeof step_sizes[0])
 
+/* Calls of the driver entry points that allocate, free or wait for memory. */
+static uint64_t memory_calls(emu_calls_fn calls)
+{
+    static const char *const names[] = {"cuMemAlloc_v2",  "cuMemFree_v2",     "cuMemAllocAsync",
+                                        "cuMemFreeAsync", "cuCtxSynchronize", "cuEventRecord",
+                                        "cuEventQuery",   "cuEventCreate",    "cuEventDestroy"};
+    uint64_t n = 0;
+    for (size_t i = 0; calls && i < sizeof names / sizeof names[0]; i++)
+        n += calls(names[i]);
+    return n;
+}
+
+struct train_result {
+    uint64_t calls, memory_calls, ns;
+};
+
 /* STEPS steps: allocate activations, queue 50 µs of simulated work, free in reverse. */
-static void train(bool async, uint64_t *calls, uint64_t *ns)
+static void train(bool async, struct train_result *res)
 {
     emu_calls_fn emu_calls = (emu_calls_fn)(uintptr_t)emu_sym("fragless_emu_calls");
     emu_work_fn emu_work = (emu_work_fn)(uintptr_t)emu_sym("fragless_emu_stream_work");
@@ -232,7 +248,7 @@ static void train(bool async, uint64_t *calls, uint64_t *ns)
     void *weights;
     check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaMalloc(&weights, 200 * MiB), "cudaMalloc weights");
-    uint64_t c0 = emu_calls ? emu_calls("*") : 0, t0 = now_ns();
+    uint64_t c0 = emu_calls ? emu_calls("*") : 0, m0 = memory_calls(emu_calls), t0 = now_ns();
     for (int step = 0; step < STEPS; step++) {
         void *p[STEP_N];
         for (size_t i = 0; i < STEP_N; i++)
@@ -245,8 +261,9 @@ static void train(bool async, uint64_t *calls, uint64_t *ns)
             check(async ? cudaFreeAsync(p[i], s) : cudaFree(p[i]), "free");
     }
     check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-    *ns = now_ns() - t0;
-    *calls = emu_calls ? emu_calls("*") - c0 : 0;
+    res->ns = now_ns() - t0;
+    res->calls = emu_calls ? emu_calls("*") - c0 : 0;
+    res->memory_calls = memory_calls(emu_calls) - m0;
     check(cudaFree(weights), "cudaFree weights");
     check(cudaStreamDestroy(s), "cudaStreamDestroy");
 }
@@ -278,10 +295,10 @@ static void train_child_output(const char *self, const char *conf, char *buf, si
 static void train_one(void)
 {
     for (int async = 0; async < 2; async++) {
-        uint64_t calls, ns;
-        train(async, &calls, &ns);
-        printf("%s %llu %llu\n", async ? "async" : "plain", (unsigned long long)calls,
-               (unsigned long long)ns);
+        struct train_result r;
+        train(async, &r);
+        printf("%s %llu %llu %llu\n", async ? "async" : "plain", (unsigned long long)r.calls,
+               (unsigned long long)r.memory_calls, (unsigned long long)r.ns);
     }
 }
 
@@ -293,17 +310,17 @@ static void bench_train(const char *self)
     char *ms = mine, *ps = pass;
     for (int row = 0; row < 2; row++) {
         char api[16] = "", api2[16] = "";
-        unsigned long long c = 0, t = 0, c2 = 0, t2 = 0;
+        unsigned long long c = 0, m = 0, t = 0, c2 = 0, m2 = 0, t2 = 0;
         int n1 = 0, n2 = 0;
-        if (sscanf(ms, "%15s %llu %llu%n", api, &c, &t, &n1) != 3 ||
-            sscanf(ps, "%15s %llu %llu%n", api2, &c2, &t2, &n2) != 3) {
+        if (sscanf(ms, "%15s %llu %llu %llu%n", api, &c, &m, &t, &n1) != 4 ||
+            sscanf(ps, "%15s %llu %llu %llu%n", api2, &c2, &m2, &t2, &n2) != 4) {
             printf("train: a child run failed\n");
             return;
         }
         ms += n1, ps += n2;
-        printf("train %d steps, %-5s API: fragless %8llu driver calls %8.1f ms | passthrough "
-               "%8llu calls %8.1f ms | time x%.2f\n",
-               STEPS, api, c, (double)t / 1e6, c2, (double)t2 / 1e6,
+        printf("train %d steps, %s API: fragless %llu driver calls (%llu alloc/free/sync/event), "
+               "%.1f ms | passthrough %llu calls (%llu), %.1f ms | time x%.2f\n",
+               STEPS, api, c, m, (double)t / 1e6, c2, m2, (double)t2 / 1e6,
                t ? (double)t2 / (double)t : 0.0);
     }
 }
