@@ -3,6 +3,9 @@
  * map, unmap and move do to a range, the driver calls they make, the spare list, the
  * counters, and data surviving moves.
  */
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "test_vmm.h"
 
 TestSuite(vmm, .init = vt_start_default);
@@ -272,5 +275,27 @@ Test(vmm_big, whole_device_reservation_touches_no_memory)
     cr_assert_eq(vt_used(), VT_PAGE);
     cr_assert(vrange_is_valid(r));
     cr_assert_eq(vrange_mapped_in(r, 0, 141 * FL_GiB), VT_PAGE);
+    vt_finish(r, NULL);
+}
+
+/* prepare holds every device lock across fork(); child and parent can take them again. */
+Test(vmm, fork_handlers_leave_the_child_usable)
+{
+    struct vrange *r = vt_reserve(2);
+    cr_assert_eq(vrange_map(r, 0, 2 * VT_PAGE), CUDA_SUCCESS);
+    cr_assert_eq(vrange_unmap(r, 0, VT_PAGE, true), CUDA_SUCCESS);
+    vmm_atfork_prepare();
+    pid_t pid = fork();
+    if (pid == 0) {
+        vmm_atfork_child();
+        alarm(10);
+        _exit(vmm_spare_bytes(0) == VT_PAGE ? 0 : 1);
+    }
+    vmm_atfork_parent();
+    cr_assert_gt(pid, 0);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    cr_assert_eq(vmm_spare_bytes(0), VT_PAGE);
     vt_finish(r, NULL);
 }

@@ -4,6 +4,9 @@
  * they were (or, when undoing fails too, consistent and leak-free), data in place, the walker
  * content and the leak audit clean; running out of device memory fails cleanly.
  */
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "test_vmm.h"
 
 #include <criterion/parameterized.h>
@@ -276,6 +279,45 @@ Test(vmm_faults, move_undo_access_failure_keeps_src_degraded)
     vt_finish(a, b);
 }
 
+/* ---- destroy ---------------------------------------------------------------------------- */
+
+static int audit_count(void)
+{
+    int fd = open("/dev/null", O_WRONLY);
+    cr_assert_geq(fd, 0);
+    int n = vt_emu.audit(fd);
+    close(fd);
+    return n;
+}
+
+/* A run that cannot be unmapped keeps the range from being freed: destroy still unmaps and
+ * releases the other runs, and the audit shows what the driver kept. */
+Test(vmm_faults, destroy_unmaps_what_it_can)
+{
+    struct vrange *a = vt_reserve(4);
+    map_pages(a, 0xb);
+    vt_fail("cuMemUnmap@1");
+    vrange_destroy(a);
+    vt_fail(NULL);
+    cr_assert_eq(vt_used(), 2 * VT_PAGE);
+    cr_assert_gt(audit_count(), 0);
+    size_t reserved = 1, mapped = 1;
+    vmm_va_bytes(0, &reserved, &mapped);
+    cr_assert_eq(reserved, 0);
+    cr_assert_eq(mapped, 0);
+}
+
+Test(vmm_faults, destroy_address_free_failure_is_reported)
+{
+    struct vrange *a = vt_reserve(2);
+    map_pages(a, 0x3);
+    vt_fail("cuMemAddressFree@1");
+    vrange_destroy(a);
+    vt_fail(NULL);
+    cr_assert_eq(vt_used(), 0);
+    cr_assert_eq(audit_count(), 1, "only the reservation should be left");
+}
+
 /* ---- capacity ------------------------------------------------------------------------------- */
 
 static void start_small(void)
@@ -298,4 +340,23 @@ Test(vmm_capacity, exhaustion_fails_cleanly)
     cr_assert_eq(vrange_map(a, 0, VT_PAGE), CUDA_SUCCESS);
     cr_assert_eq(vt_mapped_set(a), 0x39);
     vt_finish(a, NULL);
+}
+
+static void start_without_vmm(void)
+{
+    setenv("FRAGLESS_EMU_VMM", "0", 1);
+    vt_start(NULL);
+}
+
+TestSuite(vmm_unsupported, .init = start_without_vmm);
+
+Test(vmm_unsupported, reserve_fails_and_holds_nothing)
+{
+    struct vrange *r = NULL;
+    cr_assert_neq(vrange_reserve(0, 4 * VT_PAGE, VT_PAGE, &r), CUDA_SUCCESS);
+    cr_assert_null(r);
+    size_t reserved = 1;
+    vmm_va_bytes(0, &reserved, NULL);
+    cr_assert_eq(reserved, 0);
+    vt_finish(NULL, NULL);
 }

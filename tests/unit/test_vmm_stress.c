@@ -4,6 +4,8 @@
  * page holds which data: every page keeps its data wherever it moves, the walker agrees, and
  * the device's memory in use is exactly the mapped plus the spare pages.
  */
+#include <pthread.h>
+
 #include "test_vmm.h"
 
 #define PAGES 24
@@ -150,4 +152,62 @@ Test(vmm_stress, random_cycles_keep_data_and_state, .init = vt_start_default, .t
     vmm_page_counters(0, NULL, NULL, &moved_after);
     cr_assert_gt(moved_after, moved_before);
     vt_finish(m.r[0], m.r[1]);
+}
+
+/* Threads with a range each share the device's spare list: pages go back and forth between
+ * them through it while spare pages are also released. */
+#define THREADS      4
+#define THREAD_STEPS 400
+
+struct worker {
+    struct vrange *r;
+    unsigned seed;
+    bool ok;
+};
+
+static void *worker_run(void *arg)
+{
+    struct worker *w = arg;
+    w->ok = true;
+    for (int step = 0; step < THREAD_STEPS && w->ok; step++) {
+        size_t page = (size_t)rand_r(&w->seed) % 4;
+        switch (rand_r(&w->seed) % 4) {
+        case 0:
+        case 1:
+            w->ok =
+                vrange_map(w->r, page * VT_PAGE, 2 * VT_PAGE - page / 3 * VT_PAGE) == CUDA_SUCCESS;
+            break;
+        case 2:
+            w->ok = vrange_unmap(w->r, 0, 4 * VT_PAGE, true) == CUDA_SUCCESS;
+            break;
+        default:
+            w->ok = vmm_release_spare(0, NULL) == CUDA_SUCCESS;
+            break;
+        }
+        w->ok = w->ok && vrange_is_valid(w->r);
+    }
+    return NULL;
+}
+
+Test(vmm_stress, threads_share_the_spare_list, .init = vt_start_default, .timeout = 300)
+{
+    struct worker w[THREADS];
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct worker){.r = vt_reserve(4), .seed = 7u + (unsigned)i};
+        cr_assert_eq(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
+    }
+    size_t mapped = 0;
+    for (int i = 0; i < THREADS; i++) {
+        cr_assert_eq(pthread_join(t[i], NULL), 0);
+        cr_assert(w[i].ok, "thread %d failed", i);
+        mapped += vrange_mapped_bytes(w[i].r);
+    }
+    cr_assert_eq(vt_used(), mapped + vmm_spare_bytes(0));
+    uint64_t created = 0, released = 0;
+    vmm_page_counters(0, &created, &released, NULL);
+    cr_assert_eq((created - released) * VT_PAGE, vt_used());
+    for (int i = 0; i < THREADS; i++)
+        vrange_destroy(w[i].r);
+    vt_finish(NULL, NULL);
 }
