@@ -35,6 +35,30 @@ static bool same_as_defaults(void)
     return memcmp(&d, &c, sizeof d) == 0;
 }
 
+/* Parses "key:value" over the defaults; returns the number of bad pairs. */
+static int parse_kv(const char *key, const char *value)
+{
+    static char text[1024];
+    snprintf(text, sizeof text, "%s:%s", key, value);
+    return parse(text);
+}
+
+/* Each of values is one bad pair for key and leaves every setting at its default. */
+static void expect_rejected(const char *key, const char *const *values, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(parse_kv(key, values[i]), 1, "%s:%s", key, values[i]);
+        cr_assert(same_as_defaults(), "%s:%s", key, values[i]);
+    }
+}
+
+/* text is one bad pair, reported with exactly `message`. */
+static void expect_error(const char *text, const char *message)
+{
+    cr_assert_eq(parse(text), 1, "%s", text);
+    cr_assert_str_eq(errs[0].message, message);
+}
+
 /* A string of n copies of unit (n * strlen(unit) bytes), malloc'd. */
 static char *repeat(const char *unit, size_t n)
 {
@@ -100,8 +124,7 @@ Test(config, bool_words)
 
 Test(config, bad_bool_names_key_value_and_what_is_accepted)
 {
-    cr_assert_eq(parse("passthrough:maybe"), 1);
-    cr_assert_str_eq(errs[0].message, "FRAGLESS_CONF: invalid value \"maybe\" for passthrough: "
+    expect_error("passthrough:maybe", "FRAGLESS_CONF: invalid value \"maybe\" for passthrough: "
                                       "expected true/false, 1/0, yes/no or on/off");
     cr_assert(same_as_defaults());
     cr_assert_eq(parse("stats_page:2"), 1);
@@ -115,19 +138,12 @@ Test(config, int_range)
     cr_assert_eq(c.verbose, 3);
     cr_assert_eq(parse("verbose:0"), 0);
     cr_assert_eq(c.verbose, 0);
-    cr_assert_eq(parse("verbose:4"), 1);
-    cr_assert_str_eq(errs[0].message,
-                     "FRAGLESS_CONF: invalid value \"4\" for verbose: expected an integer 0..3");
+    expect_error("verbose:4",
+                 "FRAGLESS_CONF: invalid value \"4\" for verbose: expected an integer 0..3");
     const char *bad[] = {"maybe", "-1", "1x", "", "+1", "0x1", "1 2", "99999999999999999999999"};
-    for (size_t i = 0; i < FL_ARRAY_SIZE(bad); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "verbose:%s", bad[i]);
-        cr_assert_eq(parse(text), 1, "%s", text);
-        cr_assert_eq(c.verbose, 0, "%s", text);
-    }
-    cr_assert_eq(parse("verbose:maybe"), 1);
-    cr_assert_str_eq(errs[0].message, "FRAGLESS_CONF: invalid value \"maybe\" for verbose: "
-                                      "expected an integer 0..3");
+    expect_rejected("verbose", bad, FL_ARRAY_SIZE(bad));
+    expect_error("verbose:maybe", "FRAGLESS_CONF: invalid value \"maybe\" for verbose: "
+                                  "expected an integer 0..3");
 }
 
 Test(config, expandable_segments_auto_or_bool)
@@ -138,10 +154,9 @@ Test(config, expandable_segments_auto_or_bool)
     cr_assert_eq(c.expandable_segments, 0);
     cr_assert_eq(parse("expandable_segments:off,expandable_segments:AUTO"), 0);
     cr_assert_eq(c.expandable_segments, -1);
-    cr_assert_eq(parse("expandable_segments:sometimes"), 1);
-    cr_assert_str_eq(errs[0].message,
-                     "FRAGLESS_CONF: invalid value \"sometimes\" for expandable_segments: "
-                     "expected auto or true/false, 1/0, yes/no or on/off");
+    expect_error("expandable_segments:sometimes",
+                 "FRAGLESS_CONF: invalid value \"sometimes\" for expandable_segments: "
+                 "expected auto or true/false, 1/0, yes/no or on/off");
 }
 
 Test(config, sizes_and_suffixes)
@@ -158,10 +173,8 @@ Test(config, sizes_and_suffixes)
         {"4096", 4096 * FL_MiB},
     };
     for (size_t i = 0; i < FL_ARRAY_SIZE(ok); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "max_split_size_mb:%s", ok[i].text);
-        cr_assert_eq(parse(text), 0, "%s: %s", text, errs[0].message);
-        cr_assert_eq(c.max_split_size, ok[i].bytes, "%s", text);
+        cr_assert_eq(parse_kv("max_split_size_mb", ok[i].text), 0, "%s", errs[0].message);
+        cr_assert_eq(c.max_split_size, ok[i].bytes, "%s", ok[i].text);
     }
 }
 
@@ -182,16 +195,10 @@ Test(config, bad_sizes)
                          "18446744073709551615",
                          "17592186044416G",
                          "unlimitedx"};
-    for (size_t i = 0; i < FL_ARRAY_SIZE(bad); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "max_split_size_mb:%s", bad[i]);
-        cr_assert_eq(parse(text), 1, "%s", text);
-        cr_assert_eq(c.max_split_size, SIZE_MAX, "%s", text);
-    }
-    cr_assert_eq(parse("max_split_size_mb:20"), 1);
-    cr_assert_str_eq(errs[0].message,
-                     "FRAGLESS_CONF: invalid value \"20\" for max_split_size_mb: expected a size "
-                     "greater than 20 MiB (a bare number means MiB) or unlimited");
+    expect_rejected("max_split_size_mb", bad, FL_ARRAY_SIZE(bad));
+    expect_error("max_split_size_mb:20",
+                 "FRAGLESS_CONF: invalid value \"20\" for max_split_size_mb: expected a size "
+                 "greater than 20 MiB (a bare number means MiB) or unlimited");
 }
 
 Test(config, release_threshold_and_page_size)
@@ -203,18 +210,11 @@ Test(config, release_threshold_and_page_size)
     const char *pages_ok[] = {"2", "4M", "2048K", "1024", "1G", "20"};
     const size_t bytes[] = {2 * FL_MiB, 4 * FL_MiB, 2 * FL_MiB, FL_GiB, FL_GiB, 20 * FL_MiB};
     for (size_t i = 0; i < FL_ARRAY_SIZE(pages_ok); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "page_size_mb:%s", pages_ok[i]);
-        cr_assert_eq(parse(text), 0, "%s", text);
-        cr_assert_eq(c.page_size, bytes[i], "%s", text);
+        cr_assert_eq(parse_kv("page_size_mb", pages_ok[i]), 0, "%s", pages_ok[i]);
+        cr_assert_eq(c.page_size, bytes[i], "%s", pages_ok[i]);
     }
     const char *pages_bad[] = {"0", "1", "3", "1026", "2G", "3M", "unlimited"};
-    for (size_t i = 0; i < FL_ARRAY_SIZE(pages_bad); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "page_size_mb:%s", pages_bad[i]);
-        cr_assert_eq(parse(text), 1, "%s", text);
-        cr_assert_eq(c.page_size, 2 * FL_MiB, "%s", text);
-    }
+    expect_rejected("page_size_mb", pages_bad, FL_ARRAY_SIZE(pages_bad));
     cr_assert_str_eq(errs[0].message,
                      "FRAGLESS_CONF: invalid value \"unlimited\" for page_size_mb: expected a "
                      "multiple of 2 MiB from 2 MiB to 1 GiB (a bare number means MiB)");
@@ -228,22 +228,14 @@ Test(config, fraction)
     } ok[] = {{"0.8", 0.8},        {"0", 0}, {"0.0", 0}, {".5", 0.5}, {"0.123456789", 0.123456789},
               {"0.99999", 0.99999}};
     for (size_t i = 0; i < FL_ARRAY_SIZE(ok); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "garbage_collection_threshold:%s", ok[i].text);
-        cr_assert_eq(parse(text), 0, "%s", text);
-        cr_assert_eq(c.garbage_collection_threshold, ok[i].v, "%s", text);
+        cr_assert_eq(parse_kv("garbage_collection_threshold", ok[i].text), 0, "%s", ok[i].text);
+        cr_assert_eq(c.garbage_collection_threshold, ok[i].v, "%s", ok[i].text);
     }
     const char *bad[] = {"1", "1.0", "1.5", "-0.1", "abc", "nan", "0.8.1", "1e-3", ".", "", "0,8"};
-    for (size_t i = 0; i < FL_ARRAY_SIZE(bad); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "garbage_collection_threshold:%s", bad[i]);
-        cr_assert_geq(parse(text), 1, "%s", text);
-        cr_assert_eq(c.garbage_collection_threshold, 0, "%s", text);
-    }
-    cr_assert_eq(parse("garbage_collection_threshold:1"), 1);
-    cr_assert_str_eq(errs[0].message,
-                     "FRAGLESS_CONF: invalid value \"1\" for garbage_collection_threshold: "
-                     "expected a number greater than 0 and less than 1, or 0 for off");
+    expect_rejected("garbage_collection_threshold", bad, FL_ARRAY_SIZE(bad));
+    expect_error("garbage_collection_threshold:1",
+                 "FRAGLESS_CONF: invalid value \"1\" for garbage_collection_threshold: "
+                 "expected a number greater than 0 and less than 1, or 0 for off");
 }
 
 Test(config, paths_and_separators)
@@ -332,12 +324,7 @@ Test(config, roundup_single_power_of_two)
     cr_assert_eq(parse("roundup_power2_divisions:1"), 0);
     cr_assert_eq(config_rp2_divisions(&c, 123), 1);
     const char *bad[] = {"3", "-4", "", "four", "4294967296", "[4"};
-    for (size_t i = 0; i < FL_ARRAY_SIZE(bad); i++) {
-        char text[64];
-        snprintf(text, sizeof text, "roundup_power2_divisions:%s", bad[i]);
-        cr_assert_eq(parse(text), 1, "%s", text);
-        cr_assert(same_as_defaults(), "%s", text);
-    }
+    expect_rejected("roundup_power2_divisions", bad, FL_ARRAY_SIZE(bad));
 }
 
 Test(config, roundup_bracketed_list_by_mb)
@@ -441,7 +428,7 @@ Test(config, format_of_defaults_parses_back)
     config_format(&c, text, sizeof text);
     cr_assert_str_eq(text, "passthrough:false\nstrict:false\nverbose:0\ndriver:\n"
                            "expandable_segments:auto\nmax_split_size_mb:unlimited\n"
-                           "roundup_power2_divisions:0\ngarbage_collection_threshold:0.0\n"
+                           "roundup_power2_divisions:0\ngarbage_collection_threshold:0\n"
                            "release_threshold_mb:unlimited\npage_size_mb:2\ntrace:\n"
                            "trace_extensions:true\nreport:\nstats_page:true\n");
     for (char *p = text; *p; p++)
@@ -498,7 +485,8 @@ Test(config, very_long_input)
     free(value);
 }
 
-Test(config, readme_documents_every_key)
+/* README's configuration table has a row for every key, naming its default. */
+Test(config, readme_documents_every_key_and_default)
 {
     char path[1024], text[8192];
     const char *src = getenv("FRAGLESS_SRC");
@@ -512,9 +500,16 @@ Test(config, readme_documents_every_key)
     config_defaults(&c);
     config_format(&c, text, sizeof text);
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        char row[128];
-        snprintf(row, sizeof row, "| `%.*s` |", (int)strcspn(line, ":"), line);
-        cr_assert(strstr(readme, row), "README.md has no row %s", row);
+        char row[128], dflt[128];
+        size_t klen = strcspn(line, ":");
+        snprintf(row, sizeof row, "| `%.*s` |", (int)klen, line);
+        char *at = strstr(readme, row);
+        cr_assert(at, "README.md has no row %s", row);
+        if (line[klen + 1] == '\0')
+            continue;
+        snprintf(dflt, sizeof dflt, "| `%s`", line + klen + 1);
+        char *dflt_at = strstr(at, dflt);
+        cr_assert(dflt_at && dflt_at < strchr(at, '\n'), "row %s lacks default %s", row, dflt);
     }
 }
 
