@@ -186,8 +186,9 @@ Test(rt_device, peer_access)
     cr_assert_eq(can, direct);
     cr_assert_eq(cudaDeviceCanAccessPeer(&can, 0, 7), cudaErrorInvalidDevice);
     cr_assert_eq(cudaDeviceEnablePeerAccess(1, 1), cudaErrorInvalidValue);
-    if (!can)
-        return;
+    cr_assert_eq(cudaDeviceEnablePeerAccess(0, 0), cudaErrorInvalidDevice, "itself");
+    cr_assert_eq(cudaDeviceEnablePeerAccess(5, 0), cudaErrorInvalidDevice, "no such device");
+    cr_assert_eq(can, 1, "two emulated devices can access each other");
     cr_assert_eq(cudaDeviceEnablePeerAccess(1, 0), cudaSuccess);
     cr_assert_eq(cudaDeviceEnablePeerAccess(1, 0), cudaErrorPeerAccessAlreadyEnabled);
     cr_assert_eq(cudaGetLastError(), cudaErrorPeerAccessAlreadyEnabled);
