@@ -404,8 +404,17 @@ int reuse_drop_idle(struct heap *h, CUevent *events, int max);
 bool heap_check(struct heap *h);
 
 /* ---- stats.c: level statistics and snapshots ---- */
-void stat_add(fragless_stat_t *s, int64_t delta);
-void stat_set(fragless_stat_t *s, uint64_t value);
+/* Level updates are on every allocation's path: inline. */
+static inline void stat_set(fragless_stat_t *s, uint64_t value)
+{
+    s->current = value;
+    if (value > s->peak)
+        s->peak = value;
+}
+static inline void stat_add(fragless_stat_t *s, int64_t delta)
+{
+    stat_set(s, s->current + (uint64_t)delta);
+}
 void stats_reset_peaks(fragless_stats_t *s);
 /* Copies src into out, at most out->size bytes; fills size/version/device. */
 int stats_copy_out(const fragless_stats_t *src, int device, fragless_stats_t *out);
