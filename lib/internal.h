@@ -334,9 +334,10 @@ CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **
 CUresult segment_destroy(struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
-bool segmap_insert(CUdeviceptr base, size_t size, int device);
+bool segmap_insert(struct segment *seg, int device);
 void segmap_remove(CUdeviceptr base);
-bool segmap_find(CUdeviceptr ptr, int *device);
+/* The device (and segment) of the segment holding ptr; either out-pointer may be NULL. */
+bool segmap_find(CUdeviceptr ptr, int *device, struct segment **seg);
 void segmap_atfork_prepare(void);
 void segmap_atfork_parent(void);
 void segmap_atfork_child(void);
