@@ -365,6 +365,7 @@ struct heap {
     struct segment *segments;
     struct block *live;  /* uthash by ptr */
     struct block *spare; /* recycled block structs */
+    size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
     fragless_stats_t st;
 };
 

@@ -347,3 +347,36 @@ Test(heap, fork_leaves_the_child_usable_locks)
     pthread_join(t, NULL);
     ht_free(p, NULL, HEAP_SYNC);
 }
+
+/* 100 MiB freed on s and idle, then 120 MiB asked for on t: the idle segment cannot serve it. */
+static fragless_stats_t grow_past_idle_segment(void)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    CUdeviceptr a = ht_alloc(100 * FL_MiB, s, HEAP_ASYNC);
+    ht_free(a, s, HEAP_ASYNC);
+    CUdeviceptr b = ht_alloc(120 * FL_MiB, t, HEAP_ASYNC);
+    fragless_stats_t st = ht_stats(0);
+    ht_free(b, t, HEAP_ASYNC);
+    return st;
+}
+
+Test(heap_env, garbage_collection_threshold_releases_idle_segments_before_growing)
+{
+    setenv("FRAGLESS_CONF", "garbage_collection_threshold:0.5", 1);
+    ht_setup("256M");
+    fragless_stats_t st = grow_past_idle_segment();
+    cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "128 MiB limit kept");
+    cr_assert_eq(st.num_empty_cache, 1);
+    cr_assert_eq(st.empty_cache_released_bytes, 100 * FL_MiB);
+    cr_assert_eq(st.num_device_free, 1);
+    cr_assert_eq(st.num_alloc_retries, 0, "no OOM was needed");
+}
+
+Test(heap_env, without_a_threshold_the_cache_is_kept)
+{
+    ht_setup("256M");
+    fragless_stats_t st = grow_past_idle_segment();
+    cr_assert_eq(st.reserved_bytes.current, 220 * FL_MiB);
+    cr_assert_eq(st.num_empty_cache, 0);
+    cr_assert_eq(st.num_device_free, 0);
+}
