@@ -367,6 +367,20 @@ static void collect_before_growing(struct heap *h, size_t seg_size)
     pthread_mutex_unlock(&h->lock);
 }
 
+/* release_threshold_mb: keeps at most that many cached (reserved, unallocated) bytes by giving
+ * back segments that are one idle free block. Lock not held. */
+static void trim_to_release_threshold(struct heap *h)
+{
+    size_t keep = h->cfg->release_threshold;
+    if (FL_LIKELY(keep == SIZE_MAX))
+        return;
+    pthread_mutex_lock(&h->lock);
+    size_t cached = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
+    pthread_mutex_unlock(&h->lock);
+    if (cached > keep)
+        release_free_segments(h, cached - keep);
+}
+
 /* No cached block fits: a new segment from the driver. Lock not held. */
 static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstream stream,
                               enum heap_mode mode, CUdeviceptr *out)
@@ -395,6 +409,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
     h->st.num_cache_misses++;
     *out = serve(h, s->first, rounded, size);
     pthread_mutex_unlock(&h->lock);
+    trim_to_release_threshold(h);
     return CUDA_SUCCESS;
 }
 
@@ -482,6 +497,7 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     h->st.num_frees++;
     settle(h);
     pthread_mutex_unlock(&h->lock);
+    trim_to_release_threshold(h);
     check();
     return CUDA_SUCCESS;
 }

@@ -380,3 +380,14 @@ Test(heap_env, without_a_threshold_the_cache_is_kept)
     cr_assert_eq(st.num_empty_cache, 0);
     cr_assert_eq(st.num_device_free, 0);
 }
+
+Test(heap_env, release_threshold_gives_back_idle_cache)
+{
+    setenv("FRAGLESS_CONF", "release_threshold_mb:16", 1);
+    ht_setup("1G");
+    fragless_stats_t st = grow_past_idle_segment();
+    cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "the idle 100 MiB went back");
+    cr_assert_eq(st.num_device_free, 1);
+    /* what is freed but not yet idle (b, on t's pool) stays until it is */
+    cr_assert_eq(ht_stats(0).reserved_bytes.current, 120 * FL_MiB);
+}
