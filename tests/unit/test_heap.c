@@ -208,6 +208,11 @@ Test(heap, segment_info_maps_what_is_allocated)
     cr_assert_str_eq(info[0].map,
                      "################################################................");
     cr_assert_eq(heap_segment_info(0, NULL, 0), 1);
+    /* a 512 B block alone in the last 32 KiB slice: partly allocated */
+    ht_alloc(512, NULL, HEAP_SYNC);
+    cr_assert_eq(heap_segment_info(0, info, 4), 1);
+    cr_assert_eq(info[0].map[48], '+');
+    cr_assert_eq(info[0].map[49], '.');
     cr_assert_eq(heap_segment_info(3, info, 4), 0);
 }
 
@@ -390,4 +395,19 @@ Test(heap_env, release_threshold_gives_back_idle_cache)
     cr_assert_eq(st.num_device_free, 1);
     /* what is freed but not yet idle (b, on t's pool) stays until it is */
     cr_assert_eq(ht_stats(0).reserved_bytes.current, 120 * FL_MiB);
+}
+
+Test(heap_env, roundup_power2_divisions_from_the_configuration)
+{
+    setenv("FRAGLESS_CONF", "roundup_power2_divisions:4", 1);
+    ht_setup("1G");
+    CUdeviceptr p = ht_alloc(5 * FL_MiB + 1, NULL, HEAP_SYNC);
+    fragless_stats_t s = ht_stats(0);
+    cr_assert_eq(s.allocated_bytes.current, 6 * FL_MiB);
+    cr_assert_eq(s.requested_bytes.current, 5 * FL_MiB + 1);
+    CUdeviceptr base;
+    size_t size;
+    cr_assert(heap_lookup(p + 6 * FL_MiB - 1, &base, &size, NULL), "the rounded tail is its");
+    cr_assert_eq(size, 5 * FL_MiB + 1);
+    ht_free(p, NULL, HEAP_SYNC);
 }
