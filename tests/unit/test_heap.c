@@ -393,6 +393,8 @@ Test(heap_env, release_threshold_gives_back_idle_cache)
     fragless_stats_t st = grow_past_idle_segment();
     cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "the idle 100 MiB went back");
     cr_assert_eq(st.num_device_free, 1);
+    cr_assert_eq(st.num_empty_cache, 1);
+    cr_assert_eq(st.empty_cache_released_bytes, 100 * FL_MiB);
     /* what is freed but not yet idle (b, on t's pool) stays until it is */
     cr_assert_eq(ht_stats(0).reserved_bytes.current, 120 * FL_MiB);
 }
