@@ -80,10 +80,10 @@ struct emu_alloc {
     UT_hash_handle hh;              /* emu.allocs, keyed by base */
 };
 
-/* A physical allocation from cuMemCreate: a memfd of `size` bytes. */
+/* A physical allocation from cuMemCreate: `size` bytes at `off` in its device's arena. */
 struct emu_handle {
     CUmemGenericAllocationHandle id;
-    int fd;
+    uint64_t off;
     size_t size;
     int device;
     unsigned refs; /* cuMemCreate + cuMemRetainAllocationHandle − cuMemRelease */
@@ -97,13 +97,13 @@ struct emu_mapping {
     struct emu_handle *handle;
     struct emu_reservation *res;
     unsigned long long access; /* CUmemAccess_flags for its device */
-    struct emu_mapping *next;  /* in the reservation, sorted by va */
 };
 
 struct emu_reservation {
     CUdeviceptr base;
     size_t size;
-    struct emu_mapping *mappings;
+    struct emu_mapping **maps; /* its mappings, sorted by va (binary search) */
+    size_t nmaps, cap;
     UT_hash_handle hh; /* emu.reservations, keyed by base */
 };
 
@@ -210,6 +210,8 @@ void emu_ctx_clear_tls(void);
 CUresult emu_cap_charge(int device, size_t bytes);
 void emu_cap_uncharge(int device, size_t bytes);
 size_t emu_cap_used(int device);
+/* In a forked child: drops the parent's view (its file lock is shared with the parent). */
+void emu_cap_forget(void);
 
 /* ---- memory.c: cuMemAlloc memory, pointer lookup --------------------------------------- */
 
@@ -221,8 +223,16 @@ bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at);
 /* Whether [p, p+n) lies in device memory the emulator knows (accessible or not). */
 bool emu_range_known(CUdeviceptr p, size_t n);
 
+/* ---- arena.c: the devices' physical memory (one sparse memfd each) ------------------- */
+
+CUresult emu_arena_take(int device, size_t size, uint64_t *off);
+void emu_arena_give(int device, size_t size, uint64_t off);
+int emu_arena_fd(int device);
+void emu_arena_forget(void);
+
 /* ---- vmm.c ----------------------------------------------------------------------------- */
 
+struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n);
 struct emu_mapping *emu_mapping_containing(CUdeviceptr p);
 bool emu_vmm_range_accessible(CUdeviceptr p, size_t n);
 
@@ -234,11 +244,16 @@ CUresult emu_stream_resolve(struct emu_ctx *ctx, CUstream h, bool ptds, struct e
 /* Simulated time after which new work on `s` may run: its own queued work and, through the
  * legacy default stream's implicit ordering, other streams' work. Moves `s` there. */
 uint64_t emu_stream_order(struct emu_stream *s);
+/* The current context and, in it, the stream handle h resolves to (as emu_stream_resolve). */
+CUresult emu_current_stream(CUstream h, bool ptds, struct emu_ctx **ctx, struct emu_stream **s);
 /* Queues usec of work on `s`; returns the simulated time it completes. */
 uint64_t emu_stream_enqueue(struct emu_stream *s, uint64_t usec);
 /* Latest completion time of all work on the context's streams. */
 uint64_t emu_ctx_point(struct emu_ctx *ctx);
-/* Sleeps until `t` without the lock, then applies due fills; called with the lock held. */
+/* Makes the device state what it is now: fills due run, then frees due take effect, in
+ * that order and for one instant, so no fill meets a block freed after it. Under the lock. */
+void emu_device_advance(void);
+/* Sleeps until `t` without the lock, then advances the device; called with the lock held. */
 void emu_wait_locked(uint64_t t);
 void emu_streams_teardown(struct emu_ctx *ctx);
 
@@ -248,14 +263,15 @@ void emu_events_teardown(struct emu_ctx *ctx);
 
 /* ---- fill.c ------------------------------------------------------------------------------ */
 
-/* Applies every queued fill whose time has come (under the lock). */
-void emu_fills_apply(void);
+/* Applies every queued fill due by `now` (under the lock). */
+void emu_fills_apply(uint64_t now);
 void emu_fills_drop(struct emu_ctx *ctx);
 void emu_device_fault(struct emu_ctx *ctx);
 
 /* ---- pool.c: stream-ordered allocation ---------------------------------------------- */
 
-void emu_pool_advance(void);
+/* Frees whose time has come (by `now`) take effect. */
+void emu_pool_advance(uint64_t now);
 void emu_pool_trim(int device);
 void emu_pool_teardown(struct emu_ctx *ctx);
 

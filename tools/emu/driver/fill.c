@@ -26,14 +26,10 @@ static void fill_run(const struct emu_fill *f)
         emu_device_fault(f->ctx);
 }
 
-void emu_fills_apply(void)
+void emu_fills_apply(uint64_t now)
 {
-    uint64_t now;
     struct emu_fill **pp = &emu.fills, *f;
 
-    if (!emu.fills)
-        return;
-    now = emu_now();
     /* the list is kept in completion order */
     while ((f = *pp) && f->at <= now) {
         *pp = f->next;
@@ -76,9 +72,7 @@ EMU_API int fragless_emu_stream_fill(CUstream hStream, CUdeviceptr p, int byte, 
 
     emu_config();
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, hStream, false, &s);
+    r = emu_current_stream(hStream, false, &c, &s);
     if (r == CUDA_SUCCESS && (n == 0 || p + n < p))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS && !(f = calloc(1, sizeof *f)))

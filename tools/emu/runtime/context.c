@@ -48,9 +48,10 @@ static cudaError_t check_device(int device)
 
 cudaError_t rt_device_count(int *count)
 {
+    /* device 0 exists whenever any does */
     cudaError_t e = check_device(0);
-    *count = e == cudaSuccess || e == cudaErrorInvalidDevice ? device_count : 0;
-    return e == cudaErrorInvalidDevice ? cudaSuccess : e;
+    *count = e == cudaSuccess ? device_count : 0;
+    return e;
 }
 
 cudaError_t rt_device_handle(int device, CUdevice *dev)
@@ -154,24 +155,13 @@ int rt_thread_device(void)
     return thread_device;
 }
 
-/* After cudaDeviceReset: gives back the runtime's reference to the device's primary context
- * (the driver documents the release as safe after a reset) so that the next use retains it
- * afresh, and clears it from this thread. */
-void rt_forget_primary(int device)
+/* fork(): a child starts with the lock free even if another thread held it at the fork. */
+static void reset_lock_in_child(void)
 {
-    CUcontext ctx = NULL;
-    pthread_mutex_lock(&primary_lock);
-    if (device >= 0 && device < device_count) {
-        ctx = primary[device];
-        primary[device] = NULL;
-    }
-    pthread_mutex_unlock(&primary_lock);
-    if (!ctx)
-        return;
-    CUcontext cur = NULL;
-    if (rt_drv()->ctx_get_current(&cur) == CUDA_SUCCESS && cur == ctx)
-        rt_drv()->ctx_set_current(NULL);
-    CUdevice dev;
-    if (rt_drv()->device_get(&dev, device) == CUDA_SUCCESS)
-        rt_drv()->primary_ctx_release(dev);
+    pthread_mutex_init(&primary_lock, NULL);
+}
+
+void rt_context_atfork(void)
+{
+    pthread_atfork(NULL, NULL, reset_lock_in_child);
 }
