@@ -413,3 +413,35 @@ Test(heap_env, roundup_power2_divisions_from_the_configuration)
     cr_assert_eq(size, 5 * FL_MiB + 1);
     ht_free(p, NULL, HEAP_SYNC);
 }
+
+Test(heap_env, each_device_has_its_own_heap)
+{
+    setenv("FRAGLESS_EMU_DEVICES", "2", 1);
+    ht_setup("256M");
+    CUcontext ctx1;
+    cr_assert_eq(drv_primary_ctx_retain(&ctx1, 1), CUDA_SUCCESS);
+    CUdeviceptr p0 = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
+    cr_assert_eq(drv_ctx_set_current(ctx1), CUDA_SUCCESS);
+    CUdeviceptr p1 = 0;
+    cr_assert_eq(heap_alloc(1, 3 * FL_MiB, NULL, HEAP_SYNC, &p1), CUDA_SUCCESS);
+    int dev = -1;
+    cr_assert(heap_lookup(p1, NULL, NULL, &dev));
+    cr_assert_eq(dev, 1);
+    cr_assert(heap_lookup(p0, NULL, NULL, &dev));
+    cr_assert_eq(dev, 0);
+    fragless_stats_t s1 = {.size = sizeof s1};
+    cr_assert_eq(heap_get_stats(1, &s1), 0);
+    cr_assert_eq(s1.allocated_bytes.current, 3 * FL_MiB);
+    cr_assert_eq(ht_stats(0).allocated_bytes.current, FL_MiB);
+    /* a free with no context current still finds device 1's heap by the pointer */
+    cr_assert_eq(drv_ctx_set_current(NULL), CUDA_SUCCESS);
+    ht_free(p1, NULL, HEAP_SYNC);
+    ht_free(p0, NULL, HEAP_SYNC);
+    size_t released = 0;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    cr_assert_eq(released, 2 * FL_MiB + 20 * FL_MiB);
+    cr_assert_eq(heap_get_stats(1, &s1), 0);
+    cr_assert_eq(s1.reserved_bytes.current, 0);
+    cr_assert_eq(drv_primary_ctx_release(1), CUDA_SUCCESS);
+    cr_assert_eq(ht_audit(), 0);
+}
