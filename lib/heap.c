@@ -34,6 +34,10 @@ static struct heap *heap_create(int device)
     pthread_mutex_init(&h->lock, NULL);
     h->device = device;
     h->cfg = config_get();
+    if (h->cfg->expandable_segments == 1)
+        log_error("expandable_segments:true is not available yet; device %d uses classic "
+                  "(cuMemAlloc) segments",
+                  device);
     for (int k = 0; k < POOL_KINDS; k++)
         fi_init(&h->global[k]);
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *h);
