@@ -34,29 +34,48 @@
 
 /* ---- log.c: the one path for every message ------------------------------------------- */
 
+/* Errors and warnings are always printed; info from verbose 2, debug from verbose 3. */
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+
+/* One message is at most this many bytes including "fragless: " and the newline; longer
+ * messages end in "...". */
+#define LOG_LINE_MAX 1024
+/* Default limits: at most LOG_SITE_LIMIT messages per call site and LOG_GLOBAL_LIMIT from all
+ * sites together per LOG_WINDOW_MS; the rest are counted and reported as suppressed. */
+#define LOG_SITE_LIMIT 10
+#define LOG_GLOBAL_LIMIT 100
+#define LOG_WINDOW_MS 10000
 
 /* Per call-site rate limiter state; zero-initialized static storage is ready to use. */
 struct log_site {
-    uint64_t window_start_ns;
-    uint32_t count;
-    uint32_t suppressed;
+    uint64_t window;     /* start of the current window (ms) << 24 | messages printed in it */
+    uint32_t suppressed; /* messages dropped since the last "suppressed" line */
 };
 
-/* Messages at or below this level are printed (set from config `verbose`). */
+/* Sets the verbosity (config `verbose`, clamped to 0..3); errors and warnings stay on. */
 void log_set_level(int level);
 int log_get_level(void);
-/* Prints "fragless: <msg>\n" to stderr if `level` is enabled and the site's and the global
- * budget allow; otherwise counts it as suppressed and says so once the window reopens. */
+/* Whether a message at `level` would be printed at the current verbosity. */
+bool log_enabled(int level);
+/* Replaces the rate limits (tests use short windows); 0 for an argument restores its default.
+ * Limits above 2^24 - 1 are clamped. */
+void log_set_limits(uint32_t per_site, uint32_t global, uint32_t window_ms);
+/* Prints "fragless: <msg>\n" to stderr with one write(2) if `level` is enabled and the
+ * site's and the global budget allow; otherwise counts it as suppressed and prints one
+ * "suppressed N messages" line when the window reopens. Keeps errno. */
 void log_site_printf(struct log_site *site, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Async-signal-safe: write(2) of "fragless: <msg>\n", no formatting, no locks. */
+/* Prints every line of `text` as "fragless: <line>\n", one write(2) per line, regardless of
+ * level and rate limits: for one-off multi-line output (the resolved configuration). */
+void log_text(const char *text);
+/* Async-signal-safe: one write(2) of "fragless: <msg>\n", no formatting, locks or limits. */
 void log_signal_safe(const char *msg);
 
 #define LOG_AT(level, ...)                                                                     \
     do {                                                                                       \
         static struct log_site log_site_;                                                      \
-        log_site_printf(&log_site_, (level), __VA_ARGS__);                                     \
+        if (log_enabled(level))                                                                \
+            log_site_printf(&log_site_, (level), __VA_ARGS__);                                 \
     } while (0)
 #define log_error(...) LOG_AT(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) LOG_AT(LOG_WARN, __VA_ARGS__)
@@ -66,8 +85,10 @@ void log_signal_safe(const char *msg);
 /* ---- config.c: FRAGLESS_CONF ------------------------------------------------------------ */
 
 #define CONF_PATH_MAX 512
-/* roundup_power2_divisions is kept per power-of-two size interval, as PyTorch does:
- * interval i covers sizes in [2^(i+CONF_RP2_FIRST_SHIFT-1), 2^(i+CONF_RP2_FIRST_SHIFT)). */
+/* roundup_power2_divisions is kept per power-of-two size interval: interval i covers sizes in
+ * [2^(i+CONF_RP2_FIRST_SHIFT-1), 2^(i+CONF_RP2_FIRST_SHIFT)), i.e. i = floor(log2(size));
+ * config_rp2_divisions() does the lookup. */
+#define CONF_RP2_FIRST_SHIFT 1
 #define CONF_RP2_INTERVALS 64
 
 struct config {
@@ -89,7 +110,7 @@ struct config {
 
 /* One rejected key:value pair, with the message that names what is accepted. */
 struct conf_error {
-    char message[256];
+    char message[512];
 };
 
 void config_defaults(struct config *c);
@@ -97,11 +118,14 @@ void config_defaults(struct config *c);
  * one entry to errs (up to max_errs) and is skipped; good pairs still apply. Returns the
  * number of bad pairs. */
 int config_parse(const char *text, struct config *c, struct conf_error *errs, int max_errs);
-/* Writes the resolved configuration, one "key:value" per line, into buf. */
+/* Writes the resolved configuration, one "key:value" per line, into buf (always
+ * NUL-terminated); the lines joined with ',' parse back to the same configuration. */
 void config_format(const struct config *c, char *buf, size_t len);
 /* The process's configuration: FRAGLESS_CONF parsed once (thread-safe, lazily), errors
- * reported once on stderr; with strict:true a bad pair aborts the process here. */
+ * reported once on stderr; with strict:true a bad pair exits the process (status 1) here. */
 const struct config *config_get(void);
+/* roundup_power2_divisions that apply to a request of `size` bytes. */
+uint32_t config_rp2_divisions(const struct config *c, size_t size);
 
 /* ---- driver.c: the only file that calls libcuda ---------------------------------------- */
 
