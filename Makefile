@@ -70,6 +70,13 @@ emu: $(EMU_LIBS)
 tools: $(TOOL_BINS)
 tests: all $(TEST_BINS)
 benches: all $(BENCH_PROGS)
+# `make bench`: micro benchmarks and workload replays, one table (bench/run.sh; never part of
+# `make test`). `make demo`: the README's first command (tools/demo.sh).
+.PHONY: bench demo
+bench: benches
+	bash bench/run.sh $(ABS_BUILD)
+demo: all $(BUILD)/tests/progs/tr_train
+	bash tools/demo.sh $(ABS_BUILD)
 
 # ---- compile ----------------------------------------------------------------------------
 $(BUILD)/obj/lib/%.o: lib/%.c

@@ -84,7 +84,8 @@ struct result {
     uint64_t reserved_unallocated_bytes; /* at the reserved peak */
     uint64_t largest_free_block_bytes;   /* at the reserved peak */
     uint64_t ooms;
-    uint64_t driver_calls;
+    uint64_t driver_calls; /* every driver call fragless made (pass-through: ours) */
+    uint64_t alloc_calls;  /* driver allocations and releases (segments, pages) */
     uint64_t empty_caches;
     double seconds;
     unsigned nsamples;

@@ -30,23 +30,25 @@ void report_table(const struct replay_setup *s, const struct rtrace *t, char *co
                   const struct result *const *res, int n)
 {
     print_header(s, t);
-    printf("%-32s %9s %9s %9s %9s %9s %6s %9s %8s\n", "configuration (GiB)", "requested",
-           "allocated", "reserved", "unalloc@pk", "largest", "ooms", "drv calls", "seconds");
+    printf("%-30s %9s %9s %9s %10s %9s %5s %9s %9s %8s\n", "configuration (GiB)", "requested",
+           "allocated", "reserved", "unalloc@pk", "largest", "ooms", "allocs", "drv calls",
+           "seconds");
     for (int i = 0; i < n; i++) {
         const struct result *r = res[i];
         const char *name = confs[i][0] ? confs[i] : "(default)";
         if (r->status != 0) {
-            printf("%-32.32s failed: %s\n", name, r->error);
+            printf("%-30.30s failed: %s\n", name, r->error);
             continue;
         }
-        printf("%-32.32s %9.2f %9.2f %9.2f %10.2f %9.2f %6llu %9llu %8.2f\n", name,
+        printf("%-30.30s %9.2f %9.2f %9.2f %10.2f %9.2f %5llu %9llu %9llu %8.2f\n", name,
                gib(r->peak_requested_bytes), gib(r->peak_allocated_bytes),
                gib(r->peak_reserved_bytes), gib(r->reserved_unallocated_bytes),
                gib(r->largest_free_block_bytes), (unsigned long long)r->ooms,
-               (unsigned long long)r->driver_calls, r->seconds);
+               (unsigned long long)r->alloc_calls, (unsigned long long)r->driver_calls, r->seconds);
     }
-    printf("(peaks; unalloc@pk and largest are reserved-but-unallocated and the largest free "
-           "block at the reserved peak)\n");
+    printf("(peaks; unalloc@pk and largest: reserved-but-unallocated and the largest free block "
+           "at the reserved peak;\n allocs: driver allocations and releases; drv calls: all "
+           "driver calls fragless made)\n");
 }
 
 static void json_string(const char *s)
@@ -87,6 +89,7 @@ static void json_result(const char *conf, const struct result *r, bool last)
     printf("      \"ops\": %llu,\n", (unsigned long long)r->ops);
     printf("      \"empty_caches\": %llu,\n", (unsigned long long)r->empty_caches);
     printf("      \"driver_calls\": %llu,\n", (unsigned long long)r->driver_calls);
+    printf("      \"alloc_calls\": %llu,\n", (unsigned long long)r->alloc_calls);
     printf("      \"seconds\": %.6f\n    }%s\n", r->seconds, last ? "" : ",");
 }
 

@@ -243,14 +243,17 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static bool fragless_stats(struct run *s, fragless_stats_t *st)
+{
+    memset(st, 0, sizeof *st);
+    st->size = sizeof *st;
+    return fragless_get_stats(s->device, st) == FRAGLESS_OK;
+}
+
 static int replay_events(struct run *s)
 {
-    uint64_t calls0 = 0;
-    fragless_stats_t st;
-    memset(&st, 0, sizeof st);
-    st.size = sizeof st;
-    if (fragless_get_stats(s->device, &st) == FRAGLESS_OK)
-        calls0 = st.driver_calls;
+    fragless_stats_t st0, st;
+    bool before = fragless_stats(s, &st0);
     double t0 = now_s();
     for (size_t i = 0; i < s->t->n; i++) {
         if (step(s, &s->t->ev[i]) != 0)
@@ -258,17 +261,19 @@ static int replay_events(struct run *s)
         record(s, i);
     }
     s->r->seconds = now_s() - t0;
-    memset(&st, 0, sizeof st);
-    st.size = sizeof st;
-    s->r->stats_from_fragless = fragless_get_stats(s->device, &st) == FRAGLESS_OK;
-    if (s->r->stats_from_fragless) {
-        s->r->driver_calls = st.driver_calls - calls0;
-        s->r->peak_allocated_bytes = st.allocated_bytes.peak;
-        if (st.reserved_bytes.peak > s->r->peak_reserved_bytes)
-            s->r->peak_reserved_bytes = st.reserved_bytes.peak;
-    } else {
-        s->r->driver_calls = s->our_calls; /* pass-through: every call went to the driver */
+    s->r->stats_from_fragless = fragless_stats(s, &st);
+    if (!s->r->stats_from_fragless) { /* pass-through: every call went to the driver */
+        s->r->driver_calls = s->r->alloc_calls = s->our_calls;
+        return 0;
     }
+    if (!before)
+        memset(&st0, 0, sizeof st0);
+    s->r->driver_calls = st.driver_calls - st0.driver_calls;
+    s->r->alloc_calls =
+        st.num_device_alloc + st.num_device_free - st0.num_device_alloc - st0.num_device_free;
+    s->r->peak_allocated_bytes = st.allocated_bytes.peak;
+    if (st.reserved_bytes.peak > s->r->peak_reserved_bytes)
+        s->r->peak_reserved_bytes = st.reserved_bytes.peak;
     return 0;
 }
 
