@@ -39,21 +39,20 @@ import sys
 
 where, steps, layers = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = [dict(kv.split("=") for kv in line.split()) for line in sys.argv[4:7]]
-names = ["pass-through (cudaMalloc)", "classic caching", "fragless (expandable)"]
+names = ["pass-through (cudaMalloc)", "classic caching", "fragless default (expandable)"]
 G = float(1 << 30)
 p, c, f = runs
-print("fragless demo: a %s-layer transformer training job, sequence length drawn anew each of "
-      "%s steps,\n%s cudaMalloc/cudaFree calls, run %s under LD_PRELOAD three ways:\n"
+print("fragless demo: a %s-layer transformer training job whose sequence length changes every "
+      "step\n(%s steps, %s cudaMalloc/cudaFree calls), run three times under LD_PRELOAD %s:\n"
       % (layers, steps, p["alloc_calls"], where))
-print("%-28s %14s %14s %12s %20s" % ("", "peak requested", "peak reserved", "reserved/",
-                                     "reserved-unallocated"))
-print("%-28s %14s %14s %12s %20s %s" % ("", "", "", "requested", "when the job idles",
-                                        "driver alloc+free calls"))
+row = "%-30s %10s %10s %10s %21s %13s"
+print(row % ("", "peak", "peak", "reserved/", "reserved-unallocated", "driver alloc"))
+print(row % ("", "requested", "reserved", "requested", "when the job idles", "+free calls"))
 for name, r in zip(names, runs):
     req, res = int(r["requested_peak"]), int(r["reserved_peak"])
-    print("%-28s %10.2f GiB %10.2f GiB %11.2fx %16.2f GiB %12s" % (
-        name, req / G, res / G, res / req if req else 0, int(r["unallocated_end"]) / G,
-        r["alloc_calls"]))
+    print(row % (name, "%.2f GiB" % (req / G), "%.2f GiB" % (res / G),
+                 "%.2fx" % (res / req if req else 0),
+                 "%.2f GiB" % (int(r["unallocated_end"]) / G), r["alloc_calls"]))
 cres, fres = int(c["reserved_peak"]), int(f["reserved_peak"])
 calls_p, calls_f = int(p["alloc_calls"]), int(f["alloc_calls"])
 diff = (cres - fres) / G

@@ -284,3 +284,44 @@ Test(replay, snapshot_converter_refuses_code_in_a_pickle)
     cr_expect(strstr(r.err, "refusing collections.OrderedDict"), "%s", r.err);
     tu_result_free(&r);
 }
+
+/* Driver failures (emulated device fault injection) stop that configuration's replay with a
+ * message naming the call, and what was made is given back: the leak audit stays clean. */
+Test(replay, driver_failures_stop_the_replay_and_leak_nothing)
+{
+    struct tu_result r;
+    const char *dir = ru_tmpdir(), *log = ru_file(dir, "rmm.csv");
+    ru_write(log, rmm_log);
+    static const char *const cases[][3] = {
+        {"FRAGLESS_EMU_FAIL=cuStreamCreate@1", "", "cuStreamCreate failed"},
+        {"FRAGLESS_EMU_FAIL=cuMemAlloc_v2@2=CUDA_ERROR_INVALID_VALUE", "passthrough:true",
+         "cuMemAlloc failed: CUDA error 1"},
+        {"FRAGLESS_EMU_FAIL=cuMemFree_v2@1=CUDA_ERROR_INVALID_VALUE", "passthrough:true",
+         "cuMemFree failed: CUDA error 1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *argv[] = {tu_path("fragreplay"), "--emu", "--conf", cases[i][1], log, NULL};
+        const char *env[] = {cases[i][0], "FRAGLESS_EMU_AUDIT=1", NULL};
+        cr_expect_eq(tu_run(&r, false, argv, env, 60), 1, "case %zu", i);
+        cr_expect(strstr(r.err, cases[i][2]), "case %zu: no \"%s\" in:\n%s", i, cases[i][2], r.err);
+        cr_expect(strstr(r.err, "nothing leaked"), "case %zu:\n%s", i, r.err);
+        cr_expect_null(strstr(r.err, "leaked object"), "case %zu:\n%s", i, r.err);
+        tu_result_free(&r);
+    }
+}
+
+/* Every allocation failing for lack of memory is counted, not fatal. */
+Test(replay, injected_out_of_memory_is_counted)
+{
+    struct tu_result r;
+    const char *dir = ru_tmpdir(), *log = ru_file(dir, "rmm.csv");
+    ru_write(log, rmm_log);
+    const char *argv[] = {tu_path("fragreplay"),       "--emu", "--json", "--conf",
+                          "expandable_segments:false", log,     NULL};
+    const char *env[] = {"FRAGLESS_EMU_FAIL=cuMemAlloc_v2@*", "FRAGLESS_EMU_AUDIT=1", NULL};
+    cr_assert_eq(tu_run(&r, false, argv, env, 60), 0, "%s", r.err);
+    cr_expect_eq(ru_json_u64(r.out, "ooms"), 4);
+    cr_expect_eq(ru_json_u64(r.out, "peak_requested_bytes"), 0);
+    cr_expect(strstr(r.err, "nothing leaked"), "%s", r.err);
+    tu_result_free(&r);
+}

@@ -8,13 +8,19 @@
 
 #include "test_replay_util.h"
 
-static void run_recorded(struct tu_result *r, const char *conf, const char *events)
+static void run_recorded_with(struct tu_result *r, const char *conf, const char *events,
+                              const char *extra)
 {
     static char confvar[600];
     snprintf(confvar, sizeof confvar, "FRAGLESS_CONF=%s", conf);
-    const char *argv[] = {tu_path("tests/progs/tr_alloc"), events, NULL};
+    const char *argv[] = {tu_path("tests/progs/tr_alloc"), events, extra, NULL};
     const char *env[] = {confvar, NULL};
     cr_assert_eq(tu_run(r, true, argv, env, 120), 0, "tr_alloc: %s", r->err);
+}
+
+static void run_recorded(struct tu_result *r, const char *conf, const char *events)
+{
+    run_recorded_with(r, conf, events, NULL);
 }
 
 /* "key=N" in the program's output. */
@@ -116,4 +122,40 @@ Test(trace, no_trace_without_the_setting)
         files += e->d_name[0] != '.';
     closedir(d);
     cr_expect_eq(files, 0);
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "no %s", path);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* fragless_empty_cache() is recorded as the extension action "empty cache", which replay
+ * performs; trace_extensions:false leaves it out (RMM's parser would refuse it). */
+Test(trace, empty_cache_is_an_extension_that_replays_and_can_be_off)
+{
+    tu_emu_isolate();
+    struct tu_result prog, rep;
+    const char *dir = ru_tmpdir();
+    char conf[300];
+    snprintf(conf, sizeof conf, "trace:%s/ext.csv", dir);
+    run_recorded_with(&prog, conf, "200", "empty");
+    unsigned long long events = prog_value(prog.out, "events");
+    tu_result_free(&prog);
+    const char *trace = ru_file(dir, "ext.dev0.csv");
+    cr_expect(strstr(read_text(trace), ",empty cache,0x0,"), "no empty cache event");
+    const char *args[] = {"--emu", "--json", trace, NULL};
+    cr_assert_eq(ru_replay(&rep, args), 0, "stderr:\n%s", rep.err);
+    cr_expect_eq(ru_json_u64(rep.out, "empty_caches"), 1);
+    cr_expect_eq(ru_json_u64(rep.out, "events"), events + 1);
+    tu_result_free(&rep);
+    snprintf(conf, sizeof conf, "trace:%s/plain.csv,trace_extensions:false", dir);
+    run_recorded_with(&prog, conf, "200", "empty");
+    tu_result_free(&prog);
+    cr_expect_null(strstr(read_text(ru_file(dir, "plain.dev0.csv")), "empty cache"));
 }

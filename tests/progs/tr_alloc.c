@@ -1,17 +1,21 @@
 /*
  * tr_alloc.c — a program whose allocations the trace tests record and replay.
  *
- * Usage: tr_alloc [EVENTS]. Makes EVENTS (default 3000) allocation events in a fixed
+ * Usage: tr_alloc [EVENTS [empty]]. Makes EVENTS (default 3000) allocation events in a fixed
  * pseudo-random order: cudaMalloc/cudaFree, cudaMallocAsync/cudaFreeAsync on two streams and
  * cuMemAlloc/cuMemFree, sizes from 1 KiB to 64 MiB, at most 48 blocks live. Prints what it
- * did as the trace should state it: "events=N allocs=N frees=N peak_requested=BYTES".
+ * did as the trace should state it: "events=N allocs=N frees=N peak_requested=BYTES". With
+ * "empty" it also calls fragless_empty_cache() (found with dlsym: the program does not link
+ * libfragless) half way through.
  */
 #include <cuda.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define SLOTS 48
 
@@ -23,6 +27,8 @@ struct slot {
     enum how how;
     cudaStream_t stream;
 };
+
+typedef int (*empty_cache_fn)(int, size_t *);
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 
@@ -72,6 +78,9 @@ static int give(struct slot *s)
 int main(int argc, char **argv)
 {
     long events = argc > 1 ? atol(argv[1]) : 3000;
+    empty_cache_fn empty = NULL;
+    if (argc > 2 && strcmp(argv[2], "empty") == 0)
+        empty = (empty_cache_fn)(uintptr_t)dlsym(RTLD_DEFAULT, "fragless_empty_cache");
     struct slot slots[SLOTS] = {0};
     cudaStream_t streams[2];
     long allocs = 0, frees = 0;
@@ -93,6 +102,10 @@ int main(int argc, char **argv)
         live = freeing ? live - size : live + s->size;
         peak = live > peak ? live : peak;
         *(freeing ? &frees : &allocs) += 1;
+        if (empty && allocs + frees == events / 2 && empty(0, NULL) != 0) {
+            fprintf(stderr, "tr_alloc: fragless_empty_cache failed\n");
+            return 1;
+        }
     }
     for (int i = 0; i < SLOTS; i++) {
         if (slots[i].p && give(&slots[i]) == 0)

@@ -224,3 +224,26 @@ Test(trace_unit, fork_child_without_percent_p_leaves_the_parent_file_alone)
     cr_expect_null(strstr(text, "0x2000"), "%s", text);
     free(text);
 }
+
+/* A write that fails (a full disk: /dev/full) stops recording that device with a message;
+ * later events are dropped without another attempt. */
+Test(trace_unit, a_failing_write_stops_that_device)
+{
+    make_dir();
+    char path[128], file[160];
+    snprintf(path, sizeof path, "%s/t.csv", dir);
+    snprintf(file, sizeof file, "%s/t.dev0.csv", dir);
+    cr_assert_eq(symlink("/dev/full", file), 0);
+    cr_assert_eq(trace_start(path, true), 0);
+    for (int i = 0; i < 2000; i++) /* more than a buffer: the write happens here */
+        trace_record(0, TRACE_ALLOCATE, 0x1000 + (CUdeviceptr)i * 512, 512, NULL);
+    trace_flush();
+    trace_record(0, TRACE_FREE, 0x1000, 512, NULL);
+    trace_stop();
+    snprintf(file, sizeof file, "%s/t.dev1.csv", dir);
+    trace_record(1, TRACE_ALLOCATE, 0x1000, 512, NULL); /* device 1 still records */
+    char *text = slurp(file);
+    cr_assert_not_null(text);
+    cr_expect(strstr(text, ",allocate,0x1000,512,0x0\n"), "%s", text);
+    free(text);
+}

@@ -160,9 +160,20 @@ static void measure(struct run *s, uint64_t *alloc, uint64_t *reserved, uint64_t
     *largest = 0;
 }
 
+/* Measures after event i. Nothing reaches a new maximum on a free, so a free is measured
+ * only when it opens a plot sample. */
 static void record(struct run *s, size_t i)
 {
     struct result *r = s->r;
+    size_t per = (s->t->n + RESULT_MAX_SAMPLES - 1) / RESULT_MAX_SAMPLES;
+    struct sample *p = &r->samples[i / per];
+    if (i % per == 0) {
+        memset(p, 0, sizeof *p);
+        p->time_us = s->t->ev[i].time_us;
+        r->nsamples = (unsigned)(i / per + 1);
+    } else if (s->t->ev[i].kind == REV_FREE) {
+        return;
+    }
     uint64_t alloc, reserved, largest;
     measure(s, &alloc, &reserved, &largest);
     if (reserved > r->peak_reserved_bytes) {
@@ -174,13 +185,6 @@ static void record(struct run *s, size_t i)
         r->peak_allocated_bytes = alloc;
     if (s->live_requested > r->peak_requested_bytes)
         r->peak_requested_bytes = s->live_requested;
-    size_t per = (s->t->n + RESULT_MAX_SAMPLES - 1) / RESULT_MAX_SAMPLES;
-    struct sample *p = &r->samples[i / per];
-    if (i % per == 0) {
-        memset(p, 0, sizeof *p);
-        p->time_us = s->t->ev[i].time_us;
-        r->nsamples = (unsigned)(i / per + 1);
-    }
     p->requested = p->requested > s->live_requested ? p->requested : s->live_requested;
     p->allocated = p->allocated > alloc ? p->allocated : alloc;
     p->reserved = p->reserved > reserved ? p->reserved : reserved;
