@@ -153,6 +153,9 @@ void *drv_sym(const char *name);
  * 4-argument one). CUDA_ERROR_NOT_SUPPORTED when the driver has neither. */
 CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
                               CUdriverProcAddressQueryResult *status);
+/* The driver's 4-argument cuGetProcAddress (CUDA_ERROR_NOT_FOUND for what it cannot give). */
+CUresult drv_get_proc_address_v1(const char *symbol, void **pfn, int cuda_version,
+                                 cuuint64_t flags);
 /* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
