@@ -332,7 +332,8 @@ struct segment {
 };
 /* Gets `size` bytes from the driver in the current context. No heap lock needed. */
 CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **out);
-/* Returns the memory to the driver (which waits for the work that may touch it). */
+/* Returns the memory to the driver (which waits for the work that may touch it); the caller
+ * frees the record (malloc'd) once this succeeded. */
 CUresult segment_destroy(struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
