@@ -109,7 +109,7 @@ static CUresult run_set_access(struct vrange *r, size_t i, size_t j, void *arg)
     return CUDA_SUCCESS;
 }
 
-/* ---- reserve and destroy ------------------------------------------------------------------ */
+/* ---- reserve --------------------------------------------------------------------------------- */
 
 /* The page size a range of `device` uses: `asked` if given (it must be a multiple of the
  * granularity), else config's page_size rounded up to the granularity. */
@@ -180,23 +180,6 @@ free_range:
     return err;
 }
 
-void vrange_destroy(struct vrange *r)
-{
-    if (!r)
-        return;
-    CUresult err = vrange_unmap(r, 0, r->size, false);
-    if (err == CUDA_SUCCESS)
-        err = drv_mem_address_free(r->base, r->size);
-    if (err != CUDA_SUCCESS)
-        log_error("vmm: destroying the %zu-byte range at %#llx of device %d failed (error %d); "
-                  "%zu mapped bytes and its address space stay held",
-                  r->size, (unsigned long long)r->base, r->device, (int)err,
-                  r->mapped_pages * r->page_size);
-    vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
-    free(r->pages);
-    free(r);
-}
-
 CUdeviceptr vrange_base(const struct vrange *r)
 {
     return r->base;
@@ -212,7 +195,7 @@ size_t vrange_page_size(const struct vrange *r)
     return r->page_size;
 }
 
-/* ---- map ------------------------------------------------------------------------------------ */
+/* ---- map ------------------------------------------------------------------------------------- */
 
 /* Gives every page of [first, end) without a handle one: from the spare list first, created
  * for the rest. The spare nodes used go onto *used (they carry the handles back on undo). */
@@ -343,7 +326,7 @@ undo_hold:
     return err;
 }
 
-/* ---- unmap ---------------------------------------------------------------------------------- */
+/* ---- unmap and destroy ----------------------------------------------------------------------- */
 
 static CUresult run_unmap(struct vrange *r, size_t i, size_t j, void *arg)
 {
@@ -374,7 +357,36 @@ CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep)
     return for_runs(r, first, end, PG_MAPPED, PG_MAPPED, run_unmap, &keep);
 }
 
-/* ---- move ----------------------------------------------------------------------------------- */
+/* Unmaps one run for vrange_destroy: a failure is remembered and the other runs still go. */
+static CUresult run_unmap_all(struct vrange *r, size_t i, size_t j, void *arg)
+{
+    CUresult *first_err = arg;
+    bool keep = false;
+    CUresult err = run_unmap(r, i, j, &keep);
+    if (err != CUDA_SUCCESS && *first_err == CUDA_SUCCESS)
+        *first_err = err;
+    return CUDA_SUCCESS;
+}
+
+void vrange_destroy(struct vrange *r)
+{
+    CUresult err = CUDA_SUCCESS;
+    if (!r)
+        return;
+    for_runs(r, 0, r->npages, PG_MAPPED, PG_MAPPED, run_unmap_all, &err);
+    if (err == CUDA_SUCCESS)
+        err = drv_mem_address_free(r->base, r->size);
+    if (err != CUDA_SUCCESS)
+        log_error("vmm: destroying the %zu-byte range at %#llx of device %d failed (error %d); "
+                  "%zu mapped bytes and its address space stay held",
+                  r->size, (unsigned long long)r->base, r->device, (int)err,
+                  r->mapped_pages * r->page_size);
+    vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
+    free(r->pages);
+    free(r);
+}
+
+/* ---- move ------------------------------------------------------------------------------------ */
 
 struct move {
     struct vrange *src, *dst;
@@ -542,7 +554,7 @@ undo_src_unmap:
     return err;
 }
 
-/* ---- queries and the walker ----------------------------------------------------------------- */
+/* ---- queries and the walker ------------------------------------------------------------------ */
 
 size_t vrange_mapped_bytes(const struct vrange *r)
 {
@@ -556,6 +568,11 @@ size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
     size_t first = off / r->page_size;
     size_t end = (off + len - 1) / r->page_size + 1;
     return count_flags(r, first, end, 0xff, PG_READY) * r->page_size;
+}
+
+size_t vrange_host_bytes(const struct vrange *r)
+{
+    return sizeof(*r) + r->npages * sizeof(*r->pages);
 }
 
 /* Collects the handles of the mapped pages into `out`; false (logged) on a bad page. */
