@@ -34,29 +34,48 @@
 
 /* ---- log.c: the one path for every message ------------------------------------------- */
 
+/* Errors and warnings are always printed; info from verbose 2, debug from verbose 3. */
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
+
+/* One message is at most this many bytes including "fragless: " and the newline; longer
+ * messages end in "...". */
+#define LOG_LINE_MAX 1024
+/* Default limits: at most LOG_SITE_LIMIT messages per call site and LOG_GLOBAL_LIMIT from all
+ * sites together per LOG_WINDOW_MS; the rest are counted and reported as suppressed. */
+#define LOG_SITE_LIMIT 10
+#define LOG_GLOBAL_LIMIT 100
+#define LOG_WINDOW_MS 10000
 
 /* Per call-site rate limiter state; zero-initialized static storage is ready to use. */
 struct log_site {
-    uint64_t window_start_ns;
-    uint32_t count;
-    uint32_t suppressed;
+    uint64_t window;     /* start of the current window (ms) << 24 | messages printed in it */
+    uint32_t suppressed; /* messages dropped since the last "suppressed" line */
 };
 
-/* Messages at or below this level are printed (set from config `verbose`). */
+/* Sets the verbosity (config `verbose`, clamped to 0..3); errors and warnings stay on. */
 void log_set_level(int level);
 int log_get_level(void);
-/* Prints "fragless: <msg>\n" to stderr if `level` is enabled and the site's and the global
- * budget allow; otherwise counts it as suppressed and says so once the window reopens. */
+/* Whether a message at `level` would be printed at the current verbosity. */
+bool log_enabled(int level);
+/* Replaces the rate limits (tests use short windows); 0 for an argument restores its default.
+ * Limits above 2^24 - 1 are clamped. */
+void log_set_limits(uint32_t per_site, uint32_t global, uint32_t window_ms);
+/* Prints "fragless: <msg>\n" to stderr with one write(2) if `level` is enabled and the
+ * site's and the global budget allow; otherwise counts it as suppressed and prints one
+ * "suppressed N messages" line when the window reopens. Keeps errno. */
 void log_site_printf(struct log_site *site, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Async-signal-safe: write(2) of "fragless: <msg>\n", no formatting, no locks. */
+/* Prints every line of `text` as "fragless: <line>\n", one write(2) per line, regardless of
+ * level and rate limits: for one-off multi-line output (the resolved configuration). */
+void log_text(const char *text);
+/* Async-signal-safe: one write(2) of "fragless: <msg>\n", no formatting, locks or limits. */
 void log_signal_safe(const char *msg);
 
 #define LOG_AT(level, ...)                                                                     \
     do {                                                                                       \
         static struct log_site log_site_;                                                      \
-        log_site_printf(&log_site_, (level), __VA_ARGS__);                                     \
+        if (log_enabled(level))                                                                \
+            log_site_printf(&log_site_, (level), __VA_ARGS__);                                 \
     } while (0)
 #define log_error(...) LOG_AT(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) LOG_AT(LOG_WARN, __VA_ARGS__)
@@ -66,8 +85,10 @@ void log_signal_safe(const char *msg);
 /* ---- config.c: FRAGLESS_CONF ------------------------------------------------------------ */
 
 #define CONF_PATH_MAX 512
-/* roundup_power2_divisions is kept per power-of-two size interval, as PyTorch does:
- * interval i covers sizes in [2^(i+CONF_RP2_FIRST_SHIFT-1), 2^(i+CONF_RP2_FIRST_SHIFT)). */
+/* roundup_power2_divisions is kept per power-of-two size interval: interval i covers sizes in
+ * [2^(i+CONF_RP2_FIRST_SHIFT-1), 2^(i+CONF_RP2_FIRST_SHIFT)), i.e. i = floor(log2(size));
+ * config_rp2_divisions() does the lookup. */
+#define CONF_RP2_FIRST_SHIFT 1
 #define CONF_RP2_INTERVALS 64
 
 struct config {
@@ -89,7 +110,7 @@ struct config {
 
 /* One rejected key:value pair, with the message that names what is accepted. */
 struct conf_error {
-    char message[256];
+    char message[512];
 };
 
 void config_defaults(struct config *c);
@@ -97,17 +118,22 @@ void config_defaults(struct config *c);
  * one entry to errs (up to max_errs) and is skipped; good pairs still apply. Returns the
  * number of bad pairs. */
 int config_parse(const char *text, struct config *c, struct conf_error *errs, int max_errs);
-/* Writes the resolved configuration, one "key:value" per line, into buf. */
+/* Writes the resolved configuration, one "key:value" per line, into buf (always
+ * NUL-terminated); the lines joined with ',' parse back to the same configuration. */
 void config_format(const struct config *c, char *buf, size_t len);
 /* The process's configuration: FRAGLESS_CONF parsed once (thread-safe, lazily), errors
- * reported once on stderr; with strict:true a bad pair aborts the process here. */
+ * reported once on stderr; with strict:true a bad pair exits the process (status 1) here. */
 const struct config *config_get(void);
+/* roundup_power2_divisions that apply to a request of `size` bytes. */
+uint32_t config_rp2_divisions(const struct config *c, size_t size);
 
 /* ---- driver.c: the only file that calls libcuda ---------------------------------------- */
 
 enum drv_feature {
     DRV_FEATURE_ASYNC, /* cuMemAllocAsync / cuMemFreeAsync */
     DRV_FEATURE_VMM,   /* cuMemAddressReserve ... cuMemSetAccess */
+    DRV_FEATURE_PROC_ADDRESS, /* cuGetProcAddress_v2 or the 4-argument cuGetProcAddress */
+    DRV_FEATURE_IPC,   /* cuIpcGetMemHandle */
     DRV_FEATURE_COUNT
 };
 
@@ -121,10 +147,17 @@ bool drv_has(enum drv_feature f);
  * would return it (used for pass-through and by the resolvers); NULL if unknown. */
 void *drv_real_proc(const char *symbol, int cuda_version, cuuint64_t flags,
                     CUdriverProcAddressQueryResult *status);
+/* The driver's own export `name` (real dlsym on the driver's handle); NULL if it has none. */
+void *drv_sym(const char *name);
+/* The driver's cuGetProcAddress (5-argument form; synthesized status on drivers with only the
+ * 4-argument one). CUDA_ERROR_NOT_SUPPORTED when the driver has neither. */
+CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
+                              CUdriverProcAddressQueryResult *status);
 /* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
 
+CUresult drv_driver_get_version(int *version);
 CUresult drv_ctx_get_current(CUcontext *ctx);
 CUresult drv_ctx_set_current(CUcontext ctx);
 CUresult drv_ctx_get_device(CUdevice *dev);
@@ -141,6 +174,7 @@ CUresult drv_mem_alloc_async(CUdeviceptr *ptr, size_t size, CUstream stream);
 CUresult drv_mem_free_async(CUdeviceptr ptr, CUstream stream);
 CUresult drv_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
 CUresult drv_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr);
+CUresult drv_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr);
 CUresult drv_stream_is_capturing(CUstream stream, CUstreamCaptureStatus *status);
 CUresult drv_stream_synchronize(CUstream stream);
 CUresult drv_event_create(CUevent *event, unsigned int flags);
@@ -155,8 +189,13 @@ CUresult drv_mem_create(CUmemGenericAllocationHandle *handle, size_t size, int d
 CUresult drv_mem_release(CUmemGenericAllocationHandle handle);
 CUresult drv_mem_map(CUdeviceptr ptr, size_t size, CUmemGenericAllocationHandle handle);
 CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size);
-/* Read/write access for `device` and every peer device enabled for it. */
+/* Read/write access for `device` (peers are not granted access yet; README "Known limits"). */
 CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device);
+
+/* ---- dl.c: the real dlsym (interpose.c exports a dlsym hook; call only this one) --------- */
+
+/* The C library's dlsym, found once with dlvsym. RTLD_NEXT searches after libfragless. */
+void *dl_sym(void *handle, const char *name);
 
 /* ---- heap.c (and friends): the caching allocator ---------------------------------------- */
 
