@@ -11,8 +11,11 @@
 #ifndef FRAGLESS_PAGEIO_H
 #define FRAGLESS_PAGEIO_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fragless_shm.h"
@@ -58,6 +63,39 @@ static inline bool pio_parse_name(const char *name, uint32_t *uid, int32_t *pid)
     *uid = (uint32_t)v[0];
     *pid = (int32_t)v[1];
     return true;
+}
+
+/* Calls fn(dirfd, name, uid, pid, arg) for every entry of `dir` named like a page, until fn
+ * returns non-zero (which is returned). -errno when the directory cannot be read. */
+typedef int (*pio_name_fn)(int dirfd, const char *name, uint32_t uid, int32_t pid, void *arg);
+static inline int pio_each_name(const char *dir, pio_name_fn fn, void *arg)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -errno;
+    int r = 0;
+    struct dirent *e;
+    uint32_t uid;
+    int32_t pid;
+    while (r == 0 && (e = readdir(d)) != NULL) {
+        if (pio_parse_name(e->d_name, &uid, &pid))
+            r = fn(dirfd(d), e->d_name, uid, pid, arg);
+    }
+    closedir(d);
+    return r;
+}
+
+/* Futex words in a shared mapping (no FUTEX_PRIVATE_FLAG: they work across processes). */
+static inline void pio_futex_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Sleeps while *word == seen, at most `ns` nanoseconds (or until woken, or a signal). */
+static inline void pio_futex_wait(uint32_t *word, uint32_t seen, int64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll)};
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
 }
 
 /* Start time (clock ticks after boot, field 22 of /proc/<pid>/stat) of a live process.

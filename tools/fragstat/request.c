@@ -8,14 +8,11 @@
 #include "fragstat.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,17 +35,6 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-static void futex_wake(uint32_t *word)
-{
-    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
-static void futex_wait(uint32_t *word, uint32_t seen, int64_t ns)
-{
-    struct timespec ts = {(time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll)};
-    syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
-}
-
 /* Posts the request; returns its id. */
 static uint32_t post(fragless_shm_page_t *pg, unsigned device)
 {
@@ -59,7 +45,7 @@ static uint32_t post(fragless_shm_page_t *pg, unsigned device)
                                      device);
     } while (!atomic_compare_exchange_weak(req, &old, want));
     atomic_fetch_add((_Atomic uint32_t *)&pg->wake, 1);
-    futex_wake(&pg->wake);
+    pio_futex_wake(&pg->wake);
     return FRAGLESS_SHM_REQ_ID(want);
 }
 
@@ -74,7 +60,7 @@ static bool await(fragless_shm_page_t *pg, uint32_t id, int64_t deadline)
         int64_t left = deadline - now_ns();
         if (left <= 0)
             return false;
-        futex_wait(&pg->response_id, r, left);
+        pio_futex_wait(&pg->response_id, r, left);
     }
 }
 

@@ -8,7 +8,6 @@
  */
 #include "fragstat.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -97,11 +96,16 @@ static int read_live(int dirfd, int fd, const char *name, int32_t pid, uid_t uid
     return 0;
 }
 
-static int scan_one(int dirfd, const char *name, int32_t want, struct fs_scan *out)
+struct scan_ctx {
+    int32_t want;
+    struct fs_scan *out;
+};
+
+static int scan_one(int dirfd, const char *name, uint32_t uid, int32_t pid, void *arg)
 {
-    uint32_t uid;
-    int32_t pid;
-    if (!pio_parse_name(name, &uid, &pid) || (want && pid != want))
+    struct scan_ctx *ctx = arg;
+    struct fs_scan *out = ctx->out;
+    if (ctx->want && pid != ctx->want)
         return 0;
     int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
@@ -140,14 +144,8 @@ static int by_pid(const void *a, const void *b)
 int fs_scan(const char *dir, int32_t pid, struct fs_scan *out)
 {
     memset(out, 0, sizeof *out);
-    DIR *d = opendir(dir);
-    if (!d)
-        return -errno;
-    int r = 0;
-    struct dirent *e;
-    while (r == 0 && (e = readdir(d)) != NULL)
-        r = scan_one(dirfd(d), e->d_name, pid, out);
-    closedir(d);
+    struct scan_ctx ctx = {pid, out};
+    int r = pio_each_name(dir, scan_one, &ctx);
     if (out->count > 1)
         qsort(out->procs, (size_t)out->count, sizeof *out->procs, by_pid);
     return r;
