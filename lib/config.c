@@ -273,7 +273,7 @@ static int format_fraction(const struct conf_key *k FL_UNUSED, const void *field
 {
     double v = *(const double *)field, back;
     char tmp[64];
-    for (int prec = 1; prec <= 40; prec++) {
+    for (int prec = 0; prec <= 40; prec++) {
         snprintf(tmp, sizeof tmp, "%.*f", prec, v);
         if (parse_decimal(tmp, &back) && back == v)
             break;

@@ -16,6 +16,8 @@
 
 /* Not a feature: the entry point is required and drv_load fails without it. */
 #define REQUIRED (-1)
+/* Not a feature either: without it only its wrapper fails (CUDA_ERROR_NOT_SUPPORTED). */
+#define OPTIONAL (-2)
 
 /* The real entry points. Each member is filled from the first name in its table row that the
  * driver exports. */
@@ -31,6 +33,7 @@ struct drv_fns {
     CUresult (*ctx_synchronize)(void);
     CUresult (*primary_ctx_retain)(CUcontext *, CUdevice);
     CUresult (*primary_ctx_release)(CUdevice);
+    CUresult (*primary_ctx_get_state)(CUdevice, unsigned int *, int *);
     CUresult (*device_get_count)(int *);
     CUresult (*device_get_attribute)(int *, CUdevice_attribute, CUdevice);
     CUresult (*device_total_mem)(size_t *, CUdevice);
@@ -83,6 +86,7 @@ static const struct drv_entry entries[] = {
     ENTRY(primary_ctx_retain, REQUIRED, "cuDevicePrimaryCtxRetain"),
     ENTRY(primary_ctx_release, REQUIRED, "cuDevicePrimaryCtxRelease_v2",
           "cuDevicePrimaryCtxRelease"),
+    ENTRY(primary_ctx_get_state, OPTIONAL, "cuDevicePrimaryCtxGetState"),
     ENTRY(device_get_count, REQUIRED, "cuDeviceGetCount"),
     ENTRY(device_get_attribute, REQUIRED, "cuDeviceGetAttribute"),
     ENTRY(device_total_mem, REQUIRED, "cuDeviceTotalMem_v2", "cuDeviceTotalMem"),
@@ -161,6 +165,10 @@ static CUresult resolve_all(void)
         memcpy((char *)&drv.fn + e->offset, &p, sizeof p);
         if (p)
             continue;
+        if (e->feature == OPTIONAL) {
+            log_warn("the CUDA driver lacks %s", e->names[0]);
+            continue;
+        }
         if (e->feature == REQUIRED) {
             log_error("the CUDA driver lacks %s, which fragless needs; is it older than "
                       "CUDA 11.2?",
@@ -358,6 +366,11 @@ CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev)
 CUresult drv_primary_ctx_release(CUdevice dev)
 {
     CALL(primary_ctx_release, dev);
+}
+
+CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active)
+{
+    CALL(primary_ctx_get_state, dev, flags, active);
 }
 
 CUresult drv_device_get_count(int *count)

@@ -164,6 +164,7 @@ CUresult drv_ctx_get_device(CUdevice *dev);
 CUresult drv_ctx_synchronize(void);
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev);
 CUresult drv_primary_ctx_release(CUdevice dev);
+CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active);
 CUresult drv_device_get_count(int *count);
 CUresult drv_device_get_attribute(int *value, CUdevice_attribute attr, CUdevice dev);
 CUresult drv_device_total_mem(size_t *bytes, CUdevice dev);
@@ -240,6 +241,173 @@ int heap_segment_info(int device, struct heap_segment_info *out, int max);
 void heap_atfork_prepare(void);
 void heap_atfork_parent(void);
 void heap_atfork_child(void);
+
+/* -- heap internals: shared by the heap's files only (heap.c, size.c, freeindex.c, block.c,
+ *    reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
+
+#include <pthread.h>
+#include <uthash.h>
+
+enum heap_pool_kind { POOL_SMALL = 0, POOL_LARGE = 1, POOL_KINDS = 2 };
+
+enum block_state {
+    BLOCK_FREE,        /* in a free index; reusable on every stream (global) or on one */
+    BLOCK_LIVE,        /* handed out */
+    BLOCK_SYNC_PENDING /* freed by cudaFree/cuMemFree: reusable after a device sync */
+};
+
+/* A contiguous piece of one segment. Blocks of a segment tile it in address order. */
+struct block {
+    CUdeviceptr ptr;
+    size_t size;      /* rounded size: what the block occupies */
+    size_t requested; /* what the program asked for (live blocks) */
+    struct segment *seg;
+    struct block *prev, *next;   /* address neighbours in the segment */
+    struct block *lprev, *lnext; /* free-index class list or pending list */
+    struct freeindex *index;     /* the index holding a BLOCK_FREE block */
+    uint64_t free_seq;           /* heap's free sequence number when it was freed */
+    enum block_state state;
+    UT_hash_handle hh; /* heap's live map, keyed by ptr */
+};
+
+/* ---- size.c: rounding, pools, segment sizes ---- */
+#define SIZE_MIN_BLOCK ((size_t)512)
+#define SIZE_SMALL_MAX FL_MiB           /* requests up to this go to the small pool */
+#define SIZE_SMALL_SEGMENT (2 * FL_MiB) /* small-pool segments */
+#define SIZE_LARGE_SEGMENT (20 * FL_MiB)
+#define SIZE_MIN_LARGE_ALLOC (10 * FL_MiB) /* below this, large requests share 20 MiB segments */
+#define SIZE_SEGMENT_ROUND (2 * FL_MiB)
+#define SIZE_LARGE_BUFFER (20 * FL_MiB) /* oversize requests take blocks at most this larger */
+/* The size a request occupies (0 if it cannot be represented). */
+size_t size_round(size_t size, const struct config *c);
+/* PyTorch's next division of the power-of-two interval holding size. */
+size_t size_rp2_next_division(size_t size, size_t divisions);
+enum heap_pool_kind size_pool(size_t rounded);
+/* Size of a new segment to serve a rounded request. */
+size_t size_segment(size_t rounded, size_t max_split);
+/* Whether a free block of block_size may serve a rounded request (max_split_size rules). */
+bool size_block_fits(size_t block_size, size_t rounded, size_t max_split);
+/* Whether serving `rounded` from a block of block_size leaves a remainder worth a block. */
+bool size_should_split(size_t block_size, size_t rounded, enum heap_pool_kind pool,
+                       size_t max_split);
+
+/* ---- freeindex.c: segregated-fit index of free blocks (two-level bitmaps, O(1)) ---- */
+#define FI_SL_LOG2 5
+#define FI_SL (1u << FI_SL_LOG2)
+#define FI_FL 48
+struct freeindex {
+    uint64_t fl_bitmap;
+    uint32_t sl_bitmap[FI_FL];
+    struct block *heads[FI_FL][FI_SL];
+    size_t bytes;
+    size_t count;
+};
+void fi_init(struct freeindex *fi);
+void fi_insert(struct freeindex *fi, struct block *b);
+void fi_remove(struct freeindex *fi, struct block *b);
+/* A free block of at least `size` bytes, the smallest the index can find in O(1); NULL if
+ * none. */
+struct block *fi_best_fit(const struct freeindex *fi, size_t size);
+/* Size of the largest block held (scans one class list). */
+size_t fi_largest(const struct freeindex *fi);
+/* Moves every block with free_seq <= seq onto the list *out (linked by lnext). */
+void fi_take_upto(struct freeindex *fi, uint64_t seq, struct block **out);
+bool fi_is_valid(const struct freeindex *fi);
+
+/* ---- segment.c: where memory comes from (classic cuMemAlloc segments; VMM: issue 5) ---- */
+enum segment_kind { SEGMENT_CLASSIC = 0 };
+struct segment {
+    CUdeviceptr base;
+    size_t size;
+    enum segment_kind kind;
+    enum heap_pool_kind pool;
+    struct block *first; /* lowest block */
+    uint32_t nblocks;
+    uint32_t nlive;
+    size_t live_bytes;
+    struct segment *prev, *next; /* heap's segment list */
+};
+/* Gets `size` bytes from the driver in the current context. No heap lock needed. */
+CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **out);
+/* Returns the memory to the driver (which waits for the work that may touch it). */
+CUresult segment_destroy(struct segment *s);
+
+/* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
+bool segmap_insert(CUdeviceptr base, size_t size, int device);
+void segmap_remove(CUdeviceptr base);
+bool segmap_find(CUdeviceptr ptr, int *device);
+void segmap_atfork_prepare(void);
+void segmap_atfork_parent(void);
+void segmap_atfork_child(void);
+
+/* ---- heap.c: the per-device heap ---- */
+/* Free blocks of one stream, reusable on it at once and on other streams once `event`
+ * (recorded after they were freed) has completed. */
+struct stream_pool {
+    CUstream stream;
+    struct freeindex index[POOL_KINDS];
+    CUevent event;       /* NULL until first needed */
+    uint64_t event_seq;  /* free_seq covered by the recorded event */
+    bool event_pending;  /* recorded and not yet seen complete */
+};
+struct heap {
+    pthread_mutex_t lock;
+    int device;
+    const struct config *cfg;
+    struct freeindex global[POOL_KINDS]; /* free and safe for every stream */
+    struct stream_pool **streams;
+    int nstreams, cap_streams;
+    struct block *pending; /* BLOCK_SYNC_PENDING, newest first */
+    size_t pending_bytes;
+    uint64_t free_seq;
+    struct segment *segments;
+    struct block *live;  /* uthash by ptr */
+    struct block *spare; /* recycled block structs */
+    fragless_stats_t st;
+};
+
+/* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
+struct block *block_new(struct heap *h);
+void block_recycle(struct heap *h, struct block *b);
+/* Adds (sign +1) or removes (-1) b's share of the heap's statistics. */
+void block_account(struct heap *h, const struct block *b, int sign);
+/* Takes a free block out of its index for use by a rounded request: splits off the rest when
+ * worth it (the rest stays in the same index) and marks it live. */
+void block_take(struct heap *h, struct block *b, size_t rounded, size_t requested);
+/* Puts detached b free into `fi`, merging with neighbours free there. */
+void block_release_to(struct heap *h, struct block *b, struct freeindex *fi);
+/* Puts detached b on the pending list (freed by a device-wide free). */
+void block_pend(struct heap *h, struct block *b);
+/* Live → detached (the caller then releases or pends it). */
+void block_unlive(struct heap *h, struct block *b);
+/* Takes b (free or pending) out of whatever index or list holds it: detached. */
+void block_detach(struct heap *h, struct block *b);
+
+/* ---- reuse.c: stream-ordered safety — stream pools, events, batched device sync ---- */
+struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool create);
+/* Non-blocking: records/queries each stream pool's event; blocks whose event completed move
+ * to the global index. Driver calls only when stream pools hold blocks. */
+void reuse_collect(struct heap *h);
+/* Whether a device sync is worth it for a request of `rounded` bytes. */
+bool reuse_sync_pays(const struct heap *h, size_t rounded);
+/* One device synchronization (heap lock dropped around it); then every block freed before it
+ * began is reusable everywhere. Called and returns with h->lock held. */
+CUresult reuse_device_sync(struct heap *h);
+bool reuse_has_pending(const struct heap *h);
+/* Drops stream pools that hold no block; their events go to *events (up to max), count
+ * returned. */
+int reuse_drop_idle(struct heap *h, CUevent *events, int max);
+
+/* ---- heapcheck.c: the invariant walker behind heap_is_valid() ---- */
+/* Checks every invariant of h (lock held); logs the first violation and returns false. */
+bool heap_check(struct heap *h);
+
+/* ---- stats.c: level statistics and snapshots ---- */
+void stat_add(fragless_stat_t *s, int64_t delta);
+void stat_set(fragless_stat_t *s, uint64_t value);
+void stats_reset_peaks(fragless_stats_t *s);
+/* Copies src into out, at most out->size bytes; fills size/version/device. */
+int stats_copy_out(const fragless_stats_t *src, int device, fragless_stats_t *out);
 
 /* ---- vmm.c: expandable segments' page layer (reserve/create/map/set access) ------------- */
 

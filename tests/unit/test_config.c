@@ -428,7 +428,7 @@ Test(config, format_of_defaults_parses_back)
     config_format(&c, text, sizeof text);
     cr_assert_str_eq(text, "passthrough:false\nstrict:false\nverbose:0\ndriver:\n"
                            "expandable_segments:auto\nmax_split_size_mb:unlimited\n"
-                           "roundup_power2_divisions:0\ngarbage_collection_threshold:0.0\n"
+                           "roundup_power2_divisions:0\ngarbage_collection_threshold:0\n"
                            "release_threshold_mb:unlimited\npage_size_mb:2\ntrace:\n"
                            "trace_extensions:true\nreport:\nstats_page:true\n");
     for (char *p = text; *p; p++)
@@ -485,7 +485,8 @@ Test(config, very_long_input)
     free(value);
 }
 
-Test(config, readme_documents_every_key)
+/* README's configuration table has a row for every key, naming its default. */
+Test(config, readme_documents_every_key_and_default)
 {
     char path[1024], text[8192];
     const char *src = getenv("FRAGLESS_SRC");
@@ -499,9 +500,16 @@ Test(config, readme_documents_every_key)
     config_defaults(&c);
     config_format(&c, text, sizeof text);
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        char row[128];
-        snprintf(row, sizeof row, "| `%.*s` |", (int)strcspn(line, ":"), line);
-        cr_assert(strstr(readme, row), "README.md has no row %s", row);
+        char row[128], dflt[128];
+        size_t klen = strcspn(line, ":");
+        snprintf(row, sizeof row, "| `%.*s` |", (int)klen, line);
+        char *at = strstr(readme, row);
+        cr_assert(at, "README.md has no row %s", row);
+        if (line[klen + 1] == '\0')
+            continue;
+        snprintf(dflt, sizeof dflt, "| `%s`", line + klen + 1);
+        char *dflt_at = strstr(at, dflt);
+        cr_assert(dflt_at && dflt_at < strchr(at, '\n'), "row %s lacks default %s", row, dflt);
     }
 }
 

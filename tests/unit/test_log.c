@@ -132,6 +132,18 @@ Test(log, site_limit_then_suppressed_line)
     free(second);
 }
 
+Test(log, default_limit_is_ten_per_site)
+{
+    log_set_limits(5, 5, 5);
+    log_set_limits(0, 0, 0);
+    capture_start();
+    log_from_one_site(LOG_SITE_LIMIT + 5);
+    char *out = capture_stop();
+    cr_assert_eq(count_lines(out), LOG_SITE_LIMIT);
+    cr_assert_eq(LOG_SITE_LIMIT, 10, "README says 10");
+    free(out);
+}
+
 Test(log, sites_are_limited_separately)
 {
     static struct log_site a, b;

@@ -1,0 +1,627 @@
+/*
+ * heap.c — the per-device caching allocator: the heap_* API of internal.h.
+ *
+ * Owns: one heap per device (created on first use) with its lock, its segments, its map of
+ * live blocks, its free indexes and statistics; the allocation path (cached block → stream
+ * pools' completed frees → batched device sync → new segment → OOM: release what is cached
+ * and retry once); frees (into the stream's pool for stream-ordered frees, onto the pending
+ * list for cudaFree/cuMemFree); lookups, empty-cache, the segment map for fragstat, the
+ * invariant walker and fork handlers.
+ *
+ * Locking: a mutex per heap, never held across a driver call that can block or allocate
+ * (cuMemAlloc, cuMemFree, cuCtxSynchronize); event record/query, which return at once, are
+ * made under it. Lock order: heap lock, then the segment map's lock.
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct heap *_Atomic heaps[FL_MAX_DEVICES];
+
+static bool device_in_range(int device)
+{
+    return device >= 0 && device < FL_MAX_DEVICES;
+}
+
+static struct heap *heap_create(int device)
+{
+    struct heap *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    pthread_mutex_init(&h->lock, NULL);
+    h->device = device;
+    h->cfg = config_get();
+    for (int k = 0; k < POOL_KINDS; k++)
+        fi_init(&h->global[k]);
+    stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *h);
+    return h;
+}
+
+/* The heap of `device`; created on first use when `create`. */
+static struct heap *heap_of(int device, bool create)
+{
+    if (!device_in_range(device))
+        return NULL;
+    struct heap *h = atomic_load_explicit(&heaps[device], memory_order_acquire);
+    if (FL_LIKELY(h) || !create)
+        return h;
+    pthread_mutex_lock(&heaps_lock);
+    h = atomic_load_explicit(&heaps[device], memory_order_relaxed);
+    if (!h) {
+        h = heap_create(device);
+        atomic_store_explicit(&heaps[device], h, memory_order_release);
+    }
+    pthread_mutex_unlock(&heaps_lock);
+    return h;
+}
+
+/* FRAGLESS_CHECK set (and not "0"): check every invariant after every operation. */
+static bool check_enabled(void)
+{
+    static _Atomic int enabled = -1;
+    int e = atomic_load_explicit(&enabled, memory_order_relaxed);
+    if (FL_UNLIKELY(e < 0)) {
+        const char *v = getenv("FRAGLESS_CHECK");
+        e = v && *v && strcmp(v, "0") != 0;
+        atomic_store_explicit(&enabled, e, memory_order_relaxed);
+    }
+    return e;
+}
+
+static void check(void)
+{
+    if (FL_UNLIKELY(check_enabled()) && !heap_is_valid()) {
+        log_error("heap invariant violated (FRAGLESS_CHECK); aborting");
+        abort();
+    }
+}
+
+/* Brings the derived level up to date; end of every operation, lock held. */
+static void settle(struct heap *h)
+{
+    stat_set(&h->st.reserved_unallocated_bytes,
+             h->st.reserved_bytes.current - h->st.allocated_bytes.current);
+}
+
+/* ---- allocation ----------------------------------------------------------------------- */
+
+static struct block *fit_in(struct heap *h, struct freeindex *fi, size_t rounded)
+{
+    struct block *b = fi_best_fit(fi, rounded);
+    if (b && !size_block_fits(b->size, rounded, h->cfg->max_split_size))
+        return NULL;
+    return b;
+}
+
+/* A free block this request may use now: the stream's own frees, then the global ones. */
+static struct block *find_cached(struct heap *h, size_t rounded, CUstream stream,
+                                 enum heap_mode mode)
+{
+    enum heap_pool_kind k = size_pool(rounded);
+    if (mode == HEAP_ASYNC) {
+        struct stream_pool *sp = reuse_stream_pool(h, stream, false);
+        struct block *b = sp ? fit_in(h, &sp->index[k], rounded) : NULL;
+        if (b)
+            return b;
+    }
+    return fit_in(h, &h->global[k], rounded);
+}
+
+/* Hands out free block b; lock held. */
+static CUdeviceptr serve(struct heap *h, struct block *b, size_t rounded, size_t size)
+{
+    block_take(h, b, rounded, size);
+    HASH_ADD(hh, h->live, ptr, sizeof b->ptr, b);
+    h->st.num_allocs++;
+    settle(h);
+    return b->ptr;
+}
+
+/* The cache's answer, trying what costs no blocking driver call first, then a device sync
+ * when enough is pending for it to pay. Lock held (dropped around a sync). */
+static struct block *cached_block(struct heap *h, size_t rounded, CUstream stream,
+                                  enum heap_mode mode)
+{
+    struct block *b = find_cached(h, rounded, stream, mode);
+    if (b)
+        return b;
+    reuse_collect(h);
+    b = find_cached(h, rounded, stream, mode);
+    if (b || !reuse_sync_pays(h, rounded))
+        return b;
+    if (reuse_device_sync(h) != CUDA_SUCCESS)
+        return NULL;
+    return find_cached(h, rounded, stream, mode);
+}
+
+/* Makes new segment s part of the heap with one free block; false if out of host memory. */
+static bool add_segment(struct heap *h, struct segment *s)
+{
+    struct block *b = block_new(h);
+    if (!b)
+        return false;
+    if (!segmap_insert(s->base, s->size, h->device)) {
+        block_recycle(h, b);
+        return false;
+    }
+    b->ptr = s->base;
+    b->size = s->size;
+    b->seg = s;
+    s->first = b;
+    s->nblocks = 1;
+    s->next = h->segments;
+    if (h->segments)
+        h->segments->prev = s;
+    h->segments = s;
+    stat_add(&h->st.reserved_bytes, (int64_t)s->size);
+    stat_add(&h->st.segments, 1);
+    stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *s);
+    h->st.num_device_alloc++;
+    block_release_to(h, b, &h->global[s->pool]);
+    return true;
+}
+
+/* Takes every segment without a live block out of the heap onto *out; returns their bytes.
+ * The caller destroys them after dropping the lock. */
+static size_t take_free_segments(struct heap *h, struct segment **out)
+{
+    size_t bytes = 0;
+    struct segment *s = h->segments;
+    while (s) {
+        struct segment *next = s->next;
+        if (s->nlive == 0) {
+            for (struct block *b = s->first, *bn; b; b = bn) {
+                bn = b->next;
+                block_detach(h, b);
+                block_recycle(h, b);
+            }
+            segmap_remove(s->base);
+            if (s->prev)
+                s->prev->next = s->next;
+            else
+                h->segments = s->next;
+            if (s->next)
+                s->next->prev = s->prev;
+            stat_add(&h->st.reserved_bytes, -(int64_t)s->size);
+            stat_add(&h->st.segments, -1);
+            stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
+            h->st.num_device_free++;
+            bytes += s->size;
+            s->next = *out;
+            *out = s;
+        }
+        s = next;
+    }
+    settle(h);
+    return bytes;
+}
+
+static void destroy_segments(struct segment *s)
+{
+    while (s) {
+        struct segment *next = s->next;
+        CUdeviceptr base = s->base;
+        CUresult r = segment_destroy(s);
+        if (r != CUDA_SUCCESS)
+            log_error("cuMemFree of segment %#llx failed (%d)", (unsigned long long)base, (int)r);
+        s = next;
+    }
+}
+
+/* Releases cached segments of h; lock not held. Returns bytes released. */
+static size_t release_free_segments(struct heap *h)
+{
+    struct segment *list = NULL;
+    pthread_mutex_lock(&h->lock);
+    size_t bytes = take_free_segments(h, &list);
+    pthread_mutex_unlock(&h->lock);
+    destroy_segments(list);
+    return bytes;
+}
+
+static double mib(uint64_t bytes)
+{
+    return (double)bytes / (double)FL_MiB;
+}
+
+static void log_oom(struct heap *h, size_t size)
+{
+    uint64_t reserved = h->st.reserved_bytes.current;
+    uint64_t allocated = h->st.allocated_bytes.current;
+    log_error("out of memory on device %d: tried to allocate %.2f MiB; fragless holds %.2f MiB "
+              "reserved, %.2f MiB allocated, %.2f MiB reserved but unallocated",
+              h->device, mib(size), mib(reserved), mib(allocated), mib(reserved - allocated));
+}
+
+/* The driver refused a segment: release what is cached, retry once, then look again in the
+ * cache after a device sync. Lock not held; on success *ptr is set. */
+static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream stream,
+                        enum heap_mode mode, struct segment **seg, CUdeviceptr *ptr)
+{
+    pthread_mutex_lock(&h->lock);
+    h->st.num_alloc_retries++;
+    pthread_mutex_unlock(&h->lock);
+    release_free_segments(h);
+    CUresult r =
+        segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), seg);
+    if (r != CUDA_ERROR_OUT_OF_MEMORY)
+        return r;
+    pthread_mutex_lock(&h->lock);
+    struct block *b = NULL;
+    if (reuse_has_pending(h) && reuse_device_sync(h) == CUDA_SUCCESS)
+        b = find_cached(h, rounded, stream, mode);
+    if (b) {
+        *ptr = serve(h, b, rounded, size);
+        h->st.num_cache_hits++;
+        r = CUDA_SUCCESS;
+    } else {
+        h->st.num_ooms++;
+        log_oom(h, size);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return r;
+}
+
+/* No cached block fits: a new segment from the driver. Lock not held. */
+static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstream stream,
+                              enum heap_mode mode, CUdeviceptr *out)
+{
+    struct segment *s = NULL;
+    CUdeviceptr ptr = 0;
+    CUresult r =
+        segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), &s);
+    if (r == CUDA_ERROR_OUT_OF_MEMORY)
+        r = recover(h, rounded, size, stream, mode, &s, &ptr);
+    if (r != CUDA_SUCCESS)
+        return r;
+    if (!s) {
+        *out = ptr;
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_lock(&h->lock);
+    if (!add_segment(h, s)) {
+        pthread_mutex_unlock(&h->lock);
+        log_error("out of host memory for a segment record");
+        segment_destroy(s);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    h->st.num_cache_misses++;
+    *out = serve(h, s->first, rounded, size);
+    pthread_mutex_unlock(&h->lock);
+    return CUDA_SUCCESS;
+}
+
+CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mode, CUdeviceptr *out)
+{
+    if (!out)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct heap *h = heap_of(device, true);
+    if (!h)
+        return device_in_range(device) ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_DEVICE;
+    size_t rounded = size_round(size, h->cfg);
+    pthread_mutex_lock(&h->lock);
+    if (FL_UNLIKELY(!rounded)) {
+        h->st.num_ooms++;
+        log_oom(h, size);
+        pthread_mutex_unlock(&h->lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    struct block *b = cached_block(h, rounded, stream, mode);
+    if (b) {
+        *out = serve(h, b, rounded, size);
+        h->st.num_cache_hits++;
+    }
+    pthread_mutex_unlock(&h->lock);
+    CUresult r = b ? CUDA_SUCCESS : alloc_segment(h, rounded, size, stream, mode, out);
+    check();
+    return r;
+}
+
+/* ---- free ----------------------------------------------------------------------------- */
+
+/* A free of a pointer fragless does not own: counted on the current context's device. */
+static void count_foreign(void)
+{
+    CUdevice dev;
+    if (drv_ctx_get_device(&dev) != CUDA_SUCCESS)
+        return;
+    struct heap *h = heap_of((int)dev, true);
+    if (!h)
+        return;
+    pthread_mutex_lock(&h->lock);
+    h->st.num_foreign_frees++;
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* Where a freed block goes: its stream's pool (stream-ordered free on a stream shared by every
+ * thread that names it), else the pending list. */
+static void put_freed(struct heap *h, struct block *b, CUstream stream, enum heap_mode mode)
+{
+    struct stream_pool *sp = NULL;
+    if (mode == HEAP_ASYNC && stream != CU_STREAM_PER_THREAD)
+        sp = reuse_stream_pool(h, stream, true);
+    if (sp)
+        block_release_to(h, b, &sp->index[b->seg->pool]);
+    else
+        block_pend(h, b);
+}
+
+CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *foreign)
+{
+    bool ignored;
+    int device;
+    foreign = foreign ? foreign : &ignored;
+    *foreign = false;
+    struct heap *h = ptr && segmap_find(ptr, &device) ? heap_of(device, false) : NULL;
+    if (!h) {
+        *foreign = true;
+        if (ptr)
+            count_foreign();
+        return CUDA_SUCCESS;
+    }
+    struct block *b;
+    pthread_mutex_lock(&h->lock);
+    HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
+    if (!b) {
+        pthread_mutex_unlock(&h->lock);
+        log_error("free of %#llx: not the start of a live fragless block (double free?)",
+                  (unsigned long long)ptr);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    HASH_DELETE(hh, h->live, b);
+    block_unlive(h, b);
+    b->free_seq = ++h->free_seq;
+    put_freed(h, b, stream, mode);
+    h->st.num_frees++;
+    settle(h);
+    pthread_mutex_unlock(&h->lock);
+    check();
+    return CUDA_SUCCESS;
+}
+
+/* ---- queries -------------------------------------------------------------------------- */
+
+static struct block *block_containing(struct heap *h, CUdeviceptr ptr)
+{
+    struct block *b;
+    HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
+    if (b)
+        return b;
+    for (struct segment *s = h->segments; s; s = s->next) {
+        if (ptr - s->base >= s->size)
+            continue;
+        for (b = s->first; b; b = b->next)
+            if (ptr - b->ptr < b->size)
+                return b;
+    }
+    return NULL;
+}
+
+bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device)
+{
+    int dev;
+    struct heap *h = segmap_find(ptr, &dev) ? heap_of(dev, false) : NULL;
+    if (!h)
+        return false;
+    pthread_mutex_lock(&h->lock);
+    struct block *b = block_containing(h, ptr);
+    bool live = b && b->state == BLOCK_LIVE;
+    if (live) {
+        if (base)
+            *base = b->ptr;
+        if (size)
+            *size = b->requested;
+        if (device)
+            *device = dev;
+    }
+    pthread_mutex_unlock(&h->lock);
+    return live;
+}
+
+size_t heap_cached_bytes(int device)
+{
+    struct heap *h = heap_of(device, false);
+    if (!h)
+        return 0;
+    pthread_mutex_lock(&h->lock);
+    size_t bytes = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
+    pthread_mutex_unlock(&h->lock);
+    return bytes;
+}
+
+static size_t largest_free(const struct heap *h)
+{
+    size_t best = 0;
+    for (int k = 0; k < POOL_KINDS; k++) {
+        size_t l = fi_largest(&h->global[k]);
+        best = l > best ? l : best;
+        for (int i = 0; i < h->nstreams; i++) {
+            l = fi_largest(&h->streams[i]->index[k]);
+            best = l > best ? l : best;
+        }
+    }
+    return best;
+}
+
+int heap_get_stats(int device, fragless_stats_t *out)
+{
+    if (!device_in_range(device))
+        return FRAGLESS_ENODEV;
+    fragless_stats_t snap = {0};
+    struct heap *h = heap_of(device, false);
+    if (h) {
+        pthread_mutex_lock(&h->lock);
+        stat_set(&h->st.largest_free_block_bytes, largest_free(h));
+        snap = h->st;
+        pthread_mutex_unlock(&h->lock);
+    }
+    snap.driver_calls = drv_call_count();
+    snap.driver_ns = drv_call_ns();
+    return stats_copy_out(&snap, device, out);
+}
+
+int heap_reset_peaks(int device)
+{
+    if (device != -1 && !device_in_range(device))
+        return FRAGLESS_ENODEV;
+    for (int d = 0; d < FL_MAX_DEVICES; d++) {
+        struct heap *h = heap_of(d, false);
+        if (!h || (device != -1 && d != device))
+            continue;
+        pthread_mutex_lock(&h->lock);
+        stats_reset_peaks(&h->st);
+        pthread_mutex_unlock(&h->lock);
+    }
+    return FRAGLESS_OK;
+}
+
+/* ---- empty cache ---------------------------------------------------------------------- */
+
+#define EMPTY_MAX_EVENTS 64
+
+/* Releases h's cached segments and idle events with the device's primary context current
+ * (any thread may ask), restoring the caller's context after. */
+static CUresult empty_one(struct heap *h, size_t *released)
+{
+    CUcontext prev = NULL, primary = NULL;
+    CUevent events[EMPTY_MAX_EVENTS];
+    CUresult r = drv_primary_ctx_retain(&primary, (CUdevice)h->device);
+    if (r != CUDA_SUCCESS)
+        return r;
+    r = drv_ctx_get_current(&prev);
+    if (r != CUDA_SUCCESS)
+        goto release_primary;
+    r = drv_ctx_set_current(primary);
+    if (r != CUDA_SUCCESS)
+        goto release_primary;
+
+    struct segment *list = NULL;
+    pthread_mutex_lock(&h->lock);
+    size_t bytes = take_free_segments(h, &list);
+    int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
+    h->st.num_empty_cache++;
+    h->st.empty_cache_released_bytes += bytes;
+    pthread_mutex_unlock(&h->lock);
+    destroy_segments(list);
+    for (int i = 0; i < nevents; i++)
+        drv_event_destroy(events[i]);
+    *released += bytes;
+
+    drv_ctx_set_current(prev);
+release_primary:
+    drv_primary_ctx_release((CUdevice)h->device);
+    return r;
+}
+
+CUresult heap_empty_cache(int device, size_t *released)
+{
+    size_t bytes = 0;
+    CUresult r = CUDA_SUCCESS;
+    if (device != -1 && !device_in_range(device))
+        return CUDA_ERROR_INVALID_DEVICE;
+    for (int d = 0; d < FL_MAX_DEVICES; d++) {
+        struct heap *h = heap_of(d, false);
+        if (!h || (device != -1 && d != device))
+            continue;
+        CUresult rd = empty_one(h, &bytes);
+        if (rd != CUDA_SUCCESS && r == CUDA_SUCCESS)
+            r = rd;
+    }
+    if (released)
+        *released = bytes;
+    check();
+    return r;
+}
+
+/* ---- fragstat's map ------------------------------------------------------------------- */
+
+static void fill_map(const struct segment *s, char *map)
+{
+    size_t live[HEAP_SEG_MAP_CHARS] = {0};
+    size_t slice = (s->size + HEAP_SEG_MAP_CHARS - 1) / HEAP_SEG_MAP_CHARS;
+    for (const struct block *b = s->first; b; b = b->next) {
+        if (b->state != BLOCK_LIVE)
+            continue;
+        for (size_t off = b->ptr - s->base; off < b->ptr - s->base + b->size;) {
+            size_t i = off / slice;
+            size_t end = (i + 1) * slice;
+            size_t stop = b->ptr - s->base + b->size;
+            live[i] += (stop < end ? stop : end) - off;
+            off = end;
+        }
+    }
+    for (int i = 0; i < HEAP_SEG_MAP_CHARS; i++) {
+        size_t width = s->size - (size_t)i * slice < slice ? s->size - (size_t)i * slice : slice;
+        map[i] = live[i] == 0 ? '.' : live[i] >= width ? '#' : '+';
+    }
+    map[HEAP_SEG_MAP_CHARS] = '\0';
+}
+
+int heap_segment_info(int device, struct heap_segment_info *out, int max)
+{
+    struct heap *h = heap_of(device, false);
+    if (!h)
+        return 0;
+    int n = 0;
+    pthread_mutex_lock(&h->lock);
+    for (struct segment *s = h->segments; s; s = s->next, n++) {
+        if (!out || n >= max)
+            continue;
+        struct heap_segment_info *i = &out[n];
+        *i = (struct heap_segment_info){.base = s->base,
+                                        .size = s->size,
+                                        .allocated = s->live_bytes,
+                                        .free_mapped = s->size - s->live_bytes,
+                                        .blocks = s->nblocks};
+        fill_map(s, i->map);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return n;
+}
+
+bool heap_is_valid(void)
+{
+    for (int d = 0; d < FL_MAX_DEVICES; d++) {
+        struct heap *h = heap_of(d, false);
+        if (!h)
+            continue;
+        pthread_mutex_lock(&h->lock);
+        bool ok = heap_check(h);
+        pthread_mutex_unlock(&h->lock);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* ---- fork ----------------------------------------------------------------------------- */
+
+void heap_atfork_prepare(void)
+{
+    pthread_mutex_lock(&heaps_lock);
+    for (int d = 0; d < FL_MAX_DEVICES; d++)
+        if (heaps[d])
+            pthread_mutex_lock(&heaps[d]->lock);
+    segmap_atfork_prepare();
+}
+
+void heap_atfork_parent(void)
+{
+    segmap_atfork_parent();
+    for (int d = FL_MAX_DEVICES - 1; d >= 0; d--)
+        if (heaps[d])
+            pthread_mutex_unlock(&heaps[d]->lock);
+    pthread_mutex_unlock(&heaps_lock);
+}
+
+void heap_atfork_child(void)
+{
+    segmap_atfork_child();
+    for (int d = 0; d < FL_MAX_DEVICES; d++)
+        if (heaps[d])
+            pthread_mutex_init(&heaps[d]->lock, NULL);
+    pthread_mutex_init(&heaps_lock, NULL);
+}

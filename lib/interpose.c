@@ -1,0 +1,878 @@
+/*
+ * interpose.c — the CUDA entry points libfragless exports (the only file that exports any).
+ *
+ * Owns: the allocation entry points of the runtime and the driver API, the resolvers that
+ * hand those entry points out at run time (cuGetProcAddress in both forms,
+ * cudaGetDriverEntryPoint[ByVersion], dlsym), lazy one-time initialization, and the decision
+ * of what goes to the heap and what goes to the real function. Each entry point checks its
+ * arguments and then calls exactly one heap_* function; everything it does not serve goes to
+ * the real function: frees of pointers fragless did not hand out, streams under graph
+ * capture, contexts that are not their device's primary context, calls made while fragless
+ * initializes or from inside a real runtime call, and everything under passthrough:true.
+ */
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* cuda.h renames cuGetProcAddress to its 5-argument _v2; we export both forms. */
+#undef cuGetProcAddress
+
+/* The exported names, declared here where cuda.h does not declare them (or declares them
+ * under another name). */
+FL_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cuda_version,
+                                    cuuint64_t flags);
+FL_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream stream);
+FL_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
+FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **dev_ptr, size_t size, cudaStream_t stream);
+FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *dev_ptr, cudaStream_t stream);
+FL_EXPORT cudaError_t cudaGetDriverEntryPoint_ptsz(const char *symbol, void **fn,
+                                                   unsigned long long flags,
+                                                   enum cudaDriverEntryPointQueryResult *st);
+FL_EXPORT cudaError_t cudaGetDriverEntryPointByVersion_ptsz(
+    const char *symbol, void **fn, unsigned int cuda_version, unsigned long long flags,
+    enum cudaDriverEntryPointQueryResult *st);
+
+/* ---- initialization ------------------------------------------------------------------- */
+
+static struct {
+    pthread_mutex_t lock;
+    _Atomic bool done;
+    CUresult result;
+} init = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* This thread is initializing fragless: hooked calls it makes go to the real function. */
+static _Thread_local bool in_init;
+/* This thread is inside a real runtime function fragless called: driver entry points the
+ * runtime calls from there go to the real driver (the runtime does its own bookkeeping). */
+static _Thread_local int in_real_runtime;
+
+static void build_hook_table(void);
+
+static CUresult init_locked(void)
+{
+    CUresult r = drv_init();
+    if (r != CUDA_SUCCESS) {
+        log_error("cannot initialize the CUDA driver (CUresult %d); every call passes through "
+                  "to it",
+                  (int)r);
+        return r;
+    }
+    build_hook_table();
+    pthread_atfork(heap_atfork_prepare, heap_atfork_parent, heap_atfork_child);
+    return CUDA_SUCCESS;
+}
+
+static CUresult init_once(void)
+{
+    if (FL_LIKELY(atomic_load_explicit(&init.done, memory_order_acquire)))
+        return init.result;
+    if (in_init)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    pthread_mutex_lock(&init.lock);
+    if (!atomic_load_explicit(&init.done, memory_order_relaxed)) {
+        in_init = true;
+        init.result = init_locked();
+        in_init = false;
+        atomic_store_explicit(&init.done, true, memory_order_release);
+    }
+    pthread_mutex_unlock(&init.lock);
+    return init.result;
+}
+
+static bool passthrough(void)
+{
+    return config_get()->passthrough;
+}
+
+/* True when this call is fragless's to serve; false sends it to the real function. */
+static bool serving(void)
+{
+    if (in_init || in_real_runtime || passthrough())
+        return false;
+    return init_once() == CUDA_SUCCESS;
+}
+
+/* The runtime reports the driver's errors under the same numbers (CUDA 10.1 and later). */
+static cudaError_t rt_error(CUresult r)
+{
+    return (cudaError_t)r;
+}
+
+/* ---- the real runtime ----------------------------------------------------------------- */
+
+enum rt_fn {
+    RT_MALLOC,
+    RT_FREE,
+    RT_MALLOC_ASYNC,
+    RT_MALLOC_ASYNC_PTSZ,
+    RT_FREE_ASYNC,
+    RT_FREE_ASYNC_PTSZ,
+    RT_MEM_GET_INFO,
+    RT_IPC_GET_MEM_HANDLE,
+    RT_ENTRY_POINT,
+    RT_ENTRY_POINT_PTSZ,
+    RT_ENTRY_POINT_BY_VERSION,
+    RT_ENTRY_POINT_BY_VERSION_PTSZ,
+    RT_COUNT
+};
+
+static const char *const rt_names[RT_COUNT] = {
+    [RT_MALLOC] = "cudaMalloc",
+    [RT_FREE] = "cudaFree",
+    [RT_MALLOC_ASYNC] = "cudaMallocAsync",
+    [RT_MALLOC_ASYNC_PTSZ] = "cudaMallocAsync_ptsz",
+    [RT_FREE_ASYNC] = "cudaFreeAsync",
+    [RT_FREE_ASYNC_PTSZ] = "cudaFreeAsync_ptsz",
+    [RT_MEM_GET_INFO] = "cudaMemGetInfo",
+    [RT_IPC_GET_MEM_HANDLE] = "cudaIpcGetMemHandle",
+    [RT_ENTRY_POINT] = "cudaGetDriverEntryPoint",
+    [RT_ENTRY_POINT_PTSZ] = "cudaGetDriverEntryPoint_ptsz",
+    [RT_ENTRY_POINT_BY_VERSION] = "cudaGetDriverEntryPointByVersion",
+    [RT_ENTRY_POINT_BY_VERSION_PTSZ] = "cudaGetDriverEntryPointByVersion_ptsz",
+};
+
+static _Atomic(void *) rt_real[RT_COUNT];
+
+/* Our own entry in the dynamic linker's list of loaded objects. */
+static struct link_map *own_link_map(void)
+{
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1((void *)own_link_map, &info, (void **)&lm, RTLD_DL_LINKMAP))
+        return NULL;
+    return lm;
+}
+
+static bool defined_in(void *sym, const struct link_map *l)
+{
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1(sym, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+        return true; /* cannot tell: trust the lookup */
+    return lm == l;
+}
+
+/* A runtime loaded into a private scope (e.g. by a Python extension) is not found through
+ * RTLD_NEXT; look for it among all loaded objects. */
+static void *find_in_cudart(const char *name)
+{
+    struct link_map *l = own_link_map();
+    while (l && l->l_prev)
+        l = l->l_prev;
+    for (; l; l = l->l_next) {
+        if (!l->l_name || !strstr(l->l_name, "libcudart"))
+            continue;
+        void *p = dl_sym(l, name);
+        if (p)
+            return p;
+    }
+    return NULL;
+}
+
+/* The real runtime function `f`, or NULL when no runtime is loaded. */
+static void *rt(enum rt_fn f)
+{
+    void *p = atomic_load_explicit(&rt_real[f], memory_order_acquire);
+    if (FL_LIKELY(p))
+        return p;
+    p = dl_sym(RTLD_NEXT, rt_names[f]);
+    if (!p)
+        p = find_in_cudart(rt_names[f]);
+    if (p)
+        atomic_store_explicit(&rt_real[f], p, memory_order_release);
+    return p;
+}
+
+static cudaError_t no_runtime(enum rt_fn f)
+{
+    log_error("no CUDA runtime provides %s; cannot pass the call through", rt_names[f]);
+    return cudaErrorInitializationError;
+}
+
+/* Calls real runtime function `id` of type `type`, marking the thread as inside it. */
+#define RT_CALL(id, type, ...)             \
+    do {                                   \
+        type fn_ = (type)rt(id);           \
+        if (!fn_)                          \
+            return no_runtime(id);         \
+        in_real_runtime++;                 \
+        cudaError_t e_ = fn_(__VA_ARGS__); \
+        in_real_runtime--;                 \
+        return e_;                         \
+    } while (0)
+
+typedef cudaError_t (*rt_malloc_fn)(void **, size_t);
+typedef cudaError_t (*rt_free_fn)(void *);
+typedef cudaError_t (*rt_malloc_async_fn)(void **, size_t, cudaStream_t);
+typedef cudaError_t (*rt_free_async_fn)(void *, cudaStream_t);
+typedef cudaError_t (*rt_mem_get_info_fn)(size_t *, size_t *);
+typedef cudaError_t (*rt_ipc_fn)(cudaIpcMemHandle_t *, void *);
+typedef cudaError_t (*rt_entry_fn)(const char *, void **, unsigned long long,
+                                   enum cudaDriverEntryPointQueryResult *);
+typedef cudaError_t (*rt_entry_by_version_fn)(const char *, void **, unsigned int,
+                                              unsigned long long,
+                                              enum cudaDriverEntryPointQueryResult *);
+
+static cudaError_t real_malloc(void **dev_ptr, size_t size)
+{
+    RT_CALL(RT_MALLOC, rt_malloc_fn, dev_ptr, size);
+}
+
+static cudaError_t real_free(void *dev_ptr)
+{
+    RT_CALL(RT_FREE, rt_free_fn, dev_ptr);
+}
+
+static cudaError_t real_malloc_async(enum rt_fn id, void **dev_ptr, size_t size, cudaStream_t s)
+{
+    RT_CALL(id, rt_malloc_async_fn, dev_ptr, size, s);
+}
+
+static cudaError_t real_free_async(enum rt_fn id, void *dev_ptr, cudaStream_t s)
+{
+    RT_CALL(id, rt_free_async_fn, dev_ptr, s);
+}
+
+static cudaError_t real_mem_get_info(size_t *free_bytes, size_t *total_bytes)
+{
+    RT_CALL(RT_MEM_GET_INFO, rt_mem_get_info_fn, free_bytes, total_bytes);
+}
+
+static cudaError_t real_ipc_get_mem_handle(cudaIpcMemHandle_t *handle, void *dev_ptr)
+{
+    RT_CALL(RT_IPC_GET_MEM_HANDLE, rt_ipc_fn, handle, dev_ptr);
+}
+
+static cudaError_t real_entry_point(enum rt_fn id, const char *symbol, void **fn,
+                                    unsigned long long flags,
+                                    enum cudaDriverEntryPointQueryResult *st)
+{
+    RT_CALL(id, rt_entry_fn, symbol, fn, flags, st);
+}
+
+static cudaError_t real_entry_point_by_version(enum rt_fn id, const char *symbol, void **fn,
+                                               unsigned int version, unsigned long long flags,
+                                               enum cudaDriverEntryPointQueryResult *st)
+{
+    RT_CALL(id, rt_entry_by_version_fn, symbol, fn, version, flags, st);
+}
+
+/* ---- the current device --------------------------------------------------------------- */
+
+static _Atomic(CUcontext) primary_ctx[FL_MAX_DEVICES];
+
+/* Whether `ctx` is `dev`'s primary context; the answer is cached per device. */
+static bool is_primary(CUcontext ctx, CUdevice dev)
+{
+    if (atomic_load_explicit(&primary_ctx[dev], memory_order_relaxed) == ctx)
+        return true;
+    unsigned int flags = 0;
+    int active = 1;
+    CUresult r = drv_primary_ctx_get_state(dev, &flags, &active);
+    if ((r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_SUPPORTED) || !active)
+        return false;
+    /* Active, so it is retained already: this retain/release pair creates nothing. */
+    CUcontext p = NULL;
+    if (drv_primary_ctx_retain(&p, dev) != CUDA_SUCCESS)
+        return false;
+    drv_primary_ctx_release(dev);
+    atomic_store_explicit(&primary_ctx[dev], p, memory_order_relaxed);
+    return p == ctx;
+}
+
+/* The device of this thread's current context. *primary is false when that context is not
+ * its device's primary context (fragless leaves such contexts to the driver).
+ * CUDA_ERROR_INVALID_CONTEXT when no context is current, as the driver answers. */
+static CUresult current_device(int *dev, bool *primary)
+{
+    CUcontext ctx = NULL;
+    CUresult r = drv_ctx_get_current(&ctx);
+    if (r != CUDA_SUCCESS)
+        return r;
+    if (!ctx)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    CUdevice d = 0;
+    r = drv_ctx_get_device(&d);
+    if (r != CUDA_SUCCESS)
+        return r;
+    *dev = d;
+    *primary = d >= 0 && d < FL_MAX_DEVICES && is_primary(ctx, d);
+    return CUDA_SUCCESS;
+}
+
+/* As current_device, but first initializes the runtime the way the program's own call
+ * would have: with no context current, the real cudaFree(NULL) makes the runtime's current
+ * device's primary context current. */
+static cudaError_t runtime_device(int *dev, bool *primary)
+{
+    CUresult r = current_device(dev, primary);
+    if (r != CUDA_ERROR_INVALID_CONTEXT)
+        return rt_error(r);
+    cudaError_t e = real_free(NULL);
+    if (e != cudaSuccess)
+        return e;
+    return rt_error(current_device(dev, primary));
+}
+
+/* Whether `stream` is capturing a graph; errors of the query come back in *r. */
+static bool capturing(CUstream stream, CUresult *r)
+{
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    *r = drv_stream_is_capturing(stream, &st);
+    return *r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+/* Whether fragless handed out the block containing `p`. */
+static bool ours(CUdeviceptr p)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    int dev = 0;
+    return heap_lookup(p, &base, &size, &dev);
+}
+
+static CUstream per_thread(CUstream stream)
+{
+    return stream ? stream : CU_STREAM_PER_THREAD;
+}
+
+static CUresult refuse_capture_free(void)
+{
+    log_error("a block fragless handed out was freed on a stream under graph capture; "
+              "fragless cannot order that free (use passthrough:true for graph workloads)");
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
+
+static CUresult refuse_ipc(void)
+{
+    log_error("IPC handles are not supported for memory fragless handed out (they would "
+              "open at a wrong address); set passthrough:true in FRAGLESS_CONF for jobs that "
+              "share device memory between processes");
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+/* ---- driver API: allocation ----------------------------------------------------------- */
+
+FL_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
+{
+    if (!serving() || !dptr || size == 0)
+        return drv_mem_alloc(dptr, size);
+    int dev = 0;
+    bool primary = false;
+    CUresult r = current_device(&dev, &primary);
+    if (r != CUDA_SUCCESS)
+        return r;
+    if (!primary)
+        return drv_mem_alloc(dptr, size);
+    return heap_alloc(dev, size, NULL, HEAP_SYNC, dptr);
+}
+
+FL_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    if (!serving() || !dptr)
+        return drv_mem_free(dptr);
+    bool foreign = false;
+    CUresult r = heap_free(dptr, NULL, HEAP_SYNC, &foreign);
+    return foreign ? drv_mem_free(dptr) : r;
+}
+
+static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    if (!serving() || !dptr || size == 0)
+        return drv_mem_alloc_async(dptr, size, stream);
+    CUresult r = CUDA_SUCCESS;
+    if (capturing(stream, &r) || r != CUDA_SUCCESS)
+        return r == CUDA_SUCCESS ? drv_mem_alloc_async(dptr, size, stream) : r;
+    int dev = 0;
+    bool primary = false;
+    r = current_device(&dev, &primary);
+    if (r != CUDA_SUCCESS)
+        return r;
+    if (!primary)
+        return drv_mem_alloc_async(dptr, size, stream);
+    return heap_alloc(dev, size, stream, HEAP_ASYNC, dptr);
+}
+
+static CUresult free_async(CUdeviceptr dptr, CUstream stream)
+{
+    if (!serving() || !dptr)
+        return drv_mem_free_async(dptr, stream);
+    CUresult r = CUDA_SUCCESS;
+    if (capturing(stream, &r) || r != CUDA_SUCCESS) {
+        if (r != CUDA_SUCCESS)
+            return r;
+        return ours(dptr) ? refuse_capture_free() : drv_mem_free_async(dptr, stream);
+    }
+    bool foreign = false;
+    r = heap_free(dptr, stream, HEAP_ASYNC, &foreign);
+    return foreign ? drv_mem_free_async(dptr, stream) : r;
+}
+
+FL_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    return alloc_async(dptr, size, stream);
+}
+
+FL_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream stream)
+{
+    return alloc_async(dptr, size, per_thread(stream));
+}
+
+FL_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream stream)
+{
+    return free_async(dptr, stream);
+}
+
+FL_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream)
+{
+    return free_async(dptr, per_thread(stream));
+}
+
+/* ---- driver API: queries -------------------------------------------------------------- */
+
+/* Adds what fragless holds cached on the current device to the driver's free bytes: memory
+ * this process can obtain. */
+static void add_cached(size_t *free_bytes, const size_t *total_bytes)
+{
+    int dev = 0;
+    bool primary = false;
+    if (!free_bytes || current_device(&dev, &primary) != CUDA_SUCCESS || !primary)
+        return;
+    *free_bytes += heap_cached_bytes(dev);
+    if (total_bytes && *free_bytes > *total_bytes)
+        *free_bytes = *total_bytes;
+}
+
+FL_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
+{
+    CUresult r = drv_mem_get_info(free_bytes, total_bytes);
+    if (r == CUDA_SUCCESS && serving())
+        add_cached(free_bytes, total_bytes);
+    return r;
+}
+
+FL_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    int dev = 0;
+    if (!serving() || !heap_lookup(dptr, &base, &size, &dev))
+        return drv_mem_get_address_range(pbase, psize, dptr);
+    if (pbase)
+        *pbase = base;
+    if (psize)
+        *psize = size;
+    return CUDA_SUCCESS;
+}
+
+FL_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    int dev = 0;
+    bool range =
+        attr == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR || attr == CU_POINTER_ATTRIBUTE_RANGE_SIZE;
+    if (!range || !data || !serving() || !heap_lookup(ptr, &base, &size, &dev))
+        return drv_pointer_get_attribute(data, attr, ptr);
+    if (attr == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
+        memcpy(data, &base, sizeof base);
+    else
+        memcpy(data, &size, sizeof size);
+    return CUDA_SUCCESS;
+}
+
+FL_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr dptr)
+{
+    if (serving() && ours(dptr))
+        return refuse_ipc();
+    return drv_ipc_get_mem_handle(handle, dptr);
+}
+
+/* ---- runtime API ---------------------------------------------------------------------- */
+
+FL_EXPORT cudaError_t cudaMalloc(void **dev_ptr, size_t size)
+{
+    if (!serving() || !dev_ptr || size == 0)
+        return real_malloc(dev_ptr, size);
+    int dev = 0;
+    bool primary = false;
+    cudaError_t e = runtime_device(&dev, &primary);
+    if (e != cudaSuccess)
+        return e;
+    if (!primary)
+        return real_malloc(dev_ptr, size);
+    CUdeviceptr p = 0;
+    CUresult r = heap_alloc(dev, size, NULL, HEAP_SYNC, &p);
+    if (r == CUDA_SUCCESS)
+        *dev_ptr = (void *)(uintptr_t)p;
+    return rt_error(r);
+}
+
+FL_EXPORT cudaError_t cudaFree(void *dev_ptr)
+{
+    if (!dev_ptr || !serving())
+        return real_free(dev_ptr);
+    bool foreign = false;
+    CUresult r = heap_free((CUdeviceptr)(uintptr_t)dev_ptr, NULL, HEAP_SYNC, &foreign);
+    return foreign ? real_free(dev_ptr) : rt_error(r);
+}
+
+static cudaError_t malloc_async(enum rt_fn id, void **dev_ptr, size_t size, CUstream stream)
+{
+    if (!serving() || !dev_ptr || size == 0)
+        return real_malloc_async(id, dev_ptr, size, stream);
+    int dev = 0;
+    bool primary = false;
+    cudaError_t e = runtime_device(&dev, &primary);
+    if (e != cudaSuccess)
+        return e;
+    CUresult r = CUDA_SUCCESS;
+    if (!primary || capturing(stream, &r) || r != CUDA_SUCCESS)
+        return r == CUDA_SUCCESS ? real_malloc_async(id, dev_ptr, size, stream) : rt_error(r);
+    CUdeviceptr p = 0;
+    r = heap_alloc(dev, size, stream, HEAP_ASYNC, &p);
+    if (r == CUDA_SUCCESS)
+        *dev_ptr = (void *)(uintptr_t)p;
+    return rt_error(r);
+}
+
+static cudaError_t free_async_rt(enum rt_fn id, void *dev_ptr, CUstream stream)
+{
+    CUdeviceptr p = (CUdeviceptr)(uintptr_t)dev_ptr;
+    if (!dev_ptr || !serving())
+        return real_free_async(id, dev_ptr, stream);
+    CUresult r = CUDA_SUCCESS;
+    if (capturing(stream, &r) || r != CUDA_SUCCESS) {
+        if (r != CUDA_SUCCESS)
+            return rt_error(r);
+        return ours(p) ? rt_error(refuse_capture_free()) : real_free_async(id, dev_ptr, stream);
+    }
+    bool foreign = false;
+    r = heap_free(p, stream, HEAP_ASYNC, &foreign);
+    return foreign ? real_free_async(id, dev_ptr, stream) : rt_error(r);
+}
+
+FL_EXPORT cudaError_t cudaMallocAsync(void **dev_ptr, size_t size, cudaStream_t stream)
+{
+    return malloc_async(RT_MALLOC_ASYNC, dev_ptr, size, stream);
+}
+
+FL_EXPORT cudaError_t cudaMallocAsync_ptsz(void **dev_ptr, size_t size, cudaStream_t stream)
+{
+    return malloc_async(RT_MALLOC_ASYNC_PTSZ, dev_ptr, size, per_thread(stream));
+}
+
+FL_EXPORT cudaError_t cudaFreeAsync(void *dev_ptr, cudaStream_t stream)
+{
+    return free_async_rt(RT_FREE_ASYNC, dev_ptr, stream);
+}
+
+FL_EXPORT cudaError_t cudaFreeAsync_ptsz(void *dev_ptr, cudaStream_t stream)
+{
+    return free_async_rt(RT_FREE_ASYNC_PTSZ, dev_ptr, per_thread(stream));
+}
+
+FL_EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    if (!serving())
+        return real_mem_get_info(free_bytes, total_bytes);
+    int dev = 0;
+    bool primary = false;
+    cudaError_t e = runtime_device(&dev, &primary);
+    if (e != cudaSuccess)
+        return e;
+    CUresult r = drv_mem_get_info(free_bytes, total_bytes);
+    if (r == CUDA_SUCCESS)
+        add_cached(free_bytes, total_bytes);
+    return rt_error(r);
+}
+
+FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *dev_ptr)
+{
+    if (serving() && ours((CUdeviceptr)(uintptr_t)dev_ptr))
+        return rt_error(refuse_ipc());
+    return real_ipc_get_mem_handle(handle, dev_ptr);
+}
+
+/* ---- resolvers ------------------------------------------------------------------------ */
+
+/* One real function and the hook that replaces it. */
+struct hook_id {
+    void *real;
+    void *hook;
+};
+
+/* Every driver entry point we export, by its exported name. */
+static const struct {
+    const char *name;
+    void *hook;
+} driver_hooks[] = {
+    {"cuMemAlloc_v2", (void *)cuMemAlloc_v2},
+    {"cuMemFree_v2", (void *)cuMemFree_v2},
+    {"cuMemAllocAsync", (void *)cuMemAllocAsync},
+    {"cuMemAllocAsync_ptsz", (void *)cuMemAllocAsync_ptsz},
+    {"cuMemFreeAsync", (void *)cuMemFreeAsync},
+    {"cuMemFreeAsync_ptsz", (void *)cuMemFreeAsync_ptsz},
+    {"cuMemGetInfo_v2", (void *)cuMemGetInfo_v2},
+    {"cuMemGetAddressRange_v2", (void *)cuMemGetAddressRange_v2},
+    {"cuPointerGetAttribute", (void *)cuPointerGetAttribute},
+    {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle},
+    {"cuGetProcAddress", (void *)cuGetProcAddress},
+    {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2},
+};
+
+/* The names cuGetProcAddress is asked for, and our hook for each stream semantics. */
+static const struct {
+    const char *base;
+    void *legacy;
+    void *per_thread;
+} driver_bases[] = {
+    {"cuMemAlloc", (void *)cuMemAlloc_v2, (void *)cuMemAlloc_v2},
+    {"cuMemFree", (void *)cuMemFree_v2, (void *)cuMemFree_v2},
+    {"cuMemAllocAsync", (void *)cuMemAllocAsync, (void *)cuMemAllocAsync_ptsz},
+    {"cuMemFreeAsync", (void *)cuMemFreeAsync, (void *)cuMemFreeAsync_ptsz},
+    {"cuMemGetInfo", (void *)cuMemGetInfo_v2, (void *)cuMemGetInfo_v2},
+    {"cuMemGetAddressRange", (void *)cuMemGetAddressRange_v2, (void *)cuMemGetAddressRange_v2},
+    {"cuPointerGetAttribute", (void *)cuPointerGetAttribute, (void *)cuPointerGetAttribute},
+    {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle, (void *)cuIpcGetMemHandle},
+    {"cuGetProcAddress", (void *)cuGetProcAddress_v2, (void *)cuGetProcAddress_v2},
+};
+
+/* Every runtime entry point we export, by enum rt_fn. (CUDA 13 deprecates
+ * cudaGetDriverEntryPoint; programs built against older headers still call it.) */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static void *const runtime_hooks[RT_COUNT] = {
+    [RT_MALLOC] = (void *)cudaMalloc,
+    [RT_FREE] = (void *)cudaFree,
+    [RT_MALLOC_ASYNC] = (void *)cudaMallocAsync,
+    [RT_MALLOC_ASYNC_PTSZ] = (void *)cudaMallocAsync_ptsz,
+    [RT_FREE_ASYNC] = (void *)cudaFreeAsync,
+    [RT_FREE_ASYNC_PTSZ] = (void *)cudaFreeAsync_ptsz,
+    [RT_MEM_GET_INFO] = (void *)cudaMemGetInfo,
+    [RT_IPC_GET_MEM_HANDLE] = (void *)cudaIpcGetMemHandle,
+    [RT_ENTRY_POINT] = (void *)cudaGetDriverEntryPoint,
+    [RT_ENTRY_POINT_PTSZ] = (void *)cudaGetDriverEntryPoint_ptsz,
+    [RT_ENTRY_POINT_BY_VERSION] = (void *)cudaGetDriverEntryPointByVersion,
+    [RT_ENTRY_POINT_BY_VERSION_PTSZ] = (void *)cudaGetDriverEntryPointByVersion_ptsz,
+};
+#pragma GCC diagnostic pop
+
+#define MAX_HOOK_IDS 64
+static struct {
+    pthread_mutex_t lock;
+    _Atomic bool built;
+    int count;
+    struct hook_id ids[MAX_HOOK_IDS];
+} table = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void add_id(void *real, void *hook)
+{
+    if (!real || table.count == MAX_HOOK_IDS)
+        return;
+    for (int i = 0; i < table.count; i++) {
+        if (table.ids[i].real == real)
+            return; /* the first identity wins: exported names are added first */
+    }
+    table.ids[table.count++] = (struct hook_id){real, hook};
+}
+
+/* The real function of each hooked driver entry point, both as the driver exports it and as
+ * its cuGetProcAddress hands it out (legacy and per-thread stream flavours). */
+static void build_locked(void)
+{
+    static const cuuint64_t flags[] = {CU_GET_PROC_ADDRESS_DEFAULT,
+                                       CU_GET_PROC_ADDRESS_LEGACY_STREAM,
+                                       CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM};
+    for (size_t i = 0; i < FL_ARRAY_SIZE(driver_hooks); i++)
+        add_id(drv_sym(driver_hooks[i].name), driver_hooks[i].hook);
+    int version = 0;
+    if (drv_driver_get_version(&version) != CUDA_SUCCESS)
+        return;
+    for (size_t i = 0; i < FL_ARRAY_SIZE(driver_bases); i++) {
+        for (size_t f = 0; f < FL_ARRAY_SIZE(flags); f++) {
+            void *real = drv_real_proc(driver_bases[i].base, version, flags[f], NULL);
+            bool pt = flags[f] == CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+            add_id(real, pt ? driver_bases[i].per_thread : driver_bases[i].legacy);
+        }
+    }
+}
+
+static _Thread_local bool building;
+
+static void build_hook_table(void)
+{
+    if (atomic_load_explicit(&table.built, memory_order_acquire) || building)
+        return;
+    if (drv_load() != CUDA_SUCCESS)
+        return;
+    pthread_mutex_lock(&table.lock);
+    if (!atomic_load_explicit(&table.built, memory_order_relaxed)) {
+        building = true;
+        build_locked();
+        building = false;
+        atomic_store_explicit(&table.built, true, memory_order_release);
+    }
+    pthread_mutex_unlock(&table.lock);
+}
+
+static bool is_upper(char c)
+{
+    return c >= 'A' && c <= 'Z';
+}
+
+/* Names shaped like CUDA entry points: cu[A-Z]... or cuda[A-Z]... */
+static bool looks_cuda(const char *name)
+{
+    if (!name || strncmp(name, "cu", 2) != 0)
+        return false;
+    return is_upper(name[2]) || (strncmp(name + 2, "da", 2) == 0 && is_upper(name[4]));
+}
+
+static void *runtime_substitute(void *real)
+{
+    for (int f = 0; f < RT_COUNT; f++) {
+        if (atomic_load_explicit(&rt_real[f], memory_order_acquire) == real)
+            return runtime_hooks[f];
+    }
+    return real;
+}
+
+/* Our hook when `real` is the real function of an entry point we interpose; else `real`. */
+static void *substitute(const char *name, void *real)
+{
+    if (!real || !looks_cuda(name) || passthrough())
+        return real;
+    if (strncmp(name, "cuda", 4) == 0 && is_upper(name[4])) {
+        for (int f = 0; f < RT_COUNT; f++)
+            rt((enum rt_fn)f);
+        return runtime_substitute(real);
+    }
+    build_hook_table();
+    if (!atomic_load_explicit(&table.built, memory_order_acquire))
+        return real;
+    for (int i = 0; i < table.count; i++) {
+        if (table.ids[i].real == real)
+            return table.ids[i].hook;
+    }
+    return real;
+}
+
+FL_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cuda_version,
+                                       cuuint64_t flags, CUdriverProcAddressQueryResult *status)
+{
+    CUresult r = drv_get_proc_address(symbol, pfn, cuda_version, flags, status);
+    if (r == CUDA_SUCCESS && pfn)
+        *pfn = substitute(symbol, *pfn);
+    return r;
+}
+
+FL_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cuda_version,
+                                    cuuint64_t flags)
+{
+    return cuGetProcAddress_v2(symbol, pfn, cuda_version, flags, NULL);
+}
+
+static cudaError_t entry_point(enum rt_fn id, const char *symbol, void **fn,
+                               unsigned long long flags, enum cudaDriverEntryPointQueryResult *st)
+{
+    cudaError_t e = real_entry_point(id, symbol, fn, flags, st);
+    if (e == cudaSuccess && fn)
+        *fn = substitute(symbol, *fn);
+    return e;
+}
+
+static cudaError_t entry_point_by_version(enum rt_fn id, const char *symbol, void **fn,
+                                          unsigned int version, unsigned long long flags,
+                                          enum cudaDriverEntryPointQueryResult *st)
+{
+    cudaError_t e = real_entry_point_by_version(id, symbol, fn, version, flags, st);
+    if (e == cudaSuccess && fn)
+        *fn = substitute(symbol, *fn);
+    return e;
+}
+
+FL_EXPORT cudaError_t cudaGetDriverEntryPoint(const char *symbol, void **fn,
+                                              unsigned long long flags,
+                                              enum cudaDriverEntryPointQueryResult *st)
+{
+    return entry_point(RT_ENTRY_POINT, symbol, fn, flags, st);
+}
+
+FL_EXPORT cudaError_t cudaGetDriverEntryPoint_ptsz(const char *symbol, void **fn,
+                                                   unsigned long long flags,
+                                                   enum cudaDriverEntryPointQueryResult *st)
+{
+    return entry_point(RT_ENTRY_POINT_PTSZ, symbol, fn, flags, st);
+}
+
+FL_EXPORT cudaError_t cudaGetDriverEntryPointByVersion(const char *symbol, void **fn,
+                                                       unsigned int cuda_version,
+                                                       unsigned long long flags,
+                                                       enum cudaDriverEntryPointQueryResult *st)
+{
+    return entry_point_by_version(RT_ENTRY_POINT_BY_VERSION, symbol, fn, cuda_version, flags, st);
+}
+
+FL_EXPORT cudaError_t cudaGetDriverEntryPointByVersion_ptsz(
+    const char *symbol, void **fn, unsigned int cuda_version, unsigned long long flags,
+    enum cudaDriverEntryPointQueryResult *st)
+{
+    return entry_point_by_version(RT_ENTRY_POINT_BY_VERSION_PTSZ, symbol, fn, cuda_version, flags,
+                                  st);
+}
+
+/* ---- dlsym ---------------------------------------------------------------------------- */
+
+static struct link_map *link_map_of(const void *addr)
+{
+    Dl_info info;
+    struct link_map *lm = NULL;
+    if (!dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP))
+        return NULL;
+    return lm;
+}
+
+/* dlsym(RTLD_NEXT, name) as the caller would have got it: the first object loaded after the
+ * caller's that defines `name`. */
+static void *next_after(const void *caller, const char *name)
+{
+    struct link_map *lm = link_map_of(caller);
+    if (!lm)
+        return dl_sym(RTLD_NEXT, name);
+    for (struct link_map *l = lm->l_next; l; l = l->l_next) {
+        void *p = dl_sym(l, name);
+        if (p && defined_in(p, l))
+            return p;
+    }
+    return NULL;
+}
+
+/* dlsym(RTLD_DEFAULT, name) as the caller would have got it: the global scope, then the
+ * caller's own group (for objects loaded with RTLD_LOCAL). */
+static void *default_for(const void *caller, const char *name)
+{
+    void *p = dl_sym(RTLD_DEFAULT, name);
+    if (p)
+        return p;
+    struct link_map *lm = link_map_of(caller);
+    return lm ? dl_sym(lm, name) : NULL;
+}
+
+FL_EXPORT void *dlsym(void *restrict handle, const char *restrict name)
+{
+    const void *caller = __builtin_return_address(0);
+    void *p;
+    if (handle == RTLD_NEXT)
+        p = next_after(caller, name);
+    else if (handle == RTLD_DEFAULT)
+        p = default_for(caller, name);
+    else
+        p = dl_sym(handle, name);
+    return substitute(name, p);
+}

@@ -1,0 +1,166 @@
+/*
+ * reuse.c — stream-ordered safety (DESIGN.md §4 rule 1): when a freed block may be handed out
+ * again.
+ *
+ * Owns: the stream pools (blocks freed by a stream-ordered free, reusable on that stream at
+ * once), their events (one per stream, recorded lazily — only when another stream wants the
+ * memory — and polled, never waited on), and the batched device synchronization that makes
+ * blocks freed by cudaFree/cuMemFree reusable: one cuCtxSynchronize covers every block freed
+ * before it began, and it is done only when it pays. Called with the heap's lock held.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Most stream pools a heap keeps; frees on further streams wait for a device sync. */
+#define REUSE_MAX_STREAMS 256
+/* A sync is worth it once this much (or an eighth of what is reserved) is pending. */
+#define REUSE_SYNC_BATCH  (64 * FL_MiB)
+
+struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool create)
+{
+    for (int i = 0; i < h->nstreams; i++)
+        if (h->streams[i]->stream == stream)
+            return h->streams[i];
+    if (!create || h->nstreams == REUSE_MAX_STREAMS)
+        return NULL;
+    if (h->nstreams == h->cap_streams) {
+        int cap = h->cap_streams ? h->cap_streams * 2 : 4;
+        struct stream_pool **a = realloc(h->streams, (size_t)cap * sizeof *a);
+        if (!a)
+            return NULL;
+        stat_add(&h->st.host_metadata_bytes, (int64_t)((cap - h->cap_streams) * sizeof *a));
+        h->streams = a;
+        h->cap_streams = cap;
+    }
+    struct stream_pool *sp = calloc(1, sizeof *sp);
+    if (!sp)
+        return NULL;
+    stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *sp);
+    sp->stream = stream;
+    for (int k = 0; k < POOL_KINDS; k++)
+        fi_init(&sp->index[k]);
+    h->streams[h->nstreams++] = sp;
+    return sp;
+}
+
+static bool pool_is_empty(const struct stream_pool *sp)
+{
+    return sp->index[POOL_SMALL].count == 0 && sp->index[POOL_LARGE].count == 0;
+}
+
+/* Moves every block freed at or before `seq` from sp to the global indexes. */
+static void migrate(struct heap *h, struct stream_pool *sp, uint64_t seq)
+{
+    for (int k = 0; k < POOL_KINDS; k++) {
+        struct block *list = NULL;
+        fi_take_upto(&sp->index[k], seq, &list);
+        while (list) {
+            struct block *b = list;
+            list = b->lnext;
+            b->lnext = NULL;
+            /* fi_take_upto unlinked it without its share: remove that as it was */
+            b->index = &sp->index[k];
+            block_account(h, b, -1);
+            b->index = NULL;
+            block_release_to(h, b, &h->global[k]);
+        }
+    }
+}
+
+static void record(struct stream_pool *sp, uint64_t seq)
+{
+    if (!sp->event && drv_event_create(&sp->event, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) {
+        sp->event = NULL;
+        return;
+    }
+    if (drv_event_record(sp->event, sp->stream) == CUDA_SUCCESS) {
+        sp->event_seq = seq;
+        sp->event_pending = true;
+    }
+}
+
+static void poll(struct heap *h, struct stream_pool *sp)
+{
+    CUresult r = drv_event_query(sp->event);
+    if (r == CUDA_ERROR_NOT_READY)
+        return;
+    sp->event_pending = false;
+    if (r == CUDA_SUCCESS)
+        migrate(h, sp, sp->event_seq);
+    else
+        log_warn("event query on stream %p failed (%d); its freed blocks wait for a device sync",
+                 (void *)sp->stream, (int)r);
+}
+
+void reuse_collect(struct heap *h)
+{
+    for (int i = 0; i < h->nstreams; i++) {
+        struct stream_pool *sp = h->streams[i];
+        if (pool_is_empty(sp))
+            continue;
+        if (!sp->event_pending)
+            record(sp, h->free_seq);
+        if (sp->event_pending)
+            poll(h, sp);
+    }
+}
+
+bool reuse_has_pending(const struct heap *h)
+{
+    if (h->pending)
+        return true;
+    for (int i = 0; i < h->nstreams; i++)
+        if (!pool_is_empty(h->streams[i]))
+            return true;
+    return false;
+}
+
+bool reuse_sync_pays(const struct heap *h, size_t rounded)
+{
+    size_t batch = h->st.reserved_bytes.current / 8;
+    if (batch < REUSE_SYNC_BATCH)
+        batch = REUSE_SYNC_BATCH;
+    return h->pending_bytes >= rounded && h->pending_bytes >= batch;
+}
+
+CUresult reuse_device_sync(struct heap *h)
+{
+    uint64_t seq = h->free_seq;
+    pthread_mutex_unlock(&h->lock);
+    CUresult r = drv_ctx_synchronize();
+    pthread_mutex_lock(&h->lock);
+    if (r != CUDA_SUCCESS)
+        return r;
+    h->st.num_device_syncs++;
+    struct block *b = h->pending;
+    while (b) {
+        struct block *next = b->lnext;
+        if (b->free_seq <= seq) {
+            block_detach(h, b);
+            block_release_to(h, b, &h->global[b->seg->pool]);
+        }
+        b = next;
+    }
+    for (int i = 0; i < h->nstreams; i++)
+        migrate(h, h->streams[i], seq);
+    return CUDA_SUCCESS;
+}
+
+int reuse_drop_idle(struct heap *h, CUevent *events, int max)
+{
+    int n = 0, kept = 0;
+    for (int i = 0; i < h->nstreams; i++) {
+        struct stream_pool *sp = h->streams[i];
+        if (!pool_is_empty(sp) || n == max) {
+            h->streams[kept++] = sp;
+            continue;
+        }
+        if (sp->event)
+            events[n++] = sp->event;
+        stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *sp);
+        free(sp);
+    }
+    h->nstreams = kept;
+    return n;
+}

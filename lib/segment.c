@@ -1,0 +1,38 @@
+/*
+ * segment.c — where a heap's memory comes from.
+ *
+ * Owns: creating and destroying segments. A classic segment is one cuMemAlloc allocation,
+ * released with cuMemFree (which itself waits for the device work that may still touch it).
+ * The heap sees only struct segment and these two calls, so the expandable (VMM) segments of
+ * issue 5 slot in here as a second kind: a reserved range whose mapped part grows and shrinks
+ * under the blocks, with the same create/destroy and an added grow/shrink.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **out)
+{
+    struct segment *s = calloc(1, sizeof *s);
+    if (!s)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = drv_mem_alloc(&s->base, size);
+    if (r != CUDA_SUCCESS)
+        goto free_record;
+    s->size = size;
+    s->kind = SEGMENT_CLASSIC;
+    s->pool = pool;
+    *out = s;
+    return CUDA_SUCCESS;
+
+free_record:
+    free(s);
+    return r;
+}
+
+CUresult segment_destroy(struct segment *s)
+{
+    CUresult r = drv_mem_free(s->base);
+    free(s);
+    return r;
+}

@@ -1,0 +1,307 @@
+/*
+ * emu.h — private interfaces of the emulated CUDA driver (build/emu/libcuda.so.1): the
+ * process-wide state behind one lock, the objects it tracks (contexts, streams, events,
+ * allocations, VMM reservations/handles/mappings, queued fills), and the prototypes each
+ * file offers to the others. Nothing here is exported; see include/fragless_emu.h and cuda.h
+ * for what is.
+ */
+#ifndef FRAGLESS_EMU_DRIVER_H
+#define FRAGLESS_EMU_DRIVER_H
+
+#include <cuda.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uthash.h>
+
+#include "fragless_emu.h"
+
+/* Exported entry points (the library is built with -fvisibility=hidden). */
+#define EMU_API __attribute__((visibility("default")))
+
+#define EMU_MAX_DEVICES    16
+#define EMU_GRANULARITY    ((size_t)2 << 20)
+#define EMU_ALLOC_ALIGN    ((size_t)512)
+#define EMU_DRIVER_VERSION 13000
+#define EMU_MAX_CTX_STACK  32
+
+/* ---- objects ----------------------------------------------------------------------- */
+
+struct emu_stream {
+    uint32_t magic;
+    struct emu_ctx *ctx;
+    unsigned flags; /* CU_STREAM_DEFAULT / CU_STREAM_NON_BLOCKING */
+    int priority;
+    bool implicit; /* legacy or per-thread default stream: never audited/destroyed */
+    bool per_thread;
+    uint64_t busy_until; /* simulated time (ns, CLOCK_MONOTONIC) its queued work ends */
+    int capture_status;  /* CUstreamCaptureStatus */
+    uint64_t capture_id;
+    void *key;         /* its own address: the handle */
+    UT_hash_handle hh; /* emu.streams, keyed by key */
+};
+
+struct emu_ctx {
+    uint32_t magic;
+    int device;
+    unsigned refs;   /* primary context retain count */
+    unsigned flags;  /* cuDevicePrimaryCtxSetFlags */
+    CUresult sticky; /* CUDA_SUCCESS, or the sticky error after a device fault */
+    struct emu_stream legacy;
+};
+
+struct emu_event {
+    uint32_t magic;
+    struct emu_ctx *ctx;
+    unsigned flags;
+    bool recorded;
+    uint64_t at; /* simulated completion time of the recorded work */
+    void *key;
+    UT_hash_handle hh; /* emu.events, keyed by key */
+};
+
+enum emu_alloc_kind { EMU_ALLOC_PLAIN, EMU_ALLOC_ASYNC };
+enum emu_async_state { EMU_ASYNC_LIVE, EMU_ASYNC_FREEING, EMU_ASYNC_POOLED };
+
+/* A cuMemAlloc allocation or a stream-ordered pool block: an anonymous mapping. */
+struct emu_alloc {
+    CUdeviceptr base;
+    size_t size;    /* as requested */
+    size_t charged; /* bytes charged against capacity */
+    void *map;      /* the mmap (may start before base for alignment) */
+    size_t map_len;
+    int device;
+    struct emu_ctx *ctx;
+    enum emu_alloc_kind kind;
+    enum emu_async_state state;
+    struct emu_stream *free_stream; /* ASYNC FREEING: stream that freed it */
+    uint64_t free_at;               /* ASYNC FREEING: simulated time the free takes effect */
+    UT_hash_handle hh;              /* emu.allocs, keyed by base */
+};
+
+/* A physical allocation from cuMemCreate: a memfd of `size` bytes. */
+struct emu_handle {
+    CUmemGenericAllocationHandle id;
+    int fd;
+    size_t size;
+    int device;
+    unsigned refs; /* cuMemCreate + cuMemRetainAllocationHandle − cuMemRelease */
+    unsigned mappings;
+    UT_hash_handle hh; /* emu.handles, keyed by id */
+};
+
+struct emu_mapping {
+    CUdeviceptr va;
+    size_t size;
+    struct emu_handle *handle;
+    struct emu_reservation *res;
+    unsigned long long access; /* CUmemAccess_flags for its device */
+    struct emu_mapping *next;  /* in the reservation, sorted by va */
+};
+
+struct emu_reservation {
+    CUdeviceptr base;
+    size_t size;
+    struct emu_mapping *mappings;
+    UT_hash_handle hh; /* emu.reservations, keyed by base */
+};
+
+/* A simulated fill kernel: writes `byte` over [ptr, ptr+n) at simulated time `at`. */
+struct emu_fill {
+    struct emu_ctx *ctx;
+    CUdeviceptr ptr;
+    size_t n;
+    int byte;
+    uint64_t at;
+    struct emu_fill *next;
+};
+
+struct emu_graph {
+    uint32_t magic;
+    void *key;
+    UT_hash_handle hh; /* emu.graphs, keyed by key */
+};
+
+/* ---- process-wide state ------------------------------------------------------------- */
+
+struct emu_config {
+    size_t capacity; /* bytes per device (FRAGLESS_EMU_MEM) */
+    int devices;     /* FRAGLESS_EMU_DEVICES */
+    char name[64];   /* FRAGLESS_EMU_NAME */
+    bool vmm;        /* FRAGLESS_EMU_VMM */
+    bool latency;    /* FRAGLESS_EMU_LATENCY */
+    int audit;       /* 0 off, 1 print, 2 strict (FRAGLESS_EMU_AUDIT) */
+};
+
+struct emu_state {
+    pthread_mutex_t lock;
+    struct emu_config cfg;
+    bool initialized; /* cuInit succeeded */
+    pid_t init_pid;   /* the process that called cuInit (a forked child differs) */
+    struct emu_ctx ctx[EMU_MAX_DEVICES];
+    struct emu_stream *streams;
+    struct emu_event *events;
+    struct emu_alloc *allocs;
+    struct emu_handle *handles;
+    struct emu_reservation *reservations;
+    struct emu_graph *graphs;
+    struct emu_fill *fills;
+    CUmemGenericAllocationHandle next_handle;
+    uint64_t next_capture_id;
+    uint64_t faults; /* simulated device faults */
+};
+
+extern struct emu_state emu;
+
+#define EMU_MAGIC_CTX    0x43545831u
+#define EMU_MAGIC_STREAM 0x5354524du
+#define EMU_MAGIC_EVENT  0x4556454eu
+#define EMU_MAGIC_GRAPH  0x47524150u
+
+/* ---- state.c: lock, configuration, the gate every entry point passes ----------------- */
+
+void emu_lock(void);
+void emu_unlock(void);
+/* Counts the call, applies fault injection, refuses calls in a forked child, and applies
+ * fills that are due. Returns CUDA_SUCCESS to go on. Takes and drops the lock. */
+CUresult emu_enter(const char *name);
+#define EMU_ENTER(name)                        \
+    do {                                       \
+        CUresult enter_rc_ = emu_enter(#name); \
+        if (enter_rc_ != CUDA_SUCCESS)         \
+            return enter_rc_;                  \
+    } while (0)
+/* Configuration from the environment, read once. */
+const struct emu_config *emu_config(void);
+bool emu_parse_size(const char *s, size_t *out);
+uint64_t emu_now(void);
+/* Sleeps (without the lock) until simulated time `t`. */
+void emu_sleep_until(uint64_t t);
+/* Under the lock: CUDA_ERROR_NOT_INITIALIZED before cuInit, else CUDA_SUCCESS. */
+CUresult emu_check_init(void);
+/* Under the lock: the calling thread's current context, or the error a call needing one
+ * returns (not initialized, no context, sticky fault). */
+CUresult emu_current(struct emu_ctx **out);
+CUresult emu_check_device(CUdevice dev);
+/* Whether the current process is a child forked after cuInit. */
+bool emu_in_forked_child(void);
+
+/* ---- faults.c: fault injection and call counters -------------------------------------- */
+
+/* Under the lock: counts one call of `name`; returns the injected error or CUDA_SUCCESS. */
+CUresult emu_faults_on_call(const char *name);
+int emu_faults_arm(const char *spec);
+
+/* ---- errors.c ------------------------------------------------------------------------- */
+
+bool emu_error_parse(const char *s, CUresult *out);
+const char *emu_error_name(CUresult r);
+
+/* ---- device.c ------------------------------------------------------------------------- */
+
+struct emu_ctx *emu_ctx_of(CUcontext c);
+/* Destroys every resource the context owns (its allocations, streams, events, fills). */
+void emu_ctx_teardown(struct emu_ctx *ctx);
+void emu_ctx_clear_tls(void);
+
+/* ---- capacity.c: capacity accounting shared across processes -------------------------- */
+
+CUresult emu_cap_charge(int device, size_t bytes);
+void emu_cap_uncharge(int device, size_t bytes);
+size_t emu_cap_used(int device);
+
+/* ---- memory.c: cuMemAlloc memory, pointer lookup --------------------------------------- */
+
+CUresult emu_alloc_map(size_t size, struct emu_alloc **out, int device);
+void emu_alloc_unmap(struct emu_alloc *a);
+struct emu_alloc *emu_alloc_containing(CUdeviceptr p);
+/* Whether [p, p+n) is device memory a kernel may touch at simulated time `at`. */
+bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at);
+/* Whether [p, p+n) lies in device memory the emulator knows (accessible or not). */
+bool emu_range_known(CUdeviceptr p, size_t n);
+
+/* ---- vmm.c ----------------------------------------------------------------------------- */
+
+struct emu_mapping *emu_mapping_containing(CUdeviceptr p);
+bool emu_vmm_range_accessible(CUdeviceptr p, size_t n);
+
+/* ---- stream.c: the simulated time model ------------------------------------------------ */
+
+/* Resolves a stream handle (NULL / CU_STREAM_LEGACY / CU_STREAM_PER_THREAD / a created
+ * stream) for `ctx`; `ptds` says a NULL handle means the per-thread stream (_ptsz/_ptds). */
+CUresult emu_stream_resolve(struct emu_ctx *ctx, CUstream h, bool ptds, struct emu_stream **out);
+/* Simulated time after which new work on `s` may run: its own queued work and, through the
+ * legacy default stream's implicit ordering, other streams' work. Moves `s` there. */
+uint64_t emu_stream_order(struct emu_stream *s);
+/* Queues usec of work on `s`; returns the simulated time it completes. */
+uint64_t emu_stream_enqueue(struct emu_stream *s, uint64_t usec);
+/* Latest completion time of all work on the context's streams. */
+uint64_t emu_ctx_point(struct emu_ctx *ctx);
+/* Sleeps until `t` without the lock, then applies due fills; called with the lock held. */
+void emu_wait_locked(uint64_t t);
+void emu_streams_teardown(struct emu_ctx *ctx);
+
+/* ---- event.c --------------------------------------------------------------------------- */
+
+void emu_events_teardown(struct emu_ctx *ctx);
+
+/* ---- fill.c ------------------------------------------------------------------------------ */
+
+/* Applies every queued fill whose time has come (under the lock). */
+void emu_fills_apply(void);
+void emu_fills_drop(struct emu_ctx *ctx);
+void emu_device_fault(struct emu_ctx *ctx);
+
+/* ---- pool.c: stream-ordered allocation ---------------------------------------------- */
+
+void emu_pool_advance(void);
+void emu_pool_trim(int device);
+void emu_pool_teardown(struct emu_ctx *ctx);
+
+/* ---- latency.c ------------------------------------------------------------------------ */
+
+/* Spends the modelled time of one call of `name` moving `bytes` (0 when size-free). */
+void emu_latency(const char *name, size_t bytes);
+
+/* ---- audit.c -------------------------------------------------------------------------- */
+
+int emu_audit_write(int fd);
+
+/* ---- per-thread-stream variants (declared by cuda.h only under
+ * CUDA_API_PER_THREAD_DEFAULT_STREAM, which this library does not define) ----------- */
+CUresult cuStreamSynchronize_ptsz(CUstream hStream);
+CUresult cuStreamQuery_ptsz(CUstream hStream);
+CUresult cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags);
+CUresult cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pctx);
+CUresult cuStreamGetPriority_ptsz(CUstream hStream, int *priority);
+CUresult cuStreamGetFlags_ptsz(CUstream hStream, unsigned int *flags);
+CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus);
+CUresult cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode);
+CUresult cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph);
+CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *status, cuuint64_t *id,
+                                   CUgraph *graph, const CUgraphNode **deps, size_t *ndeps);
+CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
+                                        cuuint64_t *id, CUgraph *graph, const CUgraphNode **deps,
+                                        size_t *ndeps);
+CUresult cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
+                                        cuuint64_t *id, CUgraph *graph, const CUgraphNode **deps,
+                                        const CUgraphEdgeData **edges, size_t *ndeps);
+CUresult cuEventRecord_ptsz(CUevent hEvent, CUstream hStream);
+CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned int flags);
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream);
+CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream);
+CUresult cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n);
+CUresult cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream hStream);
+CUresult cuMemcpyHtoD_v2_ptds(CUdeviceptr dst, const void *src, size_t n);
+CUresult cuMemcpyDtoH_v2_ptds(void *dst, CUdeviceptr src, size_t n);
+CUresult cuMemcpyDtoD_v2_ptds(CUdeviceptr dst, CUdeviceptr src, size_t n);
+CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dst, const void *src, size_t n, CUstream s);
+CUresult cuMemcpyDtoHAsync_v2_ptsz(void *dst, CUdeviceptr src, size_t n, CUstream s);
+CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s);
+CUresult cuMemsetD8_v2_ptds(CUdeviceptr dst, unsigned char uc, size_t n);
+CUresult cuMemsetD32_v2_ptds(CUdeviceptr dst, unsigned int ui, size_t n);
+CUresult cuMemsetD8Async_ptsz(CUdeviceptr dst, unsigned char uc, size_t n, CUstream s);
+CUresult cuMemsetD32Async_ptsz(CUdeviceptr dst, unsigned int ui, size_t n, CUstream s);
+
+#endif
