@@ -116,8 +116,8 @@ static inline int pio_start_time(int32_t pid, uint64_t *out)
     char *p = strrchr(buf, ')');
     if (!p)
         return -EINVAL;
-    /* after ") " comes field 3; field 22 is 19 separators further */
-    for (int field = 3; field < 22; field++) {
+    /* the space after ")" opens field 3; field 22 is opened by the 20th space */
+    for (int field = 2; field < 22; field++) {
         p = strchr(p + 1, ' ');
         if (!p)
             return -EINVAL;
@@ -307,6 +307,18 @@ static inline bool pio_same_gpu(const fragless_shm_device_t *a, const fragless_s
     if (pio_pci_id(a, pa, sizeof pa) && pio_pci_id(b, pb, sizeof pb))
         return strcmp(pa, pb) == 0;
     return a->device == b->device;
+}
+
+/* The command for a narrow column: the program's base name and its arguments. */
+static inline const char *pio_short_command(const char *command)
+{
+    size_t prog = strcspn(command, " ");
+    const char *base = command;
+    for (const char *c = command; c < command + prog; c++) {
+        if (*c == '/')
+            base = c + 1;
+    }
+    return base;
 }
 
 /* Human units: "512 B", "1.50 KiB", "1.41 GiB". */

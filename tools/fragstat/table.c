@@ -25,11 +25,11 @@ static bool wanted(const fragless_shm_device_t *d, int device)
 static void print_row(FILE *f, int32_t pid, const char *command, const fragless_shm_device_t *d)
 {
     const fragless_stats_t *s = &d->stats;
-    fprintf(f, "%-8d %-20.20s %3d %11s %11s %11s %6.1f%% %11s %11s %5llu\n", (int)pid, command,
-            d->device, HUMAN(s->allocated_bytes.current), HUMAN(s->reserved_bytes.current),
-            HUMAN(s->reserved_unallocated_bytes.current), pio_fragmentation(s),
-            HUMAN(s->largest_free_block_bytes.current), HUMAN(s->reserved_bytes.peak),
-            (unsigned long long)s->num_ooms);
+    fprintf(f, "%-8d %-24.24s %3d %11s %11s %11s %6.1f%% %11s %11s %5llu\n", (int)pid,
+            pio_short_command(command), d->device, HUMAN(s->allocated_bytes.current),
+            HUMAN(s->reserved_bytes.current), HUMAN(s->reserved_unallocated_bytes.current),
+            pio_fragmentation(s), HUMAN(s->largest_free_block_bytes.current),
+            HUMAN(s->reserved_bytes.peak), (unsigned long long)s->num_ooms);
 }
 
 static void add_total(struct gpu_total *t, int *n, const fragless_shm_device_t *d)
@@ -71,7 +71,7 @@ static void print_totals(FILE *f, const struct gpu_total *t, int n)
         char label[48];
         snprintf(label, sizeof label, "total (%d process%s)", t[i].procs,
                  t[i].procs == 1 ? "" : "es");
-        fprintf(f, "%-8s %-20.20s %3d %11s %11s %11s %7s %11s %11s %5llu\n", "GPU", label,
+        fprintf(f, "%-8s %-24.24s %3d %11s %11s %11s %7s %11s %11s %5llu\n", "GPU", label,
                 t[i].first->device, HUMAN(t[i].allocated), HUMAN(t[i].reserved),
                 HUMAN(t[i].unallocated), "", "", HUMAN(t[i].peak_reserved),
                 (unsigned long long)t[i].ooms);
@@ -83,7 +83,7 @@ void fs_print_table(FILE *f, const struct fs_scan *s, int device)
 {
     struct gpu_total totals[64];
     int ntotals = 0;
-    fprintf(f, "%-8s %-20s %3s %11s %11s %11s %7s %11s %11s %5s\n", "PID", "COMMAND", "GPU",
+    fprintf(f, "%-8s %-24s %3s %11s %11s %11s %7s %11s %11s %5s\n", "PID", "COMMAND", "GPU",
             "ALLOCATED", "RESERVED", "RSV-UNALLOC", "FRAG", "LARGEST", "PEAK-RSV", "OOMS");
     for (int i = 0; i < s->count; i++) {
         const fragless_shm_page_t *p = s->procs[i].page;
