@@ -150,6 +150,15 @@ static void json_showing(struct tu_result *r, pid_t pid, uint64_t reserved)
                    (unsigned long long)reserved);
 }
 
+/* Starts argv and waits until fragstat shows the reserved bytes it printed. */
+static void spawn_shown(struct child *c, const char *const argv[], const char *const env[])
+{
+    struct tu_result r;
+    spawn(c, argv, env);
+    json_showing(&r, c->pid, printed(c->before, "reserved_bytes"));
+    tu_result_free(&r);
+}
+
 static const char *hold_argv[] = {NULL, "16", "3072", NULL};
 
 static const char *const *hold(void)
@@ -163,10 +172,11 @@ Test(fragstat_live, shows_what_the_process_reports)
     struct child c;
     struct tu_result r;
     tu_emu_isolate();
-    spawn(&c, hold(), NULL);
+    spawn_shown(&c, hold(), NULL);
     uint64_t reserved = printed(c.before, "reserved_bytes");
     cr_assert_gt(printed(c.before, "reserved_unallocated_bytes"), 0, "%s", c.before);
-
+    cr_assert_eq(fragstat(&r, "--json", "--pid", (char[16]){0}), 2, "empty pid is refused");
+    tu_result_free(&r);
     json_showing(&r, c.pid, reserved);
     const char *fields[] = {"allocated_bytes",
                             "reserved_unallocated_bytes",
@@ -207,11 +217,9 @@ Test(fragstat_live, empty_cache_reaches_a_sleeping_process)
     struct child c;
     struct tu_result r;
     tu_emu_isolate();
-    spawn(&c, hold(), NULL);
+    spawn_shown(&c, hold(), NULL);
     uint64_t unallocated = printed(c.before, "reserved_unallocated_bytes");
     cr_assert_gt(unallocated, 0, "%s", c.before);
-    json_showing(&r, c.pid, printed(c.before, "reserved_bytes"));
-    tu_result_free(&r);
 
     char sp[16];
     snprintf(sp, sizeof sp, "%d", (int)c.pid);
@@ -237,9 +245,7 @@ Test(fragstat_live, killed_process_page_is_cleaned)
     struct child c;
     struct tu_result r;
     tu_emu_isolate();
-    spawn(&c, hold(), NULL);
-    json_showing(&r, c.pid, printed(c.before, "reserved_bytes"));
-    tu_result_free(&r);
+    spawn_shown(&c, hold(), NULL);
     char path[96], sp[16];
     page_path(path, sizeof path, c.pid);
     kill(c.pid, SIGKILL);
@@ -323,9 +329,7 @@ Test(fragstat_live, oom_report_names_the_other_process)
     const char *env[] = {"FRAGLESS_EMU_MEM=256M", NULL};
     const char *argv[] = {tu_path("tests/progs/fs_hold"), "48", "4096", NULL};
     tu_emu_isolate();
-    spawn(&hog, argv, env);
-    json_showing(&r, hog.pid, printed(hog.before, "reserved_bytes"));
-    tu_result_free(&r);
+    spawn_shown(&hog, argv, env);
 
     cr_assert_eq(run_oom("128", &r), 0, "%s", r.err);
     cr_expect_str_eq(r.out, "oom\n", "%s", r.err);
@@ -335,4 +339,17 @@ Test(fragstat_live, oom_report_names_the_other_process)
     cr_expect(strstr(r.err, "advice: other processes hold"), "%s", r.err);
     tu_result_free(&r);
     cr_expect_eq(finish(&hog, NULL, 0, NULL, 0), 0);
+}
+
+Test(fragstat_live, forked_child_has_its_own_page)
+{
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_fork"), NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, NULL, 30), 0, "%s", r.err);
+    const char *want[] = {"parent_page=1", "child_page_before=0",     "child_page=1",
+                          "child_exit=0",  "child_page_after_exit=0", "parent_page_after=1"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(r.out, want[i]), "%s in %s", want[i], r.out);
+    tu_result_free(&r);
 }
