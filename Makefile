@@ -63,6 +63,8 @@ EMU_LINK      := -L$(BUILD)/emu -lcudart -lcuda
 
 .PHONY: all lib emu tools tests benches test check deps install clean format format-check
 .DEFAULT_GOAL := all
+# Keep object files of tests and tools between builds.
+.SECONDARY:
 
 all: lib emu tools
 lib: $(BUILD)/libfragless.so

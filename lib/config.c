@@ -20,7 +20,6 @@
 struct conf_key;
 
 struct conf_type {
-    const char *name;
     /* Parses NUL-terminated `v` into `field`; false (field untouched) if not accepted. */
     bool (*parse)(const struct conf_key *k, const char *v, void *field);
     /* Appends the field's value in a form parse() accepts. */
@@ -375,11 +374,9 @@ static int format_path(const struct conf_key *k FL_UNUSED, const void *field, ch
 static bool parse_divisions(const char *s, const char *end, uint32_t *out)
 {
     uint64_t n;
-    while (s < end && is_space(*s))
-        s++;
-    while (end > s && is_space(end[-1]))
-        end--;
-    if (!parse_u64(s, end, &n) || n > UINT32_MAX || (n != 0 && !is_pow2(n)))
+    size_t len = (size_t)(end - s);
+    trim(&s, &len);
+    if (!parse_u64(s, s + len, &n) || n > UINT32_MAX || (n != 0 && !is_pow2(n)))
         return false;
     *out = (uint32_t)n;
     return true;
@@ -491,13 +488,13 @@ uint32_t config_rp2_divisions(const struct config *c, size_t size)
     return c->roundup_power2_divisions[log2 - (CONF_RP2_FIRST_SHIFT - 1)];
 }
 
-static const struct conf_type T_BOOL = {"bool", parse_bool, format_bool};
-static const struct conf_type T_AUTO_BOOL = {"bool or auto", parse_auto_bool, format_auto_bool};
-static const struct conf_type T_INT = {"int", parse_int, format_int};
-static const struct conf_type T_FRACTION = {"number", parse_fraction, format_fraction};
-static const struct conf_type T_SIZE = {"size", parse_size, format_size};
-static const struct conf_type T_PATH = {"path", parse_path, format_path};
-static const struct conf_type T_RP2 = {"divisions", parse_rp2, format_rp2};
+static const struct conf_type T_BOOL = {parse_bool, format_bool};
+static const struct conf_type T_AUTO_BOOL = {parse_auto_bool, format_auto_bool};
+static const struct conf_type T_INT = {parse_int, format_int};
+static const struct conf_type T_FRACTION = {parse_fraction, format_fraction};
+static const struct conf_type T_SIZE = {parse_size, format_size};
+static const struct conf_type T_PATH = {parse_path, format_path};
+static const struct conf_type T_RP2 = {parse_rp2, format_rp2};
 
 /* ---- pairs -------------------------------------------------------------------------------- */
 

@@ -331,6 +331,17 @@ CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, 
     return proc_address(symbol, pfn, cuda_version, flags, status);
 }
 
+CUresult drv_get_proc_address_v1(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags)
+{
+    if (drv.fn.get_proc_address_v1)
+        CALL(get_proc_address_v1, symbol, pfn, cuda_version, flags);
+    /* Only the 5-argument form: what cannot be given is CUDA_ERROR_NOT_FOUND here. */
+    CUresult r = drv_get_proc_address(symbol, pfn, cuda_version, flags, NULL);
+    if (r == CUDA_SUCCESS && pfn && !*pfn)
+        r = CUDA_ERROR_NOT_FOUND;
+    return r;
+}
+
 CUresult drv_driver_get_version(int *version)
 {
     CALL(driver_get_version, version);

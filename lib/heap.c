@@ -152,6 +152,7 @@ static bool add_segment(struct heap *h, struct segment *s)
     b->seg = s;
     s->first = b;
     s->nblocks = 1;
+    s->prev = NULL;
     s->next = h->segments;
     if (h->segments)
         h->segments->prev = s;
@@ -164,11 +165,10 @@ static bool add_segment(struct heap *h, struct segment *s)
     return true;
 }
 
-/* Takes every segment without a live block out of the heap onto *out; returns their bytes.
- * The caller destroys them after dropping the lock. */
-static size_t take_free_segments(struct heap *h, struct segment **out)
+/* Takes every segment without a live block out of the heap onto *out; the caller destroys
+ * them after dropping the lock. */
+static void take_free_segments(struct heap *h, struct segment **out)
 {
-    size_t bytes = 0;
     struct segment *s = h->segments;
     while (s) {
         struct segment *next = s->next;
@@ -189,26 +189,52 @@ static size_t take_free_segments(struct heap *h, struct segment **out)
             stat_add(&h->st.segments, -1);
             stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
             h->st.num_device_free++;
-            bytes += s->size;
             s->next = *out;
             *out = s;
         }
         s = next;
     }
     settle(h);
-    return bytes;
 }
 
-static void destroy_segments(struct segment *s)
+/* Puts back a segment the driver refused to free; lock not held. */
+static void readd_segment(struct heap *h, struct segment *s)
 {
+    pthread_mutex_lock(&h->lock);
+    *s = (struct segment){.base = s->base, .size = s->size, .kind = s->kind, .pool = s->pool};
+    if (add_segment(h, s)) {
+        h->st.num_device_alloc--;
+        h->st.num_device_free--;
+        s = NULL;
+    }
+    settle(h);
+    pthread_mutex_unlock(&h->lock);
+    if (s)
+        log_error("segment %#llx lost: no host memory to keep its record",
+                  (unsigned long long)s->base);
+}
+
+/* Returns taken segments to the driver; lock not held. A segment the driver will not free
+ * goes back into the heap as cached memory (its error in *err). Returns the bytes released. */
+static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
+{
+    size_t bytes = 0;
     while (s) {
         struct segment *next = s->next;
-        CUdeviceptr base = s->base;
         CUresult r = segment_destroy(s);
-        if (r != CUDA_SUCCESS)
-            log_error("cuMemFree of segment %#llx failed (%d)", (unsigned long long)base, (int)r);
+        if (r == CUDA_SUCCESS) {
+            bytes += s->size;
+            free(s);
+        } else {
+            if (err && *err == CUDA_SUCCESS)
+                *err = r;
+            log_error("cuMemFree of segment %#llx failed (%d); keeping it cached",
+                      (unsigned long long)s->base, (int)r);
+            readd_segment(h, s);
+        }
         s = next;
     }
+    return bytes;
 }
 
 /* Releases cached segments of h; lock not held. Returns bytes released. */
@@ -216,10 +242,9 @@ static size_t release_free_segments(struct heap *h)
 {
     struct segment *list = NULL;
     pthread_mutex_lock(&h->lock);
-    size_t bytes = take_free_segments(h, &list);
+    take_free_segments(h, &list);
     pthread_mutex_unlock(&h->lock);
-    destroy_segments(list);
-    return bytes;
+    return destroy_segments(h, list, NULL);
 }
 
 static double mib(uint64_t bytes)
@@ -285,7 +310,8 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
     if (!add_segment(h, s)) {
         pthread_mutex_unlock(&h->lock);
         log_error("out of host memory for a segment record");
-        segment_destroy(s);
+        if (segment_destroy(s) == CUDA_SUCCESS)
+            free(s);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     h->st.num_cache_misses++;
@@ -450,16 +476,13 @@ static size_t largest_free(const struct heap *h)
 
 int heap_get_stats(int device, fragless_stats_t *out)
 {
-    if (!device_in_range(device))
-        return FRAGLESS_ENODEV;
-    fragless_stats_t snap = {0};
     struct heap *h = heap_of(device, false);
-    if (h) {
-        pthread_mutex_lock(&h->lock);
-        stat_set(&h->st.largest_free_block_bytes, largest_free(h));
-        snap = h->st;
-        pthread_mutex_unlock(&h->lock);
-    }
+    if (!h)
+        return FRAGLESS_ENODEV; /* no such device, or fragless has not used it */
+    pthread_mutex_lock(&h->lock);
+    stat_set(&h->st.largest_free_block_bytes, largest_free(h));
+    fragless_stats_t snap = h->st;
+    pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
     return stats_copy_out(&snap, device, out);
@@ -502,12 +525,14 @@ static CUresult empty_one(struct heap *h, size_t *released)
 
     struct segment *list = NULL;
     pthread_mutex_lock(&h->lock);
-    size_t bytes = take_free_segments(h, &list);
+    take_free_segments(h, &list);
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
+    pthread_mutex_unlock(&h->lock);
+    size_t bytes = destroy_segments(h, list, &r);
+    pthread_mutex_lock(&h->lock);
     h->st.num_empty_cache++;
     h->st.empty_cache_released_bytes += bytes;
     pthread_mutex_unlock(&h->lock);
-    destroy_segments(list);
     for (int i = 0; i < nevents; i++)
         drv_event_destroy(events[i]);
     *released += bytes;

@@ -153,6 +153,9 @@ void *drv_sym(const char *name);
  * 4-argument one). CUDA_ERROR_NOT_SUPPORTED when the driver has neither. */
 CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
                               CUdriverProcAddressQueryResult *status);
+/* The driver's 4-argument cuGetProcAddress (CUDA_ERROR_NOT_FOUND for what it cannot give). */
+CUresult drv_get_proc_address_v1(const char *symbol, void **pfn, int cuda_version,
+                                 cuuint64_t flags);
 /* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
@@ -329,7 +332,8 @@ struct segment {
 };
 /* Gets `size` bytes from the driver in the current context. No heap lock needed. */
 CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **out);
-/* Returns the memory to the driver (which waits for the work that may touch it). */
+/* Returns the memory to the driver (which waits for the work that may touch it); the caller
+ * frees the record (malloc'd) once this succeeded. */
 CUresult segment_destroy(struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
@@ -441,6 +445,33 @@ size_t vmm_spare_bytes(int device);
 CUresult vmm_release_spare(int device, size_t *released);
 /* Pages created, released and moved so far on `device`. */
 void vmm_page_counters(int device, uint64_t *created, uint64_t *released, uint64_t *moved);
+/* Bytes of address space held by `device`'s live ranges, and of those bytes the ones mapped. */
+void vmm_va_bytes(int device, size_t *reserved, size_t *mapped);
+/* Called by the owner of the process's fork handlers (after it took its own locks, since
+ * vmm's locks nest inside the heap's): take and give back the per-device locks. */
+void vmm_atfork_prepare(void);
+void vmm_atfork_parent(void);
+void vmm_atfork_child(void);
+
+/* vmm_spare.c, for vmm.c only: the per-device spare list, page creation/release, counters. */
+struct vmm_spare {
+    struct vmm_spare *next;
+    CUmemGenericAllocationHandle handle;
+    size_t size;
+};
+bool vmm_device_ok(int device);
+/* Moves up to `max` spare pages of `page_size` bytes onto *chain; returns how many. */
+size_t vmm_spare_take(int device, size_t page_size, size_t max, struct vmm_spare **chain);
+void vmm_spare_put(int device, struct vmm_spare *node);
+void vmm_spare_free_chain(struct vmm_spare *chain);
+CUresult vmm_page_create(int device, size_t size, CUmemGenericAllocationHandle *handle);
+/* Hands an unmapped page back: spare list if keep, else released (kept as spare if the
+ * release fails, so nothing is lost). */
+void vmm_page_dispose(int device, CUmemGenericAllocationHandle handle, size_t size, bool keep);
+void vmm_account(int device, int64_t reserved_delta, int64_t mapped_delta, uint64_t moved);
+void vmm_sort_handles(CUmemGenericAllocationHandle *handles, size_t n);
+/* The spare list agrees with its counters, holds no page twice, none of `mapped` (sorted). */
+bool vmm_spare_is_valid(int device, const CUmemGenericAllocationHandle *mapped, size_t n_mapped);
 
 /* ---- trace.c: allocation event recording (RMM CSV) -------------------------------------- */
 

@@ -158,6 +158,18 @@ static bool defined_in(void *sym, const struct link_map *l)
     return lm == l;
 }
 
+/* dlsym in one loaded object and its dependencies. A link map is not a handle, so take a
+ * proper one (which does not load anything) for the lookup. */
+static void *sym_in(const struct link_map *l, const char *name)
+{
+    void *h = dlopen(l->l_name && l->l_name[0] ? l->l_name : NULL, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return NULL;
+    void *p = dl_sym(h, name);
+    dlclose(h);
+    return p;
+}
+
 /* A runtime loaded into a private scope (e.g. by a Python extension) is not found through
  * RTLD_NEXT; look for it among all loaded objects. */
 static void *find_in_cudart(const char *name)
@@ -168,7 +180,7 @@ static void *find_in_cudart(const char *name)
     for (; l; l = l->l_next) {
         if (!l->l_name || !strstr(l->l_name, "libcudart"))
             continue;
-        void *p = dl_sym(l, name);
+        void *p = sym_in(l, name);
         if (p)
             return p;
     }
@@ -776,7 +788,10 @@ FL_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cuda_
 FL_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cuda_version,
                                     cuuint64_t flags)
 {
-    return cuGetProcAddress_v2(symbol, pfn, cuda_version, flags, NULL);
+    CUresult r = drv_get_proc_address_v1(symbol, pfn, cuda_version, flags);
+    if (r == CUDA_SUCCESS && pfn)
+        *pfn = substitute(symbol, *pfn);
+    return r;
 }
 
 static cudaError_t entry_point(enum rt_fn id, const char *symbol, void **fn,
@@ -847,11 +862,12 @@ static void *next_after(const void *caller, const char *name)
     if (!lm)
         return dl_sym(RTLD_NEXT, name);
     for (struct link_map *l = lm->l_next; l; l = l->l_next) {
-        void *p = dl_sym(l, name);
+        void *p = sym_in(l, name);
         if (p && defined_in(p, l))
             return p;
     }
-    return NULL;
+    /* Leave dlerror() saying that `name` was not found, as the real lookup would. */
+    return dlvsym(RTLD_DEFAULT, name, "FRAGLESS_NOT_FOUND");
 }
 
 /* dlsym(RTLD_DEFAULT, name) as the caller would have got it: the global scope, then the
@@ -862,7 +878,7 @@ static void *default_for(const void *caller, const char *name)
     if (p)
         return p;
     struct link_map *lm = link_map_of(caller);
-    return lm ? dl_sym(lm, name) : NULL;
+    return lm ? sym_in(lm, name) : NULL;
 }
 
 FL_EXPORT void *dlsym(void *restrict handle, const char *restrict name)

@@ -18,6 +18,8 @@
 #define PREFIX_LEN   (sizeof(PREFIX) - 1)
 #define ELLIPSIS     "..."
 #define ELLIPSIS_LEN (sizeof(ELLIPSIS) - 1)
+/* Bytes of message that fit in a line between the prefix and the newline. */
+#define ROOM         (LOG_LINE_MAX - PREFIX_LEN - 1)
 
 #define COUNT_BITS 24
 #define COUNT_MASK ((1u << COUNT_BITS) - 1)
@@ -86,19 +88,16 @@ static void write_all(const char *buf, size_t len)
     }
 }
 
-/* Copies "fragless: " + msg (cut with "..." to fit) + "\n" into line; returns the length. */
-static size_t build_line(char line[LOG_LINE_MAX], const char *msg, size_t msg_len)
+/* Ends a line holding PREFIX and then a message of msg_len bytes, of which the first ROOM are
+ * in place: "..." replaces the end of a message that does not fit, a trailing newline of the
+ * message is dropped, and one "\n" ends the line. Returns the line's length. */
+static size_t finish_line(char line[LOG_LINE_MAX], size_t msg_len)
 {
-    size_t room = LOG_LINE_MAX - PREFIX_LEN - 1;
-    memcpy(line, PREFIX, PREFIX_LEN);
-    if (msg_len > 0 && msg[msg_len - 1] == '\n')
+    if (msg_len > ROOM) {
+        memcpy(line + PREFIX_LEN + ROOM - ELLIPSIS_LEN, ELLIPSIS, ELLIPSIS_LEN);
+        msg_len = ROOM;
+    } else if (msg_len > 0 && line[PREFIX_LEN + msg_len - 1] == '\n') {
         msg_len--;
-    if (msg_len > room) {
-        memcpy(line + PREFIX_LEN, msg, room - ELLIPSIS_LEN);
-        memcpy(line + PREFIX_LEN + room - ELLIPSIS_LEN, ELLIPSIS, ELLIPSIS_LEN);
-        msg_len = room;
-    } else {
-        memcpy(line + PREFIX_LEN, msg, msg_len);
     }
     line[PREFIX_LEN + msg_len] = '\n';
     return PREFIX_LEN + msg_len + 1;
@@ -107,7 +106,9 @@ static size_t build_line(char line[LOG_LINE_MAX], const char *msg, size_t msg_le
 static void emit(const char *msg, size_t msg_len)
 {
     char line[LOG_LINE_MAX];
-    write_all(line, build_line(line, msg, msg_len));
+    memcpy(line, PREFIX, PREFIX_LEN);
+    memcpy(line + PREFIX_LEN, msg, msg_len < ROOM ? msg_len : ROOM);
+    write_all(line, finish_line(line, msg_len));
 }
 
 static void emit_suppressed(uint32_t n, const char *what)
@@ -171,14 +172,15 @@ void log_site_printf(struct log_site *site, int level, const char *fmt, ...)
         return;
     int saved_errno = errno;
     if (admit(site)) {
-        char msg[LOG_LINE_MAX];
+        char line[LOG_LINE_MAX];
         va_list ap;
+        memcpy(line, PREFIX, PREFIX_LEN);
         va_start(ap, fmt);
-        int len = vsnprintf(msg, sizeof msg, fmt, ap);
+        /* formats straight into the line; a longer message is cut and gets "..." */
+        int len = vsnprintf(line + PREFIX_LEN, LOG_LINE_MAX - PREFIX_LEN, fmt, ap);
         va_end(ap);
-        /* a message vsnprintf had to cut is longer than a line: build_line adds "..." */
         if (len >= 0)
-            emit(msg, (size_t)len < sizeof msg ? (size_t)len : sizeof msg - 1);
+            write_all(line, finish_line(line, (size_t)len));
     }
     errno = saved_errno;
 }

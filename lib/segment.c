@@ -32,7 +32,5 @@ free_record:
 
 CUresult segment_destroy(struct segment *s)
 {
-    CUresult r = drv_mem_free(s->base);
-    free(s);
-    return r;
+    return drv_mem_free(s->base);
 }

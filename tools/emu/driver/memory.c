@@ -79,7 +79,7 @@ static bool alloc_usable(const struct emu_alloc *a, uint64_t at)
 {
     if (a->kind == EMU_ALLOC_PLAIN || a->state == EMU_ASYNC_LIVE)
         return true;
-    return a->state == EMU_ASYNC_FREEING && at < a->free_at;
+    return a->state == EMU_ASYNC_FREEING && at <= a->free_at;
 }
 
 bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at)

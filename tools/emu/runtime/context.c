@@ -153,25 +153,3 @@ int rt_thread_device(void)
 {
     return thread_device;
 }
-
-/* After cudaDeviceReset: gives back the runtime's reference to the device's primary context
- * (the driver documents the release as safe after a reset) so that the next use retains it
- * afresh, and clears it from this thread. */
-void rt_forget_primary(int device)
-{
-    CUcontext ctx = NULL;
-    pthread_mutex_lock(&primary_lock);
-    if (device >= 0 && device < device_count) {
-        ctx = primary[device];
-        primary[device] = NULL;
-    }
-    pthread_mutex_unlock(&primary_lock);
-    if (!ctx)
-        return;
-    CUcontext cur = NULL;
-    if (rt_drv()->ctx_get_current(&cur) == CUDA_SUCCESS && cur == ctx)
-        rt_drv()->ctx_set_current(NULL);
-    CUdevice dev;
-    if (rt_drv()->device_get(&dev, device) == CUDA_SUCCESS)
-        rt_drv()->primary_ctx_release(dev);
-}

@@ -42,10 +42,12 @@ RT_EXPORT cudaError_t cudaDeviceReset(void)
     if (e != cudaSuccess)
         return rt_ret(e);
     RT_NEED(rt_drv(), primary_ctx_reset);
+    /* The reset frees everything the context held but keeps the runtime's reference (the
+     * driver documents that a reset does not release), so every thread that has the context
+     * current goes on using it. */
     CUresult r = rt_drv()->primary_ctx_reset(dev);
     if (r != CUDA_SUCCESS)
         return rt_ret_drv(r);
-    rt_forget_primary(device);
     rt_clear_sticky(device);
     return cudaSuccess;
 }

@@ -126,7 +126,6 @@ cudaError_t rt_set_device(int device);
 cudaError_t rt_device_handle(int device, CUdevice *dev);
 cudaError_t rt_primary_ctx(int device, CUcontext *ctx);
 cudaError_t rt_device_count(int *count);
-void rt_forget_primary(int device);
 int rt_thread_device(void);
 
 /* error.c: CUresult → cudaError_t, last error per thread, sticky errors per device. */

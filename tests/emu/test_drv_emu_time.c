@@ -1,0 +1,218 @@
+/*
+ * test_drv_emu_time.c — the simulated time model with the emulator's test API: work queued
+ * on streams keeps queries NOT_READY until it completes, the legacy default stream orders
+ * with blocking streams only, events and cuStreamWaitEvent order work, fill kernels write
+ * when their work completes, and a fill that lands on unmapped or freed memory is a device
+ * fault that makes the context unusable until reset.
+ */
+#include <criterion/criterion.h>
+#include <cuda.h>
+#include <string.h>
+
+#include "fragless_emu.h"
+#include "testutil.h"
+
+#define CK(call) cr_assert_eq((call), CUDA_SUCCESS, "%s", #call)
+
+/* Long enough that "right after queueing" is always before completion. */
+#define WORK_US 300000
+
+static void setup(void)
+{
+    CUcontext ctx;
+    tu_emu_isolate();
+    CK(cuInit(0));
+    CK(cuDevicePrimaryCtxRetain(&ctx, 0));
+    CK(cuCtxSetCurrent(ctx));
+}
+
+TestSuite(drv_emu_time, .init = setup);
+
+Test(drv_emu_time, work_completes_at_its_time)
+{
+    CUstream s;
+    CUevent a, b;
+    float ms = 0;
+
+    CK(cuStreamCreate(&s, CU_STREAM_DEFAULT));
+    CK(cuEventCreate(&a, 0));
+    CK(cuEventCreate(&b, 0));
+    CK(cuEventRecord(a, s));
+    CK(fragless_emu_stream_work(s, WORK_US));
+    CK(cuEventRecord(b, s));
+    cr_expect_eq(cuStreamQuery(s), CUDA_ERROR_NOT_READY);
+    cr_expect_eq(cuEventQuery(b), CUDA_ERROR_NOT_READY);
+    cr_expect_eq(cuEventElapsedTime(&ms, a, b), CUDA_ERROR_NOT_READY);
+    CK(cuStreamSynchronize(s));
+    CK(cuStreamQuery(s));
+    CK(cuEventQuery(b));
+    CK(cuEventElapsedTime(&ms, a, b));
+    cr_expect_geq(ms, WORK_US / 1000.0f - 0.01f);
+}
+
+Test(drv_emu_time, legacy_stream_orders_with_blocking_streams_only)
+{
+    CUstream blocking, nonblocking;
+    CUevent on_legacy, on_nb;
+
+    CK(cuStreamCreate(&blocking, CU_STREAM_DEFAULT));
+    CK(cuStreamCreate(&nonblocking, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&on_legacy, CU_EVENT_DISABLE_TIMING));
+    CK(cuEventCreate(&on_nb, CU_EVENT_DISABLE_TIMING));
+    CK(fragless_emu_stream_work(blocking, WORK_US));
+    CK(cuEventRecord(on_legacy, NULL));
+    CK(cuEventRecord(on_nb, nonblocking));
+    cr_expect_eq(cuEventQuery(on_legacy), CUDA_ERROR_NOT_READY, "legacy waits for blocking");
+    CK(cuEventQuery(on_nb));
+    CK(cuStreamSynchronize(NULL));
+    CK(cuStreamQuery(blocking));
+
+    /* and a blocking stream waits for the legacy stream's work */
+    CK(fragless_emu_stream_work(CU_STREAM_LEGACY, WORK_US));
+    CK(cuEventRecord(on_nb, blocking));
+    cr_expect_eq(cuEventQuery(on_nb), CUDA_ERROR_NOT_READY);
+    CK(cuCtxSynchronize());
+    CK(cuEventQuery(on_nb));
+}
+
+Test(drv_emu_time, stream_wait_event_orders)
+{
+    CUstream s1, s2;
+    CUevent done, after;
+
+    CK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&done, 0));
+    CK(cuEventCreate(&after, 0));
+    CK(fragless_emu_stream_work(s1, WORK_US));
+    CK(cuEventRecord(done, s1));
+    CK(cuStreamWaitEvent(s2, done, 0));
+    CK(cuEventRecord(after, s2));
+    cr_expect_eq(cuEventQuery(after), CUDA_ERROR_NOT_READY);
+    cr_expect_eq(cuStreamQuery(s2), CUDA_ERROR_NOT_READY);
+    CK(cuEventSynchronize(after));
+    CK(cuStreamQuery(s1));
+}
+
+Test(drv_emu_time, fill_writes_when_its_work_completes)
+{
+    CUstream s;
+    CUdeviceptr p;
+    unsigned char *host;
+    unsigned char out[64];
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAlloc(&p, 1 << 20));
+    host = (unsigned char *)(uintptr_t)p;
+    memset(host, 0, 1 << 20);
+    CK(fragless_emu_stream_fill(s, p, 0x77, 1 << 20, WORK_US));
+    cr_expect_eq(host[0], 0, "not yet written");
+    CK(cuMemcpyDtoHAsync(out, p, sizeof out, s)); /* ordered after the fill */
+    cr_expect_eq(out[0], 0x77);
+    cr_expect_eq(host[(1 << 20) - 1], 0x77);
+    CK(cuMemFree(p));
+    cr_expect_eq(fragless_emu_faults(), 0);
+}
+
+Test(drv_emu_time, mem_free_waits_for_the_device)
+{
+    CUstream s;
+    CUdeviceptr p;
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAlloc(&p, 1 << 20));
+    CK(fragless_emu_stream_fill(s, p, 1, 1 << 20, WORK_US));
+    CK(cuMemFree(p)); /* waits, so the fill lands before the memory goes */
+    CK(cuCtxSynchronize());
+    cr_expect_eq(fragless_emu_faults(), 0);
+}
+
+Test(drv_emu_time, fill_after_unmap_faults_and_sticks)
+{
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}};
+    CUmemAccessDesc rw = {.location = prop.location, .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    size_t g = 2 << 20;
+    CUdeviceptr va, p;
+    CUmemGenericAllocationHandle h;
+    CUstream s;
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAddressReserve(&va, g, 0, 0, 0));
+    CK(cuMemCreate(&h, g, &prop, 0));
+    CK(cuMemMap(va, g, 0, h, 0));
+    CK(cuMemSetAccess(va, g, &rw, 1));
+    CK(fragless_emu_stream_fill(s, va, 9, g, WORK_US));
+    CK(cuMemUnmap(va, g)); /* does not wait for the kernel: the bug we want to see */
+    cr_expect_eq(cuStreamSynchronize(s), CUDA_ERROR_ILLEGAL_ADDRESS);
+    cr_expect_eq(fragless_emu_faults(), 1);
+    cr_expect_eq(cuMemAlloc(&p, 4096), CUDA_ERROR_ILLEGAL_ADDRESS, "sticky");
+    cr_expect_eq(cuCtxSynchronize(), CUDA_ERROR_ILLEGAL_ADDRESS, "sticky");
+    CK(cuDevicePrimaryCtxReset(0));
+    CK(cuMemAlloc(&p, 4096));
+    CK(cuMemFree(p));
+    CK(cuMemRelease(h));
+    CK(cuMemAddressFree(va, g));
+}
+
+Test(drv_emu_time, fill_on_inaccessible_mapping_faults)
+{
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}};
+    size_t g = 2 << 20;
+    CUdeviceptr va;
+    CUmemGenericAllocationHandle h;
+
+    CK(cuMemAddressReserve(&va, g, 0, 0, 0));
+    CK(cuMemCreate(&h, g, &prop, 0));
+    CK(cuMemMap(va, g, 0, h, 0));
+    CK(fragless_emu_stream_fill(NULL, va, 9, 64, 0));
+    cr_expect_eq(cuCtxSynchronize(), CUDA_ERROR_ILLEGAL_ADDRESS);
+    cr_expect_eq(fragless_emu_faults(), 1);
+}
+
+Test(drv_emu_time, stream_ordered_free_keeps_block_until_the_stream_reaches_it)
+{
+    CUstream s, other;
+    CUdeviceptr p;
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuStreamCreate(&other, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAllocAsync(&p, 1 << 20, s));
+    CK(fragless_emu_stream_fill(s, p, 5, 1 << 20, WORK_US));
+    CK(cuMemFreeAsync(p, s)); /* after the fill in stream order: fine */
+    CK(cuStreamSynchronize(s));
+    cr_expect_eq(fragless_emu_faults(), 0);
+
+    CK(cuMemAllocAsync(&p, 1 << 20, s));
+    CK(cuMemFreeAsync(p, s));
+    CK(cuStreamSynchronize(s));
+    CK(fragless_emu_stream_fill(other, p, 5, 64, 0)); /* use after free */
+    cr_expect_eq(cuStreamSynchronize(other), CUDA_ERROR_ILLEGAL_ADDRESS);
+    cr_expect_eq(fragless_emu_faults(), 1);
+}
+
+Test(drv_emu_time, captured_work_does_not_run)
+{
+    CUstream s;
+    CUgraph g;
+    CUstreamCaptureStatus st;
+    CUdeviceptr p;
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuMemAlloc(&p, 4096));
+    memset((void *)(uintptr_t)p, 0, 4096);
+    CK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    CK(cuStreamIsCapturing(s, &st));
+    cr_expect_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    CK(fragless_emu_stream_fill(s, p, 3, 4096, WORK_US));
+    cr_expect_eq(cuStreamSynchronize(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    CK(cuStreamEndCapture(s, &g));
+    CK(cuStreamIsCapturing(s, &st));
+    cr_expect_eq(st, CU_STREAM_CAPTURE_STATUS_NONE);
+    CK(cuStreamQuery(s));
+    CK(cuCtxSynchronize());
+    cr_expect_eq(*(unsigned char *)(uintptr_t)p, 0);
+    CK(cuGraphDestroy(g));
+    CK(cuMemFree(p));
+}

@@ -1,0 +1,192 @@
+/*
+ * test_interpose.c — unmodified programs (tests/progs/ip_*) run under LD_PRELOAD of
+ * libfragless on the emulated device: every allocation path reaches fragless (each program
+ * proves it through fragless_get_stats), pass-through cases reach the real functions, and
+ * the library's exported symbols are exactly the intended ones.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* Runs build/tests/progs/NAME with up to two arguments and extra environment, preloaded, on
+ * an emulated device of this test's own; fails unless it exits 0 and prints "ok". */
+static void run_ok(struct tu_result *r, const char *name, const char *arg1, const char *arg2,
+                   const char *const env[])
+{
+    char path[1024];
+    snprintf(path, sizeof path, "tests/progs/%s", name);
+    const char *argv[] = {tu_path(path), arg1, arg2, NULL};
+    tu_emu_isolate();
+    int status = tu_run(r, true, argv, env, 60);
+    cr_assert_eq(status, 0, "%s %s %s exited %d\nstdout:\n%s\nstderr:\n%s", name, arg1 ? arg1 : "",
+                 arg2 ? arg2 : "", status, r->out, r->err);
+    cr_assert(strstr(r->out, "ok"), "%s printed: %s", name, r->out);
+}
+
+static void run_prog(const char *name, const char *arg1, const char *arg2)
+{
+    struct tu_result r;
+    run_ok(&r, name, arg1, arg2, NULL);
+    tu_result_free(&r);
+}
+
+Test(interpose, runtime_symbols)
+{
+    run_prog("ip_runtime", "alloc", NULL);
+}
+
+Test(interpose, cudaFree_NULL_as_the_first_call)
+{
+    run_prog("ip_runtime", "free-null-first", NULL);
+}
+
+Test(interpose, null_out_pointers_get_the_documented_error)
+{
+    run_prog("ip_runtime", "null-out", NULL);
+}
+
+Test(interpose, passthrough_sends_everything_to_the_real_functions)
+{
+    struct tu_result r;
+    const char *env[] = {"FRAGLESS_CONF=passthrough:true", NULL};
+    run_ok(&r, "ip_runtime", "passthrough", NULL, env);
+    tu_result_free(&r);
+}
+
+Test(interpose, ipc_of_a_fragless_pointer_is_refused_with_a_reason)
+{
+    struct tu_result r;
+    run_ok(&r, "ip_runtime", "ipc", NULL, NULL);
+    cr_assert(strstr(r.err, "IPC") && strstr(r.err, "passthrough:true"), "stderr: %s", r.err);
+    tu_result_free(&r);
+}
+
+Test(interpose, driver_symbols)
+{
+    run_prog("ip_driver", NULL, NULL);
+}
+
+Test(interpose, cuGetProcAddress_both_forms_and_stream_flavours)
+{
+    static const char *const forms[] = {"v2", "v1"};
+    static const char *const flags[] = {"default", "legacy", "ptds"};
+    for (size_t i = 0; i < 2; i++) {
+        for (size_t j = 0; j < 3; j++)
+            run_prog("ip_procaddr", forms[i], flags[j]);
+    }
+}
+
+Test(interpose, dlsym_on_a_libcuda_handle)
+{
+    run_prog("ip_dlsym", NULL, NULL);
+}
+
+Test(interpose, cudaGetDriverEntryPointByVersion)
+{
+    run_prog("ip_entry", NULL, NULL);
+}
+
+Test(interpose, stream_ordered_calls_and_graph_capture)
+{
+    run_prog("ip_async", NULL, NULL);
+}
+
+Test(interpose, foreign_pointers_go_to_the_real_functions)
+{
+    run_prog("ip_foreign", NULL, NULL);
+}
+
+Test(interpose, eight_threads_allocating_during_first_initialization)
+{
+    run_prog("ip_threads", NULL, NULL);
+}
+
+Test(interpose, fork_after_initialization)
+{
+    struct tu_result r;
+    run_ok(&r, "ip_fork", NULL, NULL, NULL);
+    cr_assert(strstr(r.out, "child: "), "children reported: %s", r.out);
+    tu_result_free(&r);
+}
+
+Test(interpose, dlsym_RTLD_NEXT_keeps_the_callers_place)
+{
+    run_prog("ip_rtldnext", NULL, NULL);
+}
+
+Test(interpose, a_program_that_never_uses_cuda_loads_nothing)
+{
+    struct tu_result r;
+    const char *maps[] = {"/bin/cat", "/proc/self/maps", NULL};
+    cr_assert_eq(tu_run(&r, true, maps, NULL, 30), 0, "stderr: %s", r.err);
+    cr_assert(strstr(r.out, "libfragless"), "preloaded: %s", r.out);
+    cr_assert_null(strstr(r.out, "libcuda"), "no driver loaded: %s", r.out);
+    tu_result_free(&r);
+    const char *status[] = {"/bin/cat", "/proc/self/status", NULL};
+    cr_assert_eq(tu_run(&r, true, status, NULL, 30), 0, "stderr: %s", r.err);
+    cr_assert(strstr(r.out, "Threads:\t1\n"), "no thread started: %s", r.out);
+    cr_assert_str_empty(r.err, "nothing printed");
+    tu_result_free(&r);
+}
+
+/* The exported CUDA names and dlsym, as `LC_ALL=C sort` orders them. */
+static const char expected_hooks[] = "cuGetProcAddress\n"
+                                     "cuGetProcAddress_v2\n"
+                                     "cuIpcGetMemHandle\n"
+                                     "cuMemAllocAsync\n"
+                                     "cuMemAllocAsync_ptsz\n"
+                                     "cuMemAlloc_v2\n"
+                                     "cuMemFreeAsync\n"
+                                     "cuMemFreeAsync_ptsz\n"
+                                     "cuMemFree_v2\n"
+                                     "cuMemGetAddressRange_v2\n"
+                                     "cuMemGetInfo_v2\n"
+                                     "cuPointerGetAttribute\n"
+                                     "cudaFree\n"
+                                     "cudaFreeAsync\n"
+                                     "cudaFreeAsync_ptsz\n"
+                                     "cudaGetDriverEntryPoint\n"
+                                     "cudaGetDriverEntryPointByVersion\n"
+                                     "cudaGetDriverEntryPointByVersion_ptsz\n"
+                                     "cudaGetDriverEntryPoint_ptsz\n"
+                                     "cudaIpcGetMemHandle\n"
+                                     "cudaMalloc\n"
+                                     "cudaMallocAsync\n"
+                                     "cudaMallocAsync_ptsz\n"
+                                     "cudaMemGetInfo\n"
+                                     "dlsym\n";
+
+/* The library's exported names selected by `grep` must be `expected`, one per line. */
+static void expect_exports(const char *grep, const char *expected)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "nm -D --defined-only '%s' | awk '{print $3}' | grep %s | LC_ALL=C sort",
+             tu_path("libfragless.so"), grep);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    struct tu_result r;
+    cr_assert_eq(tu_run(&r, false, argv, NULL, 30), 0, "nm: %s", r.err);
+    cr_assert_str_eq(r.out, expected);
+    tu_result_free(&r);
+}
+
+Test(interpose, exported_symbols_are_exactly_the_intended_ones)
+{
+    expect_exports("-v '^fragless_'", expected_hooks);
+    /* fragless_* exports are exactly the functions include/fragless.h declares. */
+    const char *src = getenv("FRAGLESS_SRC");
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "grep -oE '\\bfragless_[a-z0-9_]+\\(' '%s/include/fragless.h' | tr -d '(' | "
+             "LC_ALL=C sort -u",
+             src ? src : ".");
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    struct tu_result r;
+    cr_assert_eq(tu_run(&r, false, argv, NULL, 30), 0, "grep: %s", r.err);
+    cr_assert(strstr(r.out, "fragless_get_stats\n"), "declared: %s", r.out);
+    expect_exports("'^fragless_'", r.out);
+    tu_result_free(&r);
+}

@@ -1,0 +1,70 @@
+/*
+ * ip_async.c — the stream-ordered calls reach fragless: cudaMallocAsync/cudaFreeAsync (and
+ * their per-thread-stream _ptsz forms), cuMemAllocAsync/cuMemFreeAsync; a stream under graph
+ * capture goes to the real stream-ordered allocator, and a fragless block freed on a
+ * capturing stream is refused rather than freed out of order.
+ */
+#include "ip_prog.h"
+
+typedef cudaError_t (*malloc_async_fn)(void **, size_t, cudaStream_t);
+typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
+
+static void *must(const char *name)
+{
+    void *p = dlsym(RTLD_DEFAULT, name);
+    CHECK(p != NULL, "%s exported", name);
+    return p;
+}
+
+static void served(cudaStream_t s)
+{
+    const size_t n = 1 << 20;
+    malloc_async_fn malloc_ptsz = (malloc_async_fn)must("cudaMallocAsync_ptsz");
+    free_async_fn free_ptsz = (free_async_fn)must("cudaFreeAsync_ptsz");
+    fragless_stats_t before = ip_stats0();
+    void *a = NULL, *b = NULL;
+    CUdeviceptr c = 0;
+    CHECK(cudaMallocAsync(&a, n, s) == cudaSuccess, "cudaMallocAsync");
+    CHECK(malloc_ptsz(&b, n, NULL) == cudaSuccess, "cudaMallocAsync_ptsz");
+    CHECK(cuMemAllocAsync(&c, n, (CUstream)s) == CUDA_SUCCESS, "cuMemAllocAsync");
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess, "sync");
+    ip_touch_rt(a, n);
+    ip_touch_rt(b, n);
+    ip_touch_drv(c, n);
+    CHECK(cudaFreeAsync(a, s) == cudaSuccess, "cudaFreeAsync");
+    CHECK(free_ptsz(b, NULL) == cudaSuccess, "cudaFreeAsync_ptsz");
+    CHECK(cuMemFreeAsync(c, (CUstream)s) == CUDA_SUCCESS, "cuMemFreeAsync");
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess, "sync");
+    fragless_stats_t after = ip_stats0();
+    ip_expect_served(&before, &after, 3, 3);
+}
+
+static void captured(cudaStream_t s)
+{
+    void *mine = NULL, *g = NULL;
+    CHECK(cudaMalloc(&mine, 4096) == cudaSuccess, "cudaMalloc");
+    fragless_stats_t before = ip_stats0();
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess, "capture");
+    CHECK(cudaMallocAsync(&g, 4096, s) == cudaSuccess, "cudaMallocAsync under capture");
+    CHECK(cudaFreeAsync(g, s) == cudaSuccess, "cudaFreeAsync under capture");
+    CHECK(cudaFreeAsync(mine, s) == cudaErrorStreamCaptureUnsupported,
+          "a fragless block freed under capture is refused");
+    cudaGraph_t graph = NULL;
+    cudaStreamEndCapture(s, &graph);
+    if (graph)
+        cudaGraphDestroy(graph);
+    fragless_stats_t after = ip_stats0();
+    ip_expect_served(&before, &after, 0, 0);
+    CHECK(cudaFree(mine) == cudaSuccess, "cudaFree");
+}
+
+int main(void)
+{
+    cudaStream_t s = NULL;
+    CHECK(cudaStreamCreate(&s) == cudaSuccess, "stream");
+    served(s);
+    captured(s);
+    CHECK(cudaStreamDestroy(s) == cudaSuccess, "stream destroy");
+    printf("ok async\n");
+    return 0;
+}

@@ -1,0 +1,52 @@
+/*
+ * ip_fork.c — fork after fragless has initialized (while other threads allocate): the child
+ * does not deadlock or crash, and either allocates or gets an error code (it prints which).
+ */
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ip_prog.h"
+
+static volatile int stop;
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    while (!stop) {
+        void *p = NULL;
+        if (cudaMalloc(&p, 8192) == cudaSuccess)
+            cudaFree(p);
+    }
+    return NULL;
+}
+
+int main(void)
+{
+    void *p = NULL;
+    CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "cudaMalloc");
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, churn, NULL) == 0, "thread");
+    for (int i = 0; i < 20; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        CHECK(pid >= 0, "fork");
+        if (pid == 0) {
+            void *q = NULL;
+            cudaError_t e = cudaMalloc(&q, 4096);
+            if (e == cudaSuccess)
+                e = cudaFree(q);
+            printf("child: %d\n", (int)e);
+            fflush(stdout);
+            _exit(0);
+        }
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid, "wait");
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    }
+    stop = 1;
+    pthread_join(t, NULL);
+    CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
+    printf("ok fork\n");
+    return 0;
+}

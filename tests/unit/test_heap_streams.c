@@ -1,0 +1,155 @@
+/*
+ * test_heap_streams.c — stream-ordered safety (DESIGN.md §4 rule 1) on the emulated device's
+ * simulated GPU work: a freed block is never handed out while work issued before its free may
+ * still touch it — on one stream, across streams, and after cudaFree-style frees — and the
+ * waiting is batched: a plain free/alloc loop does not synchronize the device per call.
+ */
+#include <time.h>
+
+#include "heaptest.h"
+
+static void setup(void)
+{
+    ht_setup("1G");
+}
+
+TestSuite(streams, .init = setup, .timeout = 60);
+
+#define FILL_US 200000 /* 200 ms of simulated work before the fill lands */
+
+Test(streams, same_stream_reuses_at_once)
+{
+    CUstream s = ht_stream();
+    CUdeviceptr p = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    ht_fill(s, p, 0xab, 4096, FILL_US);
+    ht_free(p, s, HEAP_ASYNC);
+    uint64_t calls = ht_calls("*");
+    CUdeviceptr q = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    cr_assert_eq(q, p, "work on the same stream is ordered: reuse is immediate");
+    cr_assert_eq(ht_calls("*"), calls, "and costs no driver call");
+    ht_free(q, s, HEAP_ASYNC);
+    ht_stream_destroy(s);
+}
+
+Test(streams, other_stream_waits_for_the_event)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    CUdeviceptr p = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    ht_fill(s, p, 0xab, FL_MiB, FILL_US);
+    ht_free(p, s, HEAP_ASYNC);
+    /* while the fill is in flight, t must get other memory */
+    CUdeviceptr q = ht_alloc(FL_MiB, t, HEAP_ASYNC);
+    cr_assert(!ht_overlap(q, FL_MiB, p, FL_MiB), "handed out while s still writes it");
+    memset((void *)(uintptr_t)q, 0x11, FL_MiB);
+    CUdeviceptr sync_q = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
+    cr_assert(!ht_overlap(sync_q, FL_MiB, p, FL_MiB));
+    /* once s's work is done, the block becomes reusable everywhere */
+    cr_assert_eq(drv_stream_synchronize(s), CUDA_SUCCESS);
+    CUdeviceptr r[2];
+    r[0] = ht_alloc(FL_MiB, t, HEAP_ASYNC); /* the rest of sync_q's segment comes first */
+    r[1] = ht_alloc(FL_MiB, t, HEAP_ASYNC);
+    cr_assert(r[0] == p || r[1] == p);
+    cr_assert_eq(((unsigned char *)(uintptr_t)p)[FL_MiB - 1], 0xab);
+    cr_assert_eq(((unsigned char *)(uintptr_t)q)[0], 0x11);
+    cr_assert_eq(ht_faults(), 0);
+    ht_free(q, t, HEAP_ASYNC);
+    ht_free(r[0], t, HEAP_ASYNC);
+    ht_free(r[1], t, HEAP_ASYNC);
+    ht_free(sync_q, NULL, HEAP_SYNC);
+    size_t released;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    ht_stream_destroy(s);
+    ht_stream_destroy(t);
+    cr_assert_eq(ht_audit(), 0, "events and segments released");
+}
+
+Test(streams, the_caller_is_never_blocked_for_an_event)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    /* two 1 MiB blocks fill a small segment: nothing else is cached */
+    CUdeviceptr p = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    CUdeviceptr keep = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    ht_work(s, 2000000); /* 2 s */
+    ht_free(p, s, HEAP_ASYNC);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    CUdeviceptr q = ht_alloc(FL_MiB, t, HEAP_ASYNC);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    cr_assert_neq(q, p);
+    double waited = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    cr_assert_lt(waited, 1.0, "allocation waited %.3f s for the stream", waited);
+    cr_assert_eq(ht_calls("cuEventSynchronize") + ht_calls("cuStreamSynchronize") +
+                     ht_calls("cuCtxSynchronize"),
+                 0);
+    ht_free(q, t, HEAP_ASYNC);
+    ht_free(keep, s, HEAP_ASYNC);
+}
+
+Test(streams, plain_free_is_not_reused_before_a_sync)
+{
+    CUstream s = ht_stream();
+    CUdeviceptr p = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
+    ht_fill(s, p, 0xcd, FL_MiB, FILL_US);
+    ht_free(p, NULL, HEAP_SYNC);
+    for (int i = 0; i < 4; i++) {
+        CUdeviceptr q = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
+        if (ht_overlap(q, FL_MiB, p, FL_MiB))
+            cr_assert_eq(((unsigned char *)(uintptr_t)p)[FL_MiB - 1], 0xcd,
+                         "reused before the work issued before the free completed");
+        CUdeviceptr r = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+        if (ht_overlap(r, FL_MiB, p, FL_MiB))
+            cr_assert_eq(((unsigned char *)(uintptr_t)p)[FL_MiB - 1], 0xcd);
+    }
+    cr_assert_eq(ht_faults(), 0);
+}
+
+Test(streams, large_pending_frees_are_reused_after_one_sync)
+{
+    CUstream s = ht_stream();
+    CUdeviceptr p = ht_alloc(64 * FL_MiB, NULL, HEAP_SYNC);
+    ht_fill(s, p, 0xcd, 4096, FILL_US);
+    ht_free(p, NULL, HEAP_SYNC);
+    uint64_t syncs = ht_calls("cuCtxSynchronize");
+    CUdeviceptr q = ht_alloc(64 * FL_MiB, NULL, HEAP_SYNC);
+    cr_assert_eq(q, p, "64 MiB pending: a sync pays");
+    cr_assert_eq(ht_calls("cuCtxSynchronize") - syncs, 1);
+    cr_assert_eq(((unsigned char *)(uintptr_t)q)[0], 0xcd, "the sync waited for the fill");
+    cr_assert_eq(ht_stats(0).num_device_syncs, 1);
+    ht_free(q, NULL, HEAP_SYNC);
+}
+
+Test(streams, plain_free_alloc_loop_does_not_sync_per_call)
+{
+    CUstream s = ht_stream();
+    enum { N = 400 };
+    uint64_t syncs = ht_calls("cuCtxSynchronize");
+    uint64_t allocs = ht_calls("cuMemAlloc_v2");
+    CUdeviceptr prev = 0;
+    for (int i = 0; i < N; i++) {
+        CUdeviceptr p = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
+        ht_fill(s, p, i & 0xff, 512, 20);
+        if (prev)
+            ht_free(prev, NULL, HEAP_SYNC);
+        prev = p;
+    }
+    ht_free(prev, NULL, HEAP_SYNC);
+    uint64_t n_syncs = ht_calls("cuCtxSynchronize") - syncs;
+    uint64_t n_allocs = ht_calls("cuMemAlloc_v2") - allocs;
+    cr_log_info("%d free/alloc pairs: %llu syncs, %llu segment allocations", N,
+                (unsigned long long)n_syncs, (unsigned long long)n_allocs);
+    cr_assert_gt(n_syncs, 0);
+    cr_assert_leq(n_syncs, N / 32, "%llu syncs", (unsigned long long)n_syncs);
+    cr_assert_leq(n_allocs, N / 8);
+    cr_assert_eq(ht_stats(0).num_device_syncs, n_syncs);
+    cr_assert_eq(ht_faults(), 0);
+}
+
+Test(streams, per_thread_default_stream_frees_wait_for_a_sync)
+{
+    CUdeviceptr p = ht_alloc(4096, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    ht_free(p, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    fragless_stats_t s = ht_stats(0);
+    cr_assert_eq(s.active_bytes.current, 4096, "not reusable: other threads' streams");
+    CUdeviceptr q = ht_alloc(4096, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    cr_assert_neq(q, p);
+}
