@@ -5,7 +5,8 @@
  * process first uses CUDA through fragless (never in a constructor), the background thread that
  * copies heap_get_stats()/heap_segment_info() into it under the sequence counters every
  * FRAGLESS_SHM_UPDATE_MS or when woken, serving empty-cache requests, removing the page at
- * normal exit (after the exit report), and starting afresh in a forked child. The allocation
+ * normal exit (after the exit report) and, when creating it, the pages our uid's dead
+ * processes left behind, and starting afresh in a forked child. The allocation
  * path pays one load (shm_ensure); statistics are pulled by the thread, never pushed.
  */
 #include "internal.h"
@@ -314,6 +315,21 @@ static int page_open(const char *path)
     return -1;
 }
 
+/* pio_each_name callback: removes our uid's pages whose process is gone (a process that was
+ * killed, or ended with _exit, could not remove its own). */
+static int sweep_stale(int dirfd, const char *name, uint32_t uid, int32_t pid, void *arg)
+{
+    struct stat st;
+    uint64_t started;
+    int *removed = arg;
+    if (uid != geteuid() || pid == getpid() || pio_start_time(pid, &started) != -ENOENT)
+        return 0;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid == uid &&
+        unlinkat(dirfd, name, 0) == 0)
+        (*removed)++;
+    return 0;
+}
+
 static int page_create(void)
 {
     snprintf(shm.path, sizeof shm.path, "%s/%s%u.%d", FRAGLESS_SHM_DIR, FRAGLESS_SHM_PREFIX,
@@ -334,6 +350,10 @@ static int page_create(void)
     shm.page = map;
     fill_identity(shm.page);
     __atomic_store_n(&shm.page->magic, FRAGLESS_SHM_MAGIC, __ATOMIC_RELEASE);
+    int removed = 0;
+    pio_each_name(FRAGLESS_SHM_DIR, sweep_stale, &removed);
+    if (removed)
+        log_info("stats page: removed %d stale page(s) of dead processes", removed);
     return 0;
 unlink_file:
     unlink(shm.path);
