@@ -92,9 +92,10 @@ static bool passthrough(void)
 /* True when this call is fragless's to serve; false sends it to the real function. */
 static bool serving(void)
 {
-    if (in_init || in_real_runtime || passthrough())
+    if (in_init || in_real_runtime || passthrough() || init_once() != CUDA_SUCCESS)
         return false;
-    return init_once() == CUDA_SUCCESS;
+    shm_ensure();
+    return true;
 }
 
 /* The runtime reports the driver's errors under the same numbers (CUDA 10.1 and later). */

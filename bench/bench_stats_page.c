@@ -1,0 +1,162 @@
+/*
+ * bench_stats_page.c — what the stats page costs the allocation path.
+ *
+ * Usage: bench_stats_page LIBFRAGLESS [ROUNDS]. Runs itself as a child under
+ * LD_PRELOAD=LIBFRAGLESS, alternately with FRAGLESS_CONF=stats_page:true and stats_page:false,
+ * ROUNDS times each (default 5). Each child times cached cudaMalloc+cudaFree pairs of mixed
+ * sizes (512 B … 32 MiB) and prints the median ns per pair of its batches; while the page is
+ * on, its thread publishes every FRAGLESS_SHM_UPDATE_MS and a reader thread in the child reads
+ * the page as fragstat does, every millisecond (far more often than fragstat --interval). Prints
+ * the medians over rounds and their ratio.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+
+#include "fragless_shm.h"
+#include "pageio.h"
+
+#define PAIRS   20000
+#define BATCHES 25
+
+static const size_t sizes[] = {512, 4096, 65536, 1 << 20, 3 << 20, 8 << 20, 32 << 20};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static volatile int reading = 1;
+static long reads;
+
+/* Reads this process's page the way fragstat does, every millisecond. */
+static void *reader(void *arg)
+{
+    static fragless_shm_page_t copy;
+    (void)arg;
+    char path[96];
+    snprintf(path, sizeof path, FRAGLESS_SHM_DIR "/" FRAGLESS_SHM_PREFIX "%u.%d",
+             (unsigned)geteuid(), (int)getpid());
+    while (reading) {
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            reads += pio_read_page(fd, &copy, NULL, 0) == PIO_OK;
+            close(fd);
+        }
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return NULL;
+}
+
+static int child(bool with_reader)
+{
+    void *p;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { /* warm the cache */
+        if (cudaMalloc(&p, sizes[i]) != cudaSuccess)
+            return 1;
+        cudaFree(p);
+    }
+    pthread_t t;
+    if (with_reader)
+        pthread_create(&t, NULL, reader, NULL);
+    double ns[BATCHES];
+    for (int b = 0; b < BATCHES; b++) {
+        uint64_t start = now_ns();
+        for (int i = 0; i < PAIRS; i++) {
+            cudaMalloc(&p, sizes[i % (sizeof sizes / sizeof sizes[0])]);
+            cudaFree(p);
+        }
+        ns[b] = (double)(now_ns() - start) / PAIRS;
+    }
+    reading = 0;
+    if (with_reader)
+        pthread_join(t, NULL);
+    printf("%.1f %ld\n", median(ns, BATCHES), reads);
+    return 0;
+}
+
+enum config { PAGE_OFF, PAGE_ON, PAGE_READ, CONFIGS };
+static const char *const config_names[CONFIGS] = {"stats_page:false", "stats_page:true",
+                                                  "stats_page:true + page read every 1 ms"};
+
+/* Runs one child in configuration c; returns its median ns per pair. */
+static double run_child(const char *self, const char *lib, enum config c, long *reads_out)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        setenv("LD_PRELOAD", lib, 1);
+        setenv("FRAGLESS_CONF", c == PAGE_OFF ? "stats_page:false" : "stats_page:true", 1);
+        execl(self, self, c == PAGE_READ ? "--child-reader" : "--child", (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    char buf[128] = "";
+    ssize_t n = read(fd[0], buf, sizeof buf - 1);
+    close(fd[0]);
+    waitpid(pid, NULL, 0);
+    double v = -1;
+    if (n > 0 && sscanf(buf, "%lf %ld", &v, reads_out) != 2)
+        v = -1;
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strncmp(argv[1], "--child", 7) == 0)
+        return child(strcmp(argv[1], "--child-reader") == 0);
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s LIBFRAGLESS [ROUNDS]\n", argv[0]);
+        return 2;
+    }
+    int rounds = argc > 2 ? atoi(argv[2]) : 5;
+    if (rounds < 1 || rounds > 100)
+        return 2;
+    double ns[CONFIGS][100], med[CONFIGS];
+    long reads = 0, r = 0;
+    for (int i = 0; i < rounds; i++) {
+        for (int c = 0; c < CONFIGS; c++) {
+            ns[c][i] = run_child(argv[0], argv[1], (enum config)c, &r);
+            reads += c == PAGE_READ ? r : 0;
+            if (ns[c][i] < 0) {
+                fprintf(stderr, "a child failed\n");
+                return 1;
+            }
+        }
+    }
+    printf("cached cudaMalloc+cudaFree pair, sizes 512 B..32 MiB, %d rounds x %d batches x %d "
+           "pairs\n",
+           rounds, BATCHES, PAIRS);
+    printf("%-42s %10s %8s\n", "configuration", "median ns", "ratio");
+    for (int c = 0; c < CONFIGS; c++) {
+        med[c] = median(ns[c], rounds);
+        printf("%-42s %10.1f %8.3f\n", config_names[c], med[c], med[c] / med[PAGE_OFF]);
+    }
+    printf("(%ld page reads in the reader rounds)\n", reads);
+    return 0;
+}
