@@ -2,7 +2,8 @@
 # bench/run.sh BUILD_DIR — what `make bench` runs (never part of `make test`).
 #
 # 1. Micro benchmarks: every build/bench/bench_* other than bench_trace, run once under
-#    LD_PRELOAD of libfragless on the emulated device (their own output); then bench_trace,
+#    LD_PRELOAD of libfragless on the emulated device (their own output; bench_stats_page
+#    is given the library and preloads it into its own children); then bench_trace,
 #    alternately without and with FRAGLESS_CONF=trace:PATH, 5 times each: the median
 #    ns/event of each and their difference, the recorder's cost per event.
 # 2. Workload replays: bench/workloads' traces (generated into BUILD_DIR/workloads), each
@@ -35,7 +36,11 @@ echo "== micro benchmarks (emulated device, latency model ${FRAGLESS_EMU_LATENCY
 for b in "$build"/bench/bench_*; do
     [ -x "$b" ] && [ "${b##*/}" != bench_trace ] || continue
     echo "-- ${b##*/}"
-    preload "${b##*/}" "" "$b" || echo "${b##*/} failed"
+    case ${b##*/} in
+    bench_stats_page) # preloads itself into its children
+        FRAGLESS_EMU_NAME="fragless-bench-$$-page" "$b" "$build/libfragless.so" 2>/dev/null ;;
+    *) preload "${b##*/}" "" "$b" ;;
+    esac || echo "${b##*/} failed"
 done
 
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
