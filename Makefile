@@ -48,7 +48,7 @@ EMU_LIBS      := $(if $(EMU_DRV_SRCS),$(BUILD)/emu/libcuda.so.1 $(BUILD)/emu/lib
 TOOLS         := $(sort $(filter-out emu,$(notdir $(patsubst %/,%,$(dir $(wildcard tools/*/*.c))))))
 TOOL_BINS     := $(TOOLS:%=$(BUILD)/%)
 # Extra link flags per tool: TOOL_LDLIBS_<name>.
-TOOL_LDLIBS_fragreplay := -L$(BUILD) -lfragless -Wl,-rpath,'$$ORIGIN'
+TOOL_LDLIBS_fragreplay := -L$(BUILD) -lfragless -Wl,-rpath,'$$ORIGIN' -Wl,-rpath,'$$ORIGIN/../lib'
 
 COMMON_SRCS   := $(wildcard tests/common/*.c)
 COMMON_OBJS   := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
