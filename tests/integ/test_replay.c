@@ -325,3 +325,32 @@ Test(replay, injected_out_of_memory_is_counted)
     cr_expect(strstr(r.err, "nothing leaked"), "%s", r.err);
     tu_result_free(&r);
 }
+
+/* A workload generator's trace (bench/workloads) replays with the peak and event count the
+ * generator computed; this one uses two streams, so the stream-ordered path runs too. */
+Test(replay, generated_workload_replays_to_its_known_peak)
+{
+    struct tu_result r;
+    const char *dir = ru_tmpdir(), *trace = ru_file(dir, "w.csv");
+    char prog[1024];
+    const char *src = getenv("FRAGLESS_SRC");
+    snprintf(prog, sizeof prog,
+             "import sys\n"
+             "sys.path.insert(0, '%s/bench/workloads')\n"
+             "import two_stream_prefetch as w\n"
+             "t = w.generate()\n"
+             "t.write('%s')\n"
+             "print(t.peak_bytes, t.events())\n",
+             src ? src : ".", trace);
+    cr_assert_eq(ru_python(&r, prog), 0, "python3: %s", r.err);
+    unsigned long long peak = 0, events = 0;
+    cr_assert_eq(sscanf(r.out, "%llu %llu", &peak, &events), 2, "%s", r.out);
+    tu_result_free(&r);
+    const char *args[] = {"--emu", "--json", "--capacity", "24G", trace, NULL};
+    cr_assert_eq(ru_replay(&r, args), 0, "stderr:\n%s", r.err);
+    cr_expect_eq(ru_json_u64(r.out, "events"), events);
+    cr_expect_eq(ru_json_u64(r.out, "trace_peak_requested_bytes"), peak);
+    cr_expect_eq(ru_json_u64(r.out, "peak_requested_bytes"), peak);
+    cr_expect_eq(ru_json_u64(r.out, "ooms"), 0);
+    tu_result_free(&r);
+}
