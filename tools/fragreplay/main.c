@@ -49,7 +49,8 @@ static void usage(FILE *out)
             "  --json           JSON instead of the summary table\n"
             "  --plot FILE.svg  requested, allocated and reserved bytes over the trace's "
             "time\n"
-            "Several traces are merged by time onto one device, each with its own pointers.\n");
+            "Several traces are merged by time onto one device, each with its own pointers.\n"
+            "Exit status: 0; 1 when a replay failed; 2 for bad usage or a malformed trace.\n");
 }
 
 /* SIZE: digits with an optional K/M/G/T suffix (KiB/MiB/... and KB/MB/... too). */
