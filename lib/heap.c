@@ -143,7 +143,7 @@ static bool add_segment(struct heap *h, struct segment *s)
     struct block *b = block_new(h);
     if (!b)
         return false;
-    if (!segmap_insert(s->base, s->size, h->device)) {
+    if (!segmap_insert(s, h->device)) {
         block_recycle(h, b);
         return false;
     }
@@ -165,34 +165,69 @@ static bool add_segment(struct heap *h, struct segment *s)
     return true;
 }
 
-/* Takes every segment without a live block out of the heap onto *out; the caller destroys
- * them after dropping the lock. */
-static void take_free_segments(struct heap *h, struct segment **out)
+/* Takes segment s (no live block) out of the heap onto *out. */
+static void unlink_segment(struct heap *h, struct segment *s, struct segment **out)
 {
-    struct segment *s = h->segments;
-    while (s) {
-        struct segment *next = s->next;
-        if (s->nlive == 0) {
-            for (struct block *b = s->first, *bn; b; b = bn) {
-                bn = b->next;
-                block_detach(h, b);
-                block_recycle(h, b);
-            }
-            segmap_remove(s->base);
-            if (s->prev)
-                s->prev->next = s->next;
-            else
-                h->segments = s->next;
-            if (s->next)
-                s->next->prev = s->prev;
-            stat_add(&h->st.reserved_bytes, -(int64_t)s->size);
-            stat_add(&h->st.segments, -1);
-            stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
-            h->st.num_device_free++;
-            s->next = *out;
-            *out = s;
-        }
-        s = next;
+    for (struct block *b = s->first, *bn; b; b = bn) {
+        bn = b->next;
+        block_detach(h, b);
+        block_recycle(h, b);
+    }
+    segmap_remove(s->base);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        h->segments = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    stat_add(&h->st.reserved_bytes, -(int64_t)s->size);
+    stat_add(&h->st.segments, -1);
+    stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
+    h->st.num_device_free++;
+    s->next = *out;
+    *out = s;
+}
+
+/* Whether s is one free block reusable on every stream (not a pending or stream-ordered
+ * free that a later sync or event would merge into something larger). */
+static bool segment_is_idle(const struct heap *h, const struct segment *s)
+{
+    const struct block *b = s->first;
+    return s->nblocks == 1 && b->state == BLOCK_FREE && b->index == &h->global[s->pool];
+}
+
+/* The idle segment to release next towards `want` bytes: the smallest that covers it alone,
+ * else the largest. NULL if none. */
+static struct segment *release_candidate(struct heap *h, size_t want)
+{
+    struct segment *cover = NULL, *largest = NULL;
+    for (struct segment *s = h->segments; s; s = s->next) {
+        if (!segment_is_idle(h, s))
+            continue;
+        if (s->size >= want && (!cover || s->size < cover->size))
+            cover = s;
+        if (!largest || s->size > largest->size)
+            largest = s;
+    }
+    return cover ? cover : largest;
+}
+
+/* Takes segments without a live block out of the heap onto *out — every one (want ==
+ * SIZE_MAX), or the fewest and smallest that add up to `want` bytes. The caller destroys them
+ * after dropping the lock. */
+static void take_free_segments(struct heap *h, struct segment **out, size_t want)
+{
+    for (struct segment *s = h->segments, *next; want == SIZE_MAX && s; s = next) {
+        next = s->next;
+        if (s->nlive == 0)
+            unlink_segment(h, s, out);
+    }
+    for (size_t taken = 0; want != SIZE_MAX && taken < want;) {
+        struct segment *s = release_candidate(h, want - taken);
+        if (!s)
+            break;
+        taken += s->size;
+        unlink_segment(h, s, out);
     }
     settle(h);
 }
@@ -237,12 +272,13 @@ static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
     return bytes;
 }
 
-/* Releases cached segments of h; lock not held. Returns bytes released. */
-static size_t release_free_segments(struct heap *h)
+/* Releases cached segments of h (all, or the largest first until `want` bytes); lock not
+ * held. Returns bytes released. */
+static size_t release_free_segments(struct heap *h, size_t want)
 {
     struct segment *list = NULL;
     pthread_mutex_lock(&h->lock);
-    take_free_segments(h, &list);
+    take_free_segments(h, &list, want);
     pthread_mutex_unlock(&h->lock);
     return destroy_segments(h, list, NULL);
 }
@@ -269,7 +305,7 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     pthread_mutex_lock(&h->lock);
     h->st.num_alloc_retries++;
     pthread_mutex_unlock(&h->lock);
-    release_free_segments(h);
+    release_free_segments(h, SIZE_MAX);
     CUresult r =
         segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), seg);
     if (r != CUDA_ERROR_OUT_OF_MEMORY)
@@ -290,14 +326,70 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     return r;
 }
 
+/* garbage_collection_threshold in bytes of the device (0: off), found on first use. */
+static size_t gc_limit(struct heap *h)
+{
+    size_t total = 0;
+    double fraction = h->cfg->garbage_collection_threshold;
+    if (fraction <= 0)
+        return 0;
+    pthread_mutex_lock(&h->lock);
+    size_t limit = h->gc_limit;
+    pthread_mutex_unlock(&h->lock);
+    if (limit || drv_device_total_mem(&total, (CUdevice)h->device) != CUDA_SUCCESS)
+        return limit;
+    limit = (size_t)(fraction * (double)total);
+    pthread_mutex_lock(&h->lock);
+    h->gc_limit = limit;
+    pthread_mutex_unlock(&h->lock);
+    return limit;
+}
+
+/* garbage_collection_threshold: growing by seg_size would take what is reserved past the
+ * configured fraction of the device's memory, so first give back the excess from segments
+ * that are one idle free block (counted as an automatic empty-cache). Lock not held. */
+static void collect_before_growing(struct heap *h, size_t seg_size)
+{
+    size_t limit = gc_limit(h);
+    if (!limit)
+        return;
+    pthread_mutex_lock(&h->lock);
+    size_t reserved = h->st.reserved_bytes.current;
+    pthread_mutex_unlock(&h->lock);
+    if (reserved + seg_size <= limit)
+        return;
+    size_t released = release_free_segments(h, reserved + seg_size - limit);
+    if (!released)
+        return;
+    pthread_mutex_lock(&h->lock);
+    h->st.num_empty_cache++;
+    h->st.empty_cache_released_bytes += released;
+    pthread_mutex_unlock(&h->lock);
+}
+
+/* release_threshold_mb: keeps at most that many cached (reserved, unallocated) bytes by giving
+ * back segments that are one idle free block. Lock not held. */
+static void trim_to_release_threshold(struct heap *h)
+{
+    size_t keep = h->cfg->release_threshold;
+    if (FL_LIKELY(keep == SIZE_MAX))
+        return;
+    pthread_mutex_lock(&h->lock);
+    size_t cached = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
+    pthread_mutex_unlock(&h->lock);
+    if (cached > keep)
+        release_free_segments(h, cached - keep);
+}
+
 /* No cached block fits: a new segment from the driver. Lock not held. */
 static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstream stream,
                               enum heap_mode mode, CUdeviceptr *out)
 {
     struct segment *s = NULL;
     CUdeviceptr ptr = 0;
-    CUresult r =
-        segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), &s);
+    size_t seg_size = size_segment(rounded, h->cfg->max_split_size);
+    collect_before_growing(h, seg_size);
+    CUresult r = segment_create(seg_size, size_pool(rounded), &s);
     if (r == CUDA_ERROR_OUT_OF_MEMORY)
         r = recover(h, rounded, size, stream, mode, &s, &ptr);
     if (r != CUDA_SUCCESS)
@@ -317,6 +409,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
     h->st.num_cache_misses++;
     *out = serve(h, s->first, rounded, size);
     pthread_mutex_unlock(&h->lock);
+    trim_to_release_threshold(h);
     return CUDA_SUCCESS;
 }
 
@@ -383,7 +476,7 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     int device;
     foreign = foreign ? foreign : &ignored;
     *foreign = false;
-    struct heap *h = ptr && segmap_find(ptr, &device) ? heap_of(device, false) : NULL;
+    struct heap *h = ptr && segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
     if (!h) {
         *foreign = true;
         if (ptr)
@@ -406,32 +499,32 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     h->st.num_frees++;
     settle(h);
     pthread_mutex_unlock(&h->lock);
+    trim_to_release_threshold(h);
     check();
     return CUDA_SUCCESS;
 }
 
 /* ---- queries -------------------------------------------------------------------------- */
 
+/* The block holding ptr (lock held): the live map for a block's own address, else a walk of
+ * the segment the segment map names (valid while the lock is held). */
 static struct block *block_containing(struct heap *h, CUdeviceptr ptr)
 {
     struct block *b;
+    struct segment *s;
     HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
-    if (b)
+    if (b || !segmap_find(ptr, NULL, &s))
         return b;
-    for (struct segment *s = h->segments; s; s = s->next) {
-        if (ptr - s->base >= s->size)
-            continue;
-        for (b = s->first; b; b = b->next)
-            if (ptr - b->ptr < b->size)
-                return b;
-    }
+    for (b = s->first; b; b = b->next)
+        if (ptr - b->ptr < b->size)
+            return b;
     return NULL;
 }
 
 bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device)
 {
     int dev;
-    struct heap *h = segmap_find(ptr, &dev) ? heap_of(dev, false) : NULL;
+    struct heap *h = segmap_find(ptr, &dev, NULL) ? heap_of(dev, false) : NULL;
     if (!h)
         return false;
     pthread_mutex_lock(&h->lock);
@@ -482,6 +575,8 @@ int heap_get_stats(int device, fragless_stats_t *out)
     pthread_mutex_lock(&h->lock);
     stat_set(&h->st.largest_free_block_bytes, largest_free(h));
     fragless_stats_t snap = h->st;
+    /* the live map's table grows and shrinks on its own: counted at the snapshot */
+    snap.host_metadata_bytes.current += HASH_OVERHEAD(hh, h->live);
     pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
@@ -525,7 +620,7 @@ static CUresult empty_one(struct heap *h, size_t *released)
 
     struct segment *list = NULL;
     pthread_mutex_lock(&h->lock);
-    take_free_segments(h, &list);
+    take_free_segments(h, &list, SIZE_MAX);
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
     pthread_mutex_unlock(&h->lock);
     size_t bytes = destroy_segments(h, list, &r);
