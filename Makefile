@@ -141,6 +141,11 @@ test: deps
 check:
 	bash tests/run.sh $(ABS_BUILD) $(if $(SAN),asan,plain)
 
+# `make gpu-test`: the interposer's integration suite and real clients (static cudart, PyTorch,
+# CuPy, JAX) on a real GPU under LD_PRELOAD; one line and success when there is no GPU.
+gpu-test: tests
+	bash tests/gpu/run.sh $(ABS_BUILD)
+
 # Installs the Debian packages the build and tests need, when run as root; otherwise names them.
 DEPS_HEADERS := /usr/include/uthash.h /usr/include/criterion/criterion.h
 DEPS_PKGS    := uthash-dev libcriterion-dev

@@ -15,13 +15,30 @@ static bool valid_device(int device)
     return device >= 0 && device < FL_MAX_DEVICES;
 }
 
-/* Whether the heap has state for `device` (it was used). */
+/* Whether fragless ever did anything on the device: the heap answers every device in range,
+ * with zeros for one it never touched. */
+static bool snapshot_used(const fragless_stats_t *s)
+{
+    return s->num_allocs || s->num_foreign_frees || s->num_ooms || s->reserved_bytes.peak;
+}
+
+/* The heap's snapshot of `device`; FRAGLESS_ENODEV for a device fragless never used. */
+static int snapshot(int device, fragless_stats_t *s)
+{
+    memset(s, 0, sizeof *s);
+    s->size = sizeof *s;
+    if (!valid_device(device))
+        return FRAGLESS_ENODEV;
+    int rc = heap_get_stats(device, s);
+    if (rc != FRAGLESS_OK)
+        return rc;
+    return snapshot_used(s) ? FRAGLESS_OK : FRAGLESS_ENODEV;
+}
+
 static bool device_used(int device)
 {
     fragless_stats_t s;
-    memset(&s, 0, sizeof s);
-    s.size = sizeof s;
-    return heap_get_stats(device, &s) == FRAGLESS_OK;
+    return snapshot(device, &s) == FRAGLESS_OK;
 }
 
 FL_EXPORT int fragless_get_stats(int device, fragless_stats_t *out)
@@ -30,12 +47,8 @@ FL_EXPORT int fragless_get_stats(int device, fragless_stats_t *out)
         return FRAGLESS_EINVAL;
     if (config_get()->passthrough)
         return FRAGLESS_EDISABLED;
-    if (!valid_device(device))
-        return FRAGLESS_ENODEV;
     fragless_stats_t s;
-    memset(&s, 0, sizeof s);
-    s.size = sizeof s;
-    int rc = heap_get_stats(device, &s);
+    int rc = snapshot(device, &s);
     if (rc != FRAGLESS_OK)
         return rc;
     s.size = out->size < sizeof s ? out->size : (uint32_t)sizeof s;
@@ -52,7 +65,7 @@ FL_EXPORT int fragless_reset_peak_stats(int device)
     if (config_get()->passthrough)
         return FRAGLESS_EDISABLED;
     if (device != -1)
-        return valid_device(device) ? heap_reset_peaks(device) : FRAGLESS_ENODEV;
+        return device_used(device) ? heap_reset_peaks(device) : FRAGLESS_ENODEV;
     for (int d = 0; d < FL_MAX_DEVICES; d++) {
         if (device_used(d)) {
             int rc = heap_reset_peaks(d);
@@ -78,8 +91,7 @@ FL_EXPORT int fragless_empty_cache(int device, size_t *released)
     if (config_get()->passthrough)
         rc = FRAGLESS_EDISABLED;
     else if (device != -1)
-        rc = valid_device(device) && device_used(device) ? empty_one(device, &total)
-                                                         : FRAGLESS_ENODEV;
+        rc = device_used(device) ? empty_one(device, &total) : FRAGLESS_ENODEV;
     for (int d = 0; device == -1 && rc == FRAGLESS_OK && d < FL_MAX_DEVICES; d++) {
         if (device_used(d))
             rc = empty_one(d, &total);

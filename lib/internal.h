@@ -440,6 +440,8 @@ size_t vrange_mapped_bytes(const struct vrange *r);
 /* Bytes of [off, off+len) (rounded out to pages) already mapped. */
 size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len);
 bool vrange_is_valid(const struct vrange *r);
+/* Host memory the range's bookkeeping takes (for the stats' host_metadata_bytes). */
+size_t vrange_host_bytes(const struct vrange *r);
 /* The device's spare physical pages (unmapped, kept for reuse): bytes held, and release. */
 size_t vmm_spare_bytes(int device);
 CUresult vmm_release_spare(int device, size_t *released);

@@ -881,9 +881,11 @@ static void *default_for(const void *caller, const char *name)
     return lm ? sym_in(lm, name) : NULL;
 }
 
-FL_EXPORT void *dlsym(void *restrict handle, const char *restrict name)
+/* CUDA names: the lookup as the caller would have made it, then our hook for a real entry
+ * point we interpose. */
+__attribute__((noinline)) static void *dlsym_cuda(void *handle, const char *name,
+                                                  const void *caller)
 {
-    const void *caller = __builtin_return_address(0);
     void *p;
     if (handle == RTLD_NEXT)
         p = next_after(caller, name);
@@ -892,4 +894,14 @@ FL_EXPORT void *dlsym(void *restrict handle, const char *restrict name)
     else
         p = dl_sym(handle, name);
     return substitute(name, p);
+}
+
+/* Every other name goes to the real dlsym as a tail call, so that it sees the caller's return
+ * address (RTLD_NEXT and RTLD_DEFAULT depend on it) and nothing of ours runs: sanitizer
+ * runtimes resolve their own functions through here before they are initialized. */
+FL_EXPORT void *dlsym(void *restrict handle, const char *restrict name)
+{
+    if (FL_LIKELY(!looks_cuda(name)))
+        return dl_sym(handle, name);
+    return dlsym_cuda(handle, name, __builtin_return_address(0));
 }

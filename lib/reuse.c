@@ -49,8 +49,9 @@ static bool pool_is_empty(const struct stream_pool *sp)
     return sp->index[POOL_SMALL].count == 0 && sp->index[POOL_LARGE].count == 0;
 }
 
-/* Moves every block freed at or before `seq` from sp to the global indexes. */
-static void migrate(struct heap *h, struct stream_pool *sp, uint64_t seq)
+/* Moves every block freed at or before `seq` out of sp: to the global indexes, or (pend) to
+ * the pending list, where the next device sync makes them reusable. */
+static void migrate(struct heap *h, struct stream_pool *sp, uint64_t seq, bool pend)
 {
     for (int k = 0; k < POOL_KINDS; k++) {
         struct block *list = NULL;
@@ -63,34 +64,53 @@ static void migrate(struct heap *h, struct stream_pool *sp, uint64_t seq)
             b->index = &sp->index[k];
             block_account(h, b, -1);
             b->index = NULL;
-            block_release_to(h, b, &h->global[k]);
+            if (pend)
+                block_pend(h, b);
+            else
+                block_release_to(h, b, &h->global[k]);
         }
     }
 }
 
-static void record(struct stream_pool *sp, uint64_t seq)
+static bool record(struct stream_pool *sp, uint64_t seq)
 {
     if (!sp->event && drv_event_create(&sp->event, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) {
         sp->event = NULL;
-        return;
+        return false;
     }
-    if (drv_event_record(sp->event, sp->stream) == CUDA_SUCCESS) {
-        sp->event_seq = seq;
-        sp->event_pending = true;
-    }
+    if (drv_event_record(sp->event, sp->stream) != CUDA_SUCCESS)
+        return false;
+    sp->event_seq = seq;
+    sp->event_pending = true;
+    return true;
 }
 
-static void poll(struct heap *h, struct stream_pool *sp)
+/* False if the event could not be queried (the stream or context is gone or broken). */
+static bool poll(struct heap *h, struct stream_pool *sp)
 {
     CUresult r = drv_event_query(sp->event);
     if (r == CUDA_ERROR_NOT_READY)
-        return;
+        return true;
     sp->event_pending = false;
-    if (r == CUDA_SUCCESS)
-        migrate(h, sp, sp->event_seq);
-    else
-        log_warn("event query on stream %p failed (%d); its freed blocks wait for a device sync",
-                 (void *)sp->stream, (int)r);
+    if (r != CUDA_SUCCESS)
+        return false;
+    migrate(h, sp, sp->event_seq, false);
+    return true;
+}
+
+/* A stream pool whose events fail (its stream was destroyed, or events ran out): its blocks
+ * wait for a device sync on the pending list, and the pool goes. */
+static void retire(struct heap *h, int i)
+{
+    struct stream_pool *sp = h->streams[i];
+    log_debug("stream %p: events unavailable; its %zu freed bytes wait for a device sync",
+              (void *)sp->stream, sp->index[POOL_SMALL].bytes + sp->index[POOL_LARGE].bytes);
+    migrate(h, sp, UINT64_MAX, true);
+    if (sp->event)
+        drv_event_destroy(sp->event);
+    h->streams[i] = h->streams[--h->nstreams];
+    stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *sp);
+    free(sp);
 }
 
 void reuse_collect(struct heap *h)
@@ -99,10 +119,11 @@ void reuse_collect(struct heap *h)
         struct stream_pool *sp = h->streams[i];
         if (pool_is_empty(sp))
             continue;
-        if (!sp->event_pending)
-            record(sp, h->free_seq);
-        if (sp->event_pending)
-            poll(h, sp);
+        bool ok = sp->event_pending || record(sp, h->free_seq);
+        if (ok && sp->event_pending)
+            ok = poll(h, sp);
+        if (!ok)
+            retire(h, i--);
     }
 }
 
@@ -143,7 +164,7 @@ CUresult reuse_device_sync(struct heap *h)
         b = next;
     }
     for (int i = 0; i < h->nstreams; i++)
-        migrate(h, h->streams[i], seq);
+        migrate(h, h->streams[i], seq, false);
     return CUDA_SUCCESS;
 }
 

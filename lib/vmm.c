@@ -570,6 +570,11 @@ size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
     return count_flags(r, first, end, 0xff, PG_READY) * r->page_size;
 }
 
+size_t vrange_host_bytes(const struct vrange *r)
+{
+    return sizeof(*r) + r->npages * sizeof(*r->pages);
+}
+
 /* Collects the handles of the mapped pages into `out`; false (logged) on a bad page. */
 static bool pages_walk(const struct vrange *r, CUmemGenericAllocationHandle *out, size_t *n)
 {

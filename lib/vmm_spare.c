@@ -142,12 +142,12 @@ void vmm_page_dispose(int device, CUmemGenericAllocationHandle handle, size_t si
     if (err == CUDA_SUCCESS)
         return;
     if (page_park(device, handle, size)) {
-        log_warn("cuMemRelease failed (error %d): %zu-byte page kept on the spare list of "
+        log_warn("vmm: cuMemRelease failed (error %d): %zu-byte page kept on the spare list of "
                  "device %d",
                  (int)err, size, device);
         return;
     }
-    log_error("cuMemRelease failed (error %d) and no host memory to keep the page: %zu bytes "
+    log_error("vmm: cuMemRelease failed (error %d) and no host memory to keep the page: %zu bytes "
               "of device %d are lost",
               (int)err, size, device);
 }
@@ -209,9 +209,10 @@ CUresult vmm_release_spare(int device, size_t *released)
         node = next;
     }
     if (first_err != CUDA_SUCCESS)
-        log_warn("cuMemRelease failed (error %d) releasing spare pages of device %d; they stay "
-                 "on the spare list",
-                 (int)first_err, device);
+        log_warn(
+            "vmm: cuMemRelease failed (error %d) releasing spare pages of device %d; they stay "
+            "on the spare list",
+            (int)first_err, device);
     if (released)
         *released = bytes;
     return first_err;

@@ -192,6 +192,36 @@ Test(drv_api_vmm, unknown_handle_and_pointer)
     CK(cuMemAddressFree(a, 2 * gran));
 }
 
+Test(drv_api_vmm, pointer_attributes_report_the_reservation)
+{
+    CUdeviceptr a = reserve(4 * gran), start = 0, map_base = 0;
+    CUmemGenericAllocationHandle h = create(2 * gran);
+    CUpointer_attribute attrs[3] = {CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                    CU_POINTER_ATTRIBUTE_RANGE_SIZE, CU_POINTER_ATTRIBUTE_MAPPED};
+    size_t size = 0;
+    bool mapped = true;
+    void *data[3] = {&start, &size, &mapped};
+    int ordinal = -1;
+
+    CK(cuPointerGetAttributes(3, attrs, data, a + 100));
+    cr_expect_eq(start, a);
+    cr_expect_eq(size, 4 * gran);
+    cr_expect(!mapped);
+    CK(cuMemMap(a + gran, 2 * gran, 0, h, 0));
+    CK(cuMemSetAccess(a + gran, 2 * gran, &rw, 1));
+    CK(cuPointerGetAttributes(3, attrs, data, a + gran + 100));
+    cr_expect_eq(start, a);
+    cr_expect_eq(size, 4 * gran);
+    cr_expect(mapped);
+    CK(cuPointerGetAttribute(&map_base, CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR, a + 2 * gran));
+    cr_expect_eq(map_base, a + gran);
+    CK(cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, a + gran));
+    cr_expect_eq(ordinal, 0);
+    CK(cuMemUnmap(a + gran, 2 * gran));
+    CK(cuMemRelease(h));
+    CK(cuMemAddressFree(a, 4 * gran));
+}
+
 /* Runs `touch` in a forked child; returns the signal that killed it (0 if none). */
 static int child_signal(void (*touch)(CUdeviceptr), CUdeviceptr p)
 {

@@ -105,8 +105,11 @@ Test(drv_emu_capacity, shared_by_processes_and_reclaimed_at_exit)
 Test(drv_emu_capacity, killed_process_is_reclaimed)
 {
     int ready[2], go[2], status;
+    size_t before = fragless_emu_used(0); /* the parent has the file open when it forks */
     pid_t pid = child_holding(ready, go);
     CUdeviceptr p;
+
+    cr_expect_eq(before, 0);
 
     init_ctx(0);
     cr_expect_eq(fragless_emu_used(0), 600 * MIB);

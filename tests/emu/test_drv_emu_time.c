@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 #include <cuda.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "fragless_emu.h"
@@ -215,4 +216,82 @@ Test(drv_emu_time, captured_work_does_not_run)
     cr_expect_eq(*(unsigned char *)(uintptr_t)p, 0);
     CK(cuGraphDestroy(g));
     CK(cuMemFree(p));
+}
+
+/* Exported per-thread-stream variants (cuda.h declares them only under
+ * CUDA_API_PER_THREAD_DEFAULT_STREAM). */
+CUresult cuStreamQuery_ptsz(CUstream hStream);
+CUresult cuStreamSynchronize_ptsz(CUstream hStream);
+
+/* The per-thread default stream is a blocking stream of its own in each thread. */
+Test(drv_emu_time, per_thread_default_stream)
+{
+    CUstream nb;
+    CUevent e;
+
+    CK(cuStreamCreate(&nb, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING));
+    CK(fragless_emu_stream_work(CU_STREAM_PER_THREAD, WORK_US));
+    cr_expect_eq(cuStreamQuery_ptsz(NULL), CUDA_ERROR_NOT_READY, "NULL means per-thread");
+    cr_expect_eq(cuStreamQuery(CU_STREAM_PER_THREAD), CUDA_ERROR_NOT_READY);
+    CK(cuEventRecord(e, nb));
+    CK(cuEventQuery(e));
+    CK(cuEventRecord(e, CU_STREAM_LEGACY)); /* legacy waits for the blocking per-thread one */
+    cr_expect_eq(cuEventQuery(e), CUDA_ERROR_NOT_READY);
+    CK(cuStreamSynchronize_ptsz(NULL));
+    CK(cuEventSynchronize(e));
+}
+
+struct worker {
+    CUcontext ctx;
+    int rounds;
+    CUresult rc;
+};
+
+static void *worker_run(void *arg)
+{
+    struct worker *w = arg;
+    CUdeviceptr p;
+    CUstream s;
+
+    w->rc = cuCtxSetCurrent(w->ctx);
+    for (int i = 0; i < w->rounds && w->rc == CUDA_SUCCESS; i++) {
+        w->rc = cuStreamCreate(&s, CU_STREAM_NON_BLOCKING);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = cuMemAllocAsync(&p, 4096 + (size_t)i, s);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = fragless_emu_stream_fill(s, p, i & 0xff, 4096, 10);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = cuMemFreeAsync(p, s);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = cuStreamSynchronize(s);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = cuStreamDestroy(s);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = cuMemAlloc(&p, 8192);
+        if (w->rc == CUDA_SUCCESS)
+            w->rc = cuMemFree(p);
+    }
+    return NULL;
+}
+
+Test(drv_emu_time, threads_share_the_device_safely)
+{
+    pthread_t t[4];
+    struct worker w[4];
+    CUcontext ctx;
+
+    CK(cuCtxGetCurrent(&ctx));
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct worker){.ctx = ctx, .rounds = 200};
+        cr_assert_eq(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(w[i].rc, CUDA_SUCCESS, "worker %d: %d", i, (int)w[i].rc);
+    }
+    CK(cuCtxSynchronize());
+    cr_expect_eq(fragless_emu_faults(), 0);
+    cr_expect_eq(fragless_emu_audit(-1), 0);
+    cr_expect_eq(fragless_emu_used(0), 0);
 }

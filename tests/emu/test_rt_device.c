@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "fragless_emu.h"
 #include "testutil.h"
@@ -117,6 +119,13 @@ Test(rt_device, set_device_makes_its_primary_context_current)
     cr_assert_eq(cuDevicePrimaryCtxRelease(1), CUDA_SUCCESS);
 }
 
+/* Device 0's attribute as cudaGetDeviceProperties reports it: 0 where the driver has none. */
+static int attribute(CUdevice_attribute a)
+{
+    int v = 0;
+    return cuDeviceGetAttribute(&v, a, 0) == CUDA_SUCCESS ? v : 0;
+}
+
 Test(rt_device, properties_and_attributes_come_from_the_driver)
 {
     tu_emu_isolate();
@@ -139,6 +148,12 @@ Test(rt_device, properties_and_attributes_come_from_the_driver)
     cr_assert_eq(prop.minor, minor);
     cr_assert_gt(prop.major, 0);
     cr_assert_eq(prop.multiProcessorCount, sms);
+    cr_assert_eq(prop.warpSize, attribute(CU_DEVICE_ATTRIBUTE_WARP_SIZE));
+    cr_assert_eq(prop.maxThreadsDim[2], attribute(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z));
+    cr_assert_eq(prop.sharedMemPerBlock,
+                 (size_t)attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK));
+    cr_assert_eq(prop.memoryPoolsSupported, attribute(CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED));
+    cr_assert_eq(prop.luidDeviceNodeMask, 0, "fields without an attribute are 0");
     cr_assert_eq(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
     cr_assert_eq(v, major);
     cr_assert_eq(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
@@ -301,4 +316,21 @@ Test(rt_device, reset_on_one_thread_leaves_the_others_working)
     set_phase(&r, 2);
     pthread_join(t, NULL);
     cr_assert_eq(r.after, cudaSuccess, "%s", cudaGetErrorName(r.after));
+}
+
+Test(rt_device, a_child_forked_after_initialization_gets_initialization_errors)
+{
+    void *p = NULL;
+    cr_assert_eq(cudaMalloc(&p, MiB), cudaSuccess);
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *q = NULL;
+        cudaError_t a = cudaMalloc(&q, MiB);
+        cudaError_t b = cudaGetLastError();
+        _exit(a == cudaErrorInitializationError && b == a ? 0 : 1);
+    }
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's runtime calls must fail");
+    cr_assert_eq(cudaFree(p), cudaSuccess, "the parent is unaffected");
 }

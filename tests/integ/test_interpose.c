@@ -33,6 +33,16 @@ static void run_prog(const char *name, const char *arg1, const char *arg2)
     tu_result_free(&r);
 }
 
+/* run_prog with one extra "K=V" (may be NULL); stderr must contain `err_has` (may be NULL). */
+static void run_expect(const char *name, const char *arg, const char *env1, const char *err_has)
+{
+    struct tu_result r;
+    const char *env[] = {env1, NULL};
+    run_ok(&r, name, arg, NULL, env);
+    cr_assert(!err_has || strstr(r.err, err_has), "stderr lacks \"%s\": %s", err_has, r.err);
+    tu_result_free(&r);
+}
+
 Test(interpose, runtime_symbols)
 {
     run_prog("ip_runtime", "alloc", NULL);
@@ -50,18 +60,38 @@ Test(interpose, null_out_pointers_get_the_documented_error)
 
 Test(interpose, passthrough_sends_everything_to_the_real_functions)
 {
-    struct tu_result r;
-    const char *env[] = {"FRAGLESS_CONF=passthrough:true", NULL};
-    run_ok(&r, "ip_runtime", "passthrough", NULL, env);
-    tu_result_free(&r);
+    run_expect("ip_runtime", "passthrough", "FRAGLESS_CONF=passthrough:true", NULL);
 }
 
 Test(interpose, ipc_of_a_fragless_pointer_is_refused_with_a_reason)
 {
-    struct tu_result r;
-    run_ok(&r, "ip_runtime", "ipc", NULL, NULL);
-    cr_assert(strstr(r.err, "IPC") && strstr(r.err, "passthrough:true"), "stderr: %s", r.err);
-    tu_result_free(&r);
+    run_expect("ip_runtime", "ipc", NULL, "passthrough:true");
+}
+
+Test(interpose, public_api_checks_and_answers)
+{
+    run_prog("ip_runtime", "api", NULL);
+}
+
+Test(interpose, driver_that_fails_to_initialize_leaves_everything_to_it)
+{
+    run_expect("ip_faults", "init-fails", "FRAGLESS_EMU_FAIL=cuInit@1",
+               "cannot initialize the CUDA driver");
+}
+
+Test(interpose, out_of_memory_comes_back_as_each_apis_error)
+{
+    run_expect("ip_faults", "oom", "FRAGLESS_EMU_MEM=256M", "out of memory");
+}
+
+Test(interpose, failed_capture_query_returns_its_error)
+{
+    run_prog("ip_faults", "capture-query", NULL);
+}
+
+Test(interpose, failed_primary_context_query_passes_through)
+{
+    run_prog("ip_faults", "ctx-state", NULL);
 }
 
 Test(interpose, driver_symbols)

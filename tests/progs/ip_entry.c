@@ -10,10 +10,12 @@
 
 int main(void)
 {
+    int version = 0;
+    CHECK(cudaDriverGetVersion(&version) == cudaSuccess, "driver version");
     enum cudaDriverEntryPointQueryResult st = cudaDriverEntryPointVersionNotSufficent;
     void *fn = NULL;
-    CHECK(cudaGetDriverEntryPointByVersion("cuMemAlloc", &fn, 13000, cudaEnableDefault, &st) ==
-              cudaSuccess,
+    CHECK(cudaGetDriverEntryPointByVersion("cuMemAlloc", &fn, (unsigned)version, cudaEnableDefault,
+                                           &st) == cudaSuccess,
           "by version");
     CHECK(st == cudaDriverEntryPointSuccess, "status %d", (int)st);
     CHECK(fn == dlsym(RTLD_DEFAULT, "cuMemAlloc_v2"), "fragless's cuMemAlloc_v2");
@@ -22,8 +24,8 @@ int main(void)
           "deprecated form");
     CHECK(fn == dlsym(RTLD_DEFAULT, "cuMemFree_v2"), "fragless's cuMemFree_v2");
     ip_free_fn release = (ip_free_fn)fn;
-    CHECK(cudaGetDriverEntryPointByVersion("cuNoSuchEntryPoint", &fn, 13000, cudaEnableDefault,
-                                           &st) == cudaSuccess,
+    CHECK(cudaGetDriverEntryPointByVersion("cuNoSuchEntryPoint", &fn, (unsigned)version,
+                                           cudaEnableDefault, &st) == cudaSuccess,
           "unknown name is not an error");
     CHECK(fn == NULL && st == cudaDriverEntryPointSymbolNotFound, "status %d", (int)st);
 

@@ -16,6 +16,7 @@ typedef CUresult (*alloc_async_fn)(CUdeviceptr *, size_t, CUstream);
 typedef CUresult (*free_async_fn)(CUdeviceptr, CUstream);
 
 static bool use_v1;
+static int version;
 static cuuint64_t flags;
 
 static void *lookup(const char *name, CUdriverProcAddressQueryResult *st)
@@ -25,13 +26,13 @@ static void *lookup(const char *name, CUdriverProcAddressQueryResult *st)
     if (use_v1) {
         proc_v1_fn v1 = (proc_v1_fn)dlsym(RTLD_DEFAULT, "cuGetProcAddress");
         CHECK(v1 != NULL, "cuGetProcAddress exported");
-        r = v1(name, &fn, 13000, flags);
+        r = v1(name, &fn, version, flags);
         *st =
             r == CUDA_SUCCESS ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     } else {
         proc_v2_fn v2 = (proc_v2_fn)dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2");
         CHECK(v2 != NULL, "cuGetProcAddress_v2 exported");
-        r = v2(name, &fn, 13000, flags, st);
+        r = v2(name, &fn, version, flags, st);
     }
     return r == CUDA_SUCCESS ? fn : NULL;
 }
@@ -43,6 +44,7 @@ int main(int argc, char **argv)
     flags = strcmp(f, "ptds") == 0     ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
             : strcmp(f, "legacy") == 0 ? CU_GET_PROC_ADDRESS_LEGACY_STREAM
                                        : CU_GET_PROC_ADDRESS_DEFAULT;
+    CHECK(cuDriverGetVersion(&version) == CUDA_SUCCESS, "driver version");
     CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
     CHECK(lookup("cuGetProcAddress", &st) == dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"),
           "the resolver hands out fragless's resolver");

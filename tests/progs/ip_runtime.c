@@ -3,7 +3,8 @@
  * argv[1]: "alloc" (default), "free-null-first" (cudaFree(NULL) is the first CUDA call),
  * "null-out" (NULL out-pointers get the documented error), "passthrough" (run with
  * FRAGLESS_CONF=passthrough:true: nothing goes through fragless), "ipc" (an IPC handle for a
- * fragless pointer is refused).
+ * fragless pointer is refused), "api" (the public C API's argument checks and answers before
+ * and after first use).
  */
 #include "ip_prog.h"
 
@@ -73,6 +74,53 @@ static void ipc(void)
     CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
 }
 
+typedef int (*reset_fn)(int);
+typedef int (*empty_fn)(int, size_t *);
+typedef const char *(*version_fn)(void);
+
+static void api(void)
+{
+    ip_get_stats_fn get = (ip_get_stats_fn)dlsym(RTLD_DEFAULT, "fragless_get_stats");
+    reset_fn reset = (reset_fn)dlsym(RTLD_DEFAULT, "fragless_reset_peak_stats");
+    empty_fn empty = (empty_fn)dlsym(RTLD_DEFAULT, "fragless_empty_cache");
+    version_fn version = (version_fn)dlsym(RTLD_DEFAULT, "fragless_version");
+    CHECK(get && reset && empty && version, "API exported");
+    CHECK(strcmp(version(), FRAGLESS_VERSION_STRING) == 0, "version %s", version());
+    fragless_stats_t s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    CHECK(get(0, NULL) == FRAGLESS_EINVAL, "NULL");
+    CHECK(get(0, &s) == FRAGLESS_ENODEV, "before any CUDA use");
+    CHECK(get(-1, &s) == FRAGLESS_ENODEV && get(100000, &s) == FRAGLESS_ENODEV, "no device");
+    CHECK(reset(0) == FRAGLESS_ENODEV && empty(0, NULL) == FRAGLESS_ENODEV, "unused device");
+    size_t released = 99;
+    CHECK(reset(-1) == 0 && empty(-1, &released) == 0 && released == 0, "all devices: none");
+    s.size = 8;
+    CHECK(get(0, &s) == FRAGLESS_EINVAL, "size smaller than the header");
+
+    void *p = NULL;
+    CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "cudaMalloc");
+    /* An older caller's struct: the header and the first statistic only. */
+    unsigned char buf[sizeof s + 16];
+    size_t old_size = offsetof(fragless_stats_t, allocated_bytes) + sizeof(fragless_stat_t);
+    memset(buf, 0xee, sizeof buf);
+    ((fragless_stats_t *)buf)->size = (uint32_t)old_size;
+    CHECK(get(0, (fragless_stats_t *)buf) == 0, "old size");
+    fragless_stats_t *old = (fragless_stats_t *)buf;
+    CHECK(old->version == FRAGLESS_STATS_VERSION && old->size == old_size, "version %u size %u",
+          old->version, old->size);
+    CHECK(old->allocated_bytes.current >= 1 << 20, "allocated %llu",
+          (unsigned long long)old->allocated_bytes.current);
+    CHECK(buf[old_size] == 0xee, "nothing written beyond the caller's size");
+    CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
+    CHECK(reset(0) == 0 && reset(-1) == 0, "reset peaks");
+    CHECK(empty(0, &released) == 0 && empty(-1, NULL) == 0, "empty cache");
+    s.size = sizeof s;
+    CHECK(get(0, &s) == 0 && s.allocated_bytes.peak == s.allocated_bytes.current,
+          "peak reset: %llu vs %llu", (unsigned long long)s.allocated_bytes.peak,
+          (unsigned long long)s.allocated_bytes.current);
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "alloc";
@@ -85,6 +133,8 @@ int main(int argc, char **argv)
         passthrough();
     } else if (strcmp(mode, "ipc") == 0) {
         ipc();
+    } else if (strcmp(mode, "api") == 0) {
+        api();
     } else {
         alloc_and_free();
     }

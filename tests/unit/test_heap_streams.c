@@ -153,3 +153,33 @@ Test(streams, per_thread_default_stream_frees_wait_for_a_sync)
     CUdeviceptr q = ht_alloc(4096, CU_STREAM_PER_THREAD, HEAP_ASYNC);
     cr_assert_neq(q, p);
 }
+
+Test(streams, frees_of_a_destroyed_stream_wait_for_a_sync)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    CUdeviceptr a = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    CUdeviceptr b = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    ht_free(a, s, HEAP_ASYNC);
+    ht_free(b, s, HEAP_ASYNC);
+    ht_stream_destroy(s);
+    /* t's miss looks at s's pool: its event cannot be recorded any more, so its blocks move
+     * to the pending list (a device sync makes them reusable) and the pool goes */
+    uint64_t records = ht_calls("cuEventRecord");
+    CUdeviceptr c = ht_alloc(2 * FL_MiB, t, HEAP_ASYNC);
+    CUdeviceptr d = ht_alloc(19 * FL_MiB, t, HEAP_ASYNC); /* misses too */
+    CUdeviceptr e = ht_alloc(FL_MiB, t, HEAP_ASYNC);      /* and again */
+    cr_assert(!ht_overlap(e, FL_MiB, a, 2 * FL_MiB));
+    cr_assert_eq(ht_calls("cuEventRecord") - records, 1, "no second try on the dead stream");
+    cr_assert(heap_is_valid());
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.active_bytes.current, st.allocated_bytes.current + 2 * FL_MiB, "a, b pending");
+    cr_assert_eq(st.num_cache_misses, 4);
+    ht_free(c, t, HEAP_ASYNC);
+    ht_free(d, t, HEAP_ASYNC);
+    ht_free(e, t, HEAP_ASYNC);
+    size_t released;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    cr_assert_eq(released, st.reserved_bytes.current);
+    ht_stream_destroy(t);
+    cr_assert_eq(ht_audit(), 0);
+}

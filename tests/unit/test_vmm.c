@@ -275,6 +275,9 @@ Test(vmm_big, whole_device_reservation_touches_no_memory)
     cr_assert_eq(vt_used(), VT_PAGE);
     cr_assert(vrange_is_valid(r));
     cr_assert_eq(vrange_mapped_in(r, 0, 141 * FL_GiB), VT_PAGE);
+    /* One small entry per page: 141 GiB of 2 MiB pages takes at most 2 MiB of host memory. */
+    cr_assert_gt(vrange_host_bytes(r), 141 * FL_GiB / VT_PAGE);
+    cr_assert_leq(vrange_host_bytes(r), 2 * FL_MiB);
     vt_finish(r, NULL);
 }
 

@@ -239,6 +239,17 @@ EMU_API size_t fragless_emu_used(int device)
     return n;
 }
 
+void emu_cap_forget(void)
+{
+    if (cf && cf != &local_file) {
+        munmap(cf, sizeof *cf);
+        close(cap_fd);
+    }
+    cf = NULL;
+    cap_fd = -1;
+    my_slot = -1;
+}
+
 /* At exit the process's bytes go back at once, not only when a reader notices it died;
  * the last process out removes the file. */
 __attribute__((destructor)) static void cap_release_at_exit(void)

@@ -210,6 +210,8 @@ void emu_ctx_clear_tls(void);
 CUresult emu_cap_charge(int device, size_t bytes);
 void emu_cap_uncharge(int device, size_t bytes);
 size_t emu_cap_used(int device);
+/* In a forked child: drops the parent's view (its file lock is shared with the parent). */
+void emu_cap_forget(void);
 
 /* ---- memory.c: cuMemAlloc memory, pointer lookup --------------------------------------- */
 
@@ -223,6 +225,7 @@ bool emu_range_known(CUdeviceptr p, size_t n);
 
 /* ---- vmm.c ----------------------------------------------------------------------------- */
 
+struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n);
 struct emu_mapping *emu_mapping_containing(CUdeviceptr p);
 bool emu_vmm_range_accessible(CUdeviceptr p, size_t n);
 
@@ -238,7 +241,10 @@ uint64_t emu_stream_order(struct emu_stream *s);
 uint64_t emu_stream_enqueue(struct emu_stream *s, uint64_t usec);
 /* Latest completion time of all work on the context's streams. */
 uint64_t emu_ctx_point(struct emu_ctx *ctx);
-/* Sleeps until `t` without the lock, then applies due fills; called with the lock held. */
+/* Makes the device state what it is now: fills due run, then frees due take effect, in
+ * that order and for one instant, so no fill meets a block freed after it. Under the lock. */
+void emu_device_advance(void);
+/* Sleeps until `t` without the lock, then advances the device; called with the lock held. */
 void emu_wait_locked(uint64_t t);
 void emu_streams_teardown(struct emu_ctx *ctx);
 
@@ -248,14 +254,15 @@ void emu_events_teardown(struct emu_ctx *ctx);
 
 /* ---- fill.c ------------------------------------------------------------------------------ */
 
-/* Applies every queued fill whose time has come (under the lock). */
-void emu_fills_apply(void);
+/* Applies every queued fill due by `now` (under the lock). */
+void emu_fills_apply(uint64_t now);
 void emu_fills_drop(struct emu_ctx *ctx);
 void emu_device_fault(struct emu_ctx *ctx);
 
 /* ---- pool.c: stream-ordered allocation ---------------------------------------------- */
 
-void emu_pool_advance(void);
+/* Frees whose time has come (by `now`) take effect. */
+void emu_pool_advance(uint64_t now);
 void emu_pool_trim(int device);
 void emu_pool_teardown(struct emu_ctx *ctx);
 

@@ -26,14 +26,10 @@ static void fill_run(const struct emu_fill *f)
         emu_device_fault(f->ctx);
 }
 
-void emu_fills_apply(void)
+void emu_fills_apply(uint64_t now)
 {
-    uint64_t now;
     struct emu_fill **pp = &emu.fills, *f;
 
-    if (!emu.fills)
-        return;
-    now = emu_now();
     /* the list is kept in completion order */
     while ((f = *pp) && f->at <= now) {
         *pp = f->next;

@@ -97,7 +97,7 @@ bool emu_range_known(CUdeviceptr p, size_t n)
 
     if (a)
         return n <= a->base + a->size - p;
-    return emu_mapping_containing(p) != NULL;
+    return emu_reservation_containing(p, 1) != NULL;
 }
 
 EMU_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
@@ -171,40 +171,56 @@ EMU_API CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
     return r;
 }
 
-/* The allocation or mapping holding p: its range, device and (for VMM) access flags. */
+/* What holds p: a cuMemAlloc allocation or pool block, or a VMM reservation (whose range is
+ * what the driver reports as the pointer's range) and perhaps a mapping in it. */
 struct ptr_info {
     CUdeviceptr base;
     size_t size;
-    int device;
+    CUdeviceptr map_base;
+    size_t map_size;
+    bool mapped;
     bool vmm;
+    int device;
     unsigned long long access;
     uint64_t id;
 };
 
+static bool ptr_lookup_vmm(CUdeviceptr p, struct ptr_info *pi)
+{
+    struct emu_reservation *res = emu_reservation_containing(p, 1);
+    struct emu_mapping *m = res ? emu_mapping_containing(p) : NULL;
+
+    if (!res)
+        return false;
+    pi->vmm = true;
+    pi->base = res->base;
+    pi->size = res->size;
+    if (m) {
+        pi->mapped = true;
+        pi->map_base = m->va;
+        pi->map_size = m->size;
+        pi->device = m->handle->device;
+        pi->access = m->access;
+        pi->id = (uint64_t)m->handle->id;
+    }
+    return true;
+}
+
 static bool ptr_lookup(CUdeviceptr p, struct ptr_info *pi)
 {
     struct emu_alloc *a = emu_alloc_containing(p);
-    struct emu_mapping *m;
 
     memset(pi, 0, sizeof *pi);
     if (a && (a->kind == EMU_ALLOC_PLAIN || a->state != EMU_ASYNC_POOLED)) {
-        pi->base = a->base;
-        pi->size = a->size;
+        pi->base = pi->map_base = a->base;
+        pi->size = pi->map_size = a->size;
+        pi->mapped = true;
         pi->device = a->device;
         pi->access = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
         pi->id = (uint64_t)a->base;
         return true;
     }
-    m = emu_mapping_containing(p);
-    if (!m)
-        return false;
-    pi->base = m->va;
-    pi->size = m->size;
-    pi->device = m->handle->device;
-    pi->vmm = true;
-    pi->access = m->access;
-    pi->id = (uint64_t)m->handle->id;
-    return true;
+    return ptr_lookup_vmm(p, pi);
 }
 
 EMU_API CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
@@ -216,7 +232,7 @@ EMU_API CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUde
     EMU_ENTER(cuMemGetAddressRange_v2);
     emu_lock();
     r = emu_current(&c);
-    if (r == CUDA_SUCCESS && !ptr_lookup(dptr, &pi))
+    if (r == CUDA_SUCCESS && (!ptr_lookup(dptr, &pi) || !pi.mapped))
         r = CUDA_ERROR_NOT_FOUND;
     if (r == CUDA_SUCCESS && pbase)
         *pbase = pi.base;
@@ -234,6 +250,9 @@ static CUresult attribute_get(void *data, CUpointer_attribute attr, CUdeviceptr 
         return CUDA_ERROR_INVALID_VALUE;
     if (!ptr_lookup(p, &pi))
         return CUDA_ERROR_INVALID_VALUE;
+    if (!pi.mapped && attr != CU_POINTER_ATTRIBUTE_RANGE_START_ADDR &&
+        attr != CU_POINTER_ATTRIBUTE_RANGE_SIZE && attr != CU_POINTER_ATTRIBUTE_MAPPED)
+        return CUDA_ERROR_INVALID_VALUE; /* reserved address, nothing mapped there */
     switch (attr) {
     case CU_POINTER_ATTRIBUTE_CONTEXT:
         *(CUcontext *)data = pi.vmm ? NULL : (CUcontext)&emu.ctx[pi.device];
@@ -256,7 +275,7 @@ static CUresult attribute_get(void *data, CUpointer_attribute attr, CUdeviceptr 
         *(bool *)data = !pi.vmm;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_MAPPED:
-        *(bool *)data = true;
+        *(bool *)data = pi.mapped;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_BUFFER_ID:
     case CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID:
@@ -266,12 +285,16 @@ static CUresult attribute_get(void *data, CUpointer_attribute attr, CUdeviceptr 
         *(int *)data = pi.device;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
-    case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
         *(CUdeviceptr *)data = pi.base;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
-    case CU_POINTER_ATTRIBUTE_MAPPING_SIZE:
         *(size_t *)data = pi.size;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
+        *(CUdeviceptr *)data = pi.map_base;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MAPPING_SIZE:
+        *(size_t *)data = pi.map_size;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES:
         *(unsigned long long *)data = CU_MEM_HANDLE_TYPE_NONE;

@@ -12,10 +12,9 @@ static size_t round_up(size_t v, size_t a)
     return (v + a - 1) / a * a;
 }
 
-void emu_pool_advance(void)
+void emu_pool_advance(uint64_t now)
 {
     struct emu_alloc *a, *tmp;
-    uint64_t now = emu_now();
 
     HASH_ITER(hh, emu.allocs, a, tmp)
     {
@@ -30,7 +29,7 @@ void emu_pool_trim(int device)
 {
     struct emu_alloc *a, *tmp;
 
-    emu_pool_advance();
+    emu_device_advance();
     HASH_ITER(hh, emu.allocs, a, tmp)
     {
         if (a->kind == EMU_ALLOC_ASYNC && a->state == EMU_ASYNC_POOLED && a->device == device) {

@@ -163,8 +163,7 @@ CUresult emu_enter(const char *name)
     emu_lock();
     r = emu_faults_on_call(name);
     if (r == CUDA_SUCCESS && emu.initialized && !emu_in_forked_child()) {
-        emu_fills_apply();
-        emu_pool_advance();
+        emu_device_advance();
     }
     emu_unlock();
     return r;
@@ -185,6 +184,7 @@ static void fork_parent(void)
 static void fork_child(void)
 {
     pthread_mutex_init(&emu.lock, NULL);
+    emu_cap_forget();
     emu_ctx_clear_tls();
 }
 

@@ -122,6 +122,14 @@ uint64_t emu_ctx_point(struct emu_ctx *ctx)
     return t;
 }
 
+void emu_device_advance(void)
+{
+    uint64_t now = emu_now();
+
+    emu_fills_apply(now);
+    emu_pool_advance(now);
+}
+
 void emu_wait_locked(uint64_t t)
 {
     if (t > emu_now()) {
@@ -129,8 +137,7 @@ void emu_wait_locked(uint64_t t)
         emu_sleep_until(t);
         emu_lock();
     }
-    emu_fills_apply();
-    emu_pool_advance();
+    emu_device_advance();
 }
 
 void emu_streams_teardown(struct emu_ctx *ctx)

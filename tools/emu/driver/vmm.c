@@ -25,7 +25,7 @@ static CUresult vmm_check(void)
     return r;
 }
 
-static struct emu_reservation *reservation_containing(CUdeviceptr p, size_t n)
+struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n)
 {
     struct emu_reservation *res, *tmp;
 
@@ -37,7 +37,7 @@ static struct emu_reservation *reservation_containing(CUdeviceptr p, size_t n)
 
 struct emu_mapping *emu_mapping_containing(CUdeviceptr p)
 {
-    struct emu_reservation *res = reservation_containing(p, 1);
+    struct emu_reservation *res = emu_reservation_containing(p, 1);
 
     for (struct emu_mapping *m = res ? res->mappings : NULL; m; m = m->next)
         if (p >= m->va && p < m->va + m->size)
@@ -65,7 +65,7 @@ static struct emu_mapping *whole_mappings(struct emu_reservation *res, CUdevicep
 
 bool emu_vmm_range_accessible(CUdeviceptr p, size_t n)
 {
-    struct emu_reservation *res = reservation_containing(p, n);
+    struct emu_reservation *res = emu_reservation_containing(p, n);
     CUdeviceptr at = p;
 
     if (!res)
@@ -353,7 +353,7 @@ EMU_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
         (!(h = handle_find(handle)) || h->refs == 0 || offset > h->size || size > h->size - offset))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS &&
-        (!(res = reservation_containing(ptr, size)) || overlaps_mapping(res, ptr, size)))
+        (!(res = emu_reservation_containing(ptr, size)) || overlaps_mapping(res, ptr, size)))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS && !(m = calloc(1, sizeof *m)))
         r = CUDA_ERROR_OUT_OF_MEMORY;
@@ -402,7 +402,7 @@ EMU_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
     EMU_ENTER(cuMemUnmap);
     emu_lock();
     r = vmm_check();
-    if (r == CUDA_SUCCESS && (size == 0 || !(res = reservation_containing(ptr, size)) ||
+    if (r == CUDA_SUCCESS && (size == 0 || !(res = emu_reservation_containing(ptr, size)) ||
                               !whole_mappings(res, ptr, size)))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
@@ -458,7 +458,7 @@ EMU_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
     r = vmm_check();
     if (r == CUDA_SUCCESS)
         r = access_desc_check(desc, count);
-    if (r == CUDA_SUCCESS && (size == 0 || !(res = reservation_containing(ptr, size)) ||
+    if (r == CUDA_SUCCESS && (size == 0 || !(res = emu_reservation_containing(ptr, size)) ||
                               !(m = whole_mappings(res, ptr, size))))
         r = CUDA_ERROR_INVALID_VALUE;
     for (; r == CUDA_SUCCESS && m && m->va < ptr + size; m = m->next)

@@ -1,0 +1,348 @@
+/*
+ * bench_heap.c — the caching allocator's speed, measured through the CUDA runtime API as an
+ * unmodified program sees it (run under LD_PRELOAD=build/libfragless.so, on the emulated
+ * device or a GPU).
+ *
+ *   bench_heap            all rows below, as a table
+ *   bench_heap pairs      cached cudaMalloc+cudaFree pairs of mixed sizes (512 B … 32 MiB),
+ *                         1 thread: median ns per pair, and glibc malloc+free of the same
+ *                         sizes in the same run
+ *   bench_heap threads    the same pairs on 1 and 2 threads: operations per second
+ *   bench_heap train      a 1,000-step synthetic training loop (plain and stream-ordered API),
+ *                         with fragless and again with FRAGLESS_CONF=passthrough:true (a child
+ *                         run of this program): driver calls and wall time
+ *
+ * Timings are medians of REPS repetitions; ratios are taken within one run.
+ */
+#include <cuda_runtime_api.h>
+#include <fragless.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NSIZES 1024
+#define REPS   15
+#define MiB    ((size_t)1 << 20)
+#define STEPS  1000
+
+static size_t sizes[NSIZES];
+
+/* A function of the emulated libcuda's test API, or NULL on a GPU. */
+static void *emu_sym(const char *name)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    return lib ? dlsym(lib, name) : NULL;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_u64);
+    return v[n / 2];
+}
+
+/* Log-uniform sizes from 512 B to 32 MiB, fixed seed. */
+static void make_sizes(void)
+{
+    uint64_t s = 88172645463325252ull;
+    for (int i = 0; i < NSIZES; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        unsigned e = 9 + (unsigned)(s % 16); /* 2^9 … 2^24 */
+        size_t base = (size_t)1 << e;
+        sizes[i] = base + (s >> 20) % base; /* up to 2^25 = 32 MiB */
+    }
+}
+
+static int check(cudaError_t e, const char *what)
+{
+    if (e != cudaSuccess) {
+        fprintf(stderr, "bench_heap: %s: %s\n", what, cudaGetErrorString(e));
+        exit(1);
+    }
+    return 0;
+}
+
+/* fragless's count of its own driver calls and the time spent in them (0 without it). */
+static void driver_time(uint64_t *calls, uint64_t *ns)
+{
+    int (*get)(int, fragless_stats_t *) =
+        (int (*)(int, fragless_stats_t *))(uintptr_t)dlsym(RTLD_DEFAULT, "fragless_get_stats");
+    fragless_stats_t st = {.size = sizeof st};
+    *calls = *ns = 0;
+    if (get && get(0, &st) == 0) {
+        *calls = st.driver_calls;
+        *ns = st.driver_ns;
+    }
+}
+
+/* One pass over all sizes, a cudaMalloc+cudaFree pair each (stream-ordered on `s` when
+ * async); returns ns per pair, and the part of it spent outside driver calls. */
+static uint64_t cuda_pass(bool async, cudaStream_t s, uint64_t *own, double *calls)
+{
+    uint64_t c0, d0, c1, d1;
+    driver_time(&c0, &d0);
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < NSIZES; i++) {
+        void *p;
+        check(async ? cudaMallocAsync(&p, sizes[i], s) : cudaMalloc(&p, sizes[i]), "alloc");
+        check(async ? cudaFreeAsync(p, s) : cudaFree(p), "free");
+    }
+    uint64_t t = now_ns() - t0;
+    driver_time(&c1, &d1);
+    if (own)
+        *own = (t - (d1 - d0)) / NSIZES;
+    if (calls)
+        *calls = (double)(c1 - c0) / NSIZES;
+    return t / NSIZES;
+}
+
+static uint64_t glibc_pass(void)
+{
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < NSIZES; i++) {
+        void *volatile p = malloc(sizes[i]);
+        free(p);
+    }
+    return (now_ns() - t0) / NSIZES;
+}
+
+static void pairs_row(const char *label, bool async, cudaStream_t s, uint64_t glibc)
+{
+    uint64_t total[REPS], own[REPS];
+    double calls = 0;
+    cuda_pass(async, s, NULL, NULL); /* warm: fills the cache */
+    for (int r = 0; r < REPS; r++)
+        total[r] = cuda_pass(async, s, &own[r], &calls);
+    uint64_t t = median(total, REPS), o = median(own, REPS);
+    printf("%-40s %8llu ns/pair (x%.1f glibc) | outside driver calls %6llu ns (x%.1f) | "
+           "%.2f driver calls/pair\n",
+           label, (unsigned long long)t, (double)t / (double)glibc, (unsigned long long)o,
+           (double)o / (double)glibc, calls);
+}
+
+static void bench_pairs(void)
+{
+    uint64_t libc[REPS];
+    cudaStream_t s;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    glibc_pass();
+    for (int r = 0; r < REPS; r++)
+        libc[r] = glibc_pass();
+    uint64_t g = median(libc, REPS);
+    printf("%-40s %8llu ns/pair\n", "pairs: glibc malloc+free", (unsigned long long)g);
+    pairs_row("pairs: cudaMalloc+cudaFree", false, NULL, g);
+    pairs_row("pairs: cudaMallocAsync+cudaFreeAsync", true, s, g);
+    check(cudaStreamDestroy(s), "cudaStreamDestroy");
+}
+
+struct pair_thread {
+    pthread_barrier_t *start;
+    int device;
+    bool async;
+    uint64_t ns;
+};
+
+static void *pairs_thread(void *arg)
+{
+    struct pair_thread *t = arg;
+    cudaStream_t s;
+    check(cudaSetDevice(t->device), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda_pass(t->async, s, NULL, NULL);
+    pthread_barrier_wait(t->start);
+    uint64_t v[REPS];
+    for (int r = 0; r < REPS; r++)
+        v[r] = cuda_pass(t->async, s, NULL, NULL);
+    check(cudaStreamDestroy(s), "cudaStreamDestroy");
+    t->ns = median(v, REPS);
+    return NULL;
+}
+
+/* Operations (malloc or free) per second with n threads. */
+static double ops_per_s(int n, bool async)
+{
+    pthread_t th[16];
+    struct pair_thread t[16];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)n);
+    for (int i = 0; i < n; i++) {
+        t[i] = (struct pair_thread){.start = &start, .async = async};
+        pthread_create(&th[i], NULL, pairs_thread, &t[i]);
+    }
+    double ops = 0;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        ops += 2e9 / (double)t[i].ns;
+    }
+    pthread_barrier_destroy(&start);
+    return ops;
+}
+
+static void bench_threads(void)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    for (int async = 0; async < 2; async++) {
+        const char *api = async ? "cudaMallocAsync+cudaFreeAsync" : "cudaMalloc+cudaFree";
+        double one = ops_per_s(1, async);
+        printf("threads: %-31s %2d thread  %10.0f ops/s\n", api, 1, one);
+        for (int n = 2; n <= 16 && n <= cores; n *= 2) {
+            double many = ops_per_s(n, async);
+            printf("threads: %-31s %2d threads %10.0f ops/s (x%.2f)\n", api, n, many, many / one);
+        }
+    }
+}
+
+/* ---- training loop ----------------------------------------------------------------------- */
+
+typedef uint64_t (*emu_calls_fn)(const char *);
+typedef int (*emu_work_fn)(cudaStream_t, uint64_t);
+
+static const size_t step_sizes[] = {
+    4 * MiB,  4 * MiB,    16 * MiB,  16 * MiB, 1 * MiB, 64 * 1024, 8 * MiB, 12 * MiB + 512,
+    2 * MiB,  300 * 1024, 4096,      24 * MiB, 6 * MiB, 6 * MiB,   512,     3 * MiB,
+    40 * MiB, 1 * MiB,    96 * 1024, 10 * MiB,
+};
+#define STEP_N (sizeof step_sizes / sizeof step_sizes[0])
+
+/* Calls of the driver entry points that allocate, free or wait for memory. */
+static uint64_t memory_calls(emu_calls_fn calls)
+{
+    static const char *const names[] = {"cuMemAlloc_v2",  "cuMemFree_v2",     "cuMemAllocAsync",
+                                        "cuMemFreeAsync", "cuCtxSynchronize", "cuEventRecord",
+                                        "cuEventQuery",   "cuEventCreate",    "cuEventDestroy"};
+    uint64_t n = 0;
+    for (size_t i = 0; calls && i < sizeof names / sizeof names[0]; i++)
+        n += calls(names[i]);
+    return n;
+}
+
+struct train_result {
+    uint64_t calls, memory_calls, ns;
+};
+
+/* STEPS steps: allocate activations, queue 50 µs of simulated work, free in reverse. */
+static void train(bool async, struct train_result *res)
+{
+    emu_calls_fn emu_calls = (emu_calls_fn)(uintptr_t)emu_sym("fragless_emu_calls");
+    emu_work_fn emu_work = (emu_work_fn)(uintptr_t)emu_sym("fragless_emu_stream_work");
+    cudaStream_t s = NULL;
+    void *weights;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cudaMalloc(&weights, 200 * MiB), "cudaMalloc weights");
+    uint64_t c0 = emu_calls ? emu_calls("*") : 0, m0 = memory_calls(emu_calls), t0 = now_ns();
+    for (int step = 0; step < STEPS; step++) {
+        void *p[STEP_N];
+        for (size_t i = 0; i < STEP_N; i++)
+            check(async ? cudaMallocAsync(&p[i], step_sizes[i], s)
+                        : cudaMalloc(&p[i], step_sizes[i]),
+                  "alloc");
+        if (emu_work)
+            emu_work(s, 50);
+        for (size_t i = STEP_N; i-- > 0;)
+            check(async ? cudaFreeAsync(p[i], s) : cudaFree(p[i]), "free");
+    }
+    check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    res->ns = now_ns() - t0;
+    res->calls = emu_calls ? emu_calls("*") - c0 : 0;
+    res->memory_calls = memory_calls(emu_calls) - m0;
+    check(cudaFree(weights), "cudaFree weights");
+    check(cudaStreamDestroy(s), "cudaStreamDestroy");
+}
+
+static void train_child_output(const char *self, const char *conf, char *buf, size_t len)
+{
+    int fd[2];
+    buf[0] = '\0';
+    if (pipe(fd) != 0)
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[0]);
+        setenv("FRAGLESS_CONF", conf, 1);
+        execl(self, self, "train-one", (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < len && (r = read(fd[0], buf + n, len - n - 1)) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    close(fd[0]);
+    waitpid(pid, NULL, 0);
+}
+
+static void train_one(void)
+{
+    for (int async = 0; async < 2; async++) {
+        struct train_result r;
+        train(async, &r);
+        printf("%s %llu %llu %llu\n", async ? "async" : "plain", (unsigned long long)r.calls,
+               (unsigned long long)r.memory_calls, (unsigned long long)r.ns);
+    }
+}
+
+static void bench_train(const char *self)
+{
+    char mine[256], pass[256];
+    train_child_output(self, "", mine, sizeof mine);
+    train_child_output(self, "passthrough:true", pass, sizeof pass);
+    char *ms = mine, *ps = pass;
+    for (int row = 0; row < 2; row++) {
+        char api[16] = "", api2[16] = "";
+        unsigned long long c = 0, m = 0, t = 0, c2 = 0, m2 = 0, t2 = 0;
+        int n1 = 0, n2 = 0;
+        if (sscanf(ms, "%15s %llu %llu %llu%n", api, &c, &m, &t, &n1) != 4 ||
+            sscanf(ps, "%15s %llu %llu %llu%n", api2, &c2, &m2, &t2, &n2) != 4) {
+            printf("train: a child run failed\n");
+            return;
+        }
+        ms += n1, ps += n2;
+        printf("train %d steps, %s API: fragless %llu driver calls (%llu alloc/free/sync/event), "
+               "%.1f ms | passthrough %llu calls (%llu), %.1f ms | time x%.2f\n",
+               STEPS, api, c, m, (double)t / 1e6, c2, m2, (double)t2 / 1e6,
+               t ? (double)t2 / (double)t : 0.0);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *what = argc > 1 ? argv[1] : "all";
+    make_sizes();
+    check(cudaSetDevice(0), "cudaSetDevice");
+    if (!strcmp(what, "train-one")) {
+        train_one();
+        return 0;
+    }
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    printf("bench_heap on %s (%ld cores), %s\n", host, sysconf(_SC_NPROCESSORS_ONLN),
+           emu_sym("fragless_emu_calls") ? "emulated device" : "GPU");
+    if (!strcmp(what, "all") || !strcmp(what, "pairs"))
+        bench_pairs();
+    if (!strcmp(what, "all") || !strcmp(what, "threads"))
+        bench_threads();
+    if (!strcmp(what, "all") || !strcmp(what, "train"))
+        bench_train("/proc/self/exe");
+    return 0;
+}

@@ -1,0 +1,99 @@
+/*
+ * ip_faults.c — the interposer's failure paths, driven by the emulated device's fault
+ * injection. argv[1]:
+ *   "init-fails"   run with FRAGLESS_EMU_FAIL=cuInit@1: fragless cannot initialize, so every
+ *                  call reaches the real functions (which retry cuInit) and nothing is served;
+ *   "oom"          run with a small FRAGLESS_EMU_MEM: an allocation larger than the device
+ *                  fails with each API's out-of-memory error, and a small one still works;
+ *   "capture-query" cuStreamIsCapturing fails once: the stream-ordered call returns that
+ *                  error (as the runtime's code) and the next one is served;
+ *   "ctx-state"    cuDevicePrimaryCtxGetState fails once: fragless cannot tell the context
+ *                  is primary, so that allocation goes to the real function; the next is
+ *                  served.
+ */
+#include "ip_prog.h"
+
+typedef int (*emu_fail_fn)(const char *);
+
+static void arm(const char *spec)
+{
+    emu_fail_fn fail = (emu_fail_fn)dlsym(RTLD_DEFAULT, "fragless_emu_fail");
+    CHECK(fail && fail(spec) == 0, "arm %s", spec);
+}
+
+static void init_fails(void)
+{
+    void *p = NULL;
+    CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "the real cudaMalloc");
+    ip_touch_rt(p, 1 << 20);
+    CHECK(cudaFree(p) == cudaSuccess, "the real cudaFree");
+    fragless_stats_t s;
+    CHECK(ip_stats(0, &s) == FRAGLESS_ENODEV, "fragless served nothing");
+}
+
+static void oom(void)
+{
+    const size_t huge = (size_t)1 << 30;
+    void *p = NULL;
+    CUdeviceptr d = 0;
+    CHECK(cudaMalloc(&p, huge) == cudaErrorMemoryAllocation, "cudaMalloc OOM");
+    CHECK(cudaMallocAsync(&p, huge, 0) == cudaErrorMemoryAllocation, "cudaMallocAsync OOM");
+    CHECK(cuMemAlloc(&d, huge) == CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc OOM");
+    fragless_stats_t s = ip_stats0();
+    CHECK(s.num_ooms >= 3, "num_ooms %llu", (unsigned long long)s.num_ooms);
+    CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "a small one still works");
+    CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
+}
+
+static void capture_query(void)
+{
+    cudaStream_t s = NULL;
+    void *p = NULL;
+    CHECK(cudaStreamCreate(&s) == cudaSuccess, "stream");
+    arm("cuStreamIsCapturing@1=CUDA_ERROR_INVALID_HANDLE");
+    CHECK(cudaMallocAsync(&p, 4096, s) == cudaErrorInvalidResourceHandle, "query error");
+    fragless_stats_t before = ip_stats0();
+    CHECK(cudaMallocAsync(&p, 4096, s) == cudaSuccess, "cudaMallocAsync");
+    CHECK(cudaFreeAsync(p, s) == cudaSuccess, "cudaFreeAsync");
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess, "sync");
+    fragless_stats_t after = ip_stats0();
+    ip_expect_served(&before, &after, 1, 1);
+    CHECK(cudaStreamDestroy(s) == cudaSuccess, "stream destroy");
+}
+
+static void ctx_state(void)
+{
+    void *p = NULL;
+    CHECK(cudaFree(NULL) == cudaSuccess, "runtime up");
+    arm("cuDevicePrimaryCtxGetState@1=CUDA_ERROR_UNKNOWN");
+    fragless_stats_t before = ip_stats0();
+    CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "passed through");
+    CHECK(cudaFree(p) == cudaSuccess, "freed by the real function");
+    fragless_stats_t mid = ip_stats0();
+    ip_expect_served(&before, &mid, 0, 0);
+    CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "served");
+    CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
+    fragless_stats_t after = ip_stats0();
+    ip_expect_served(&mid, &after, 1, 1);
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!dlsym(RTLD_DEFAULT, "fragless_emu_fail")) {
+        printf("ok %s skipped: needs the emulated device's fault injection\n", mode);
+        return 0;
+    }
+    if (strcmp(mode, "init-fails") == 0)
+        init_fails();
+    else if (strcmp(mode, "oom") == 0)
+        oom();
+    else if (strcmp(mode, "capture-query") == 0)
+        capture_query();
+    else if (strcmp(mode, "ctx-state") == 0)
+        ctx_state();
+    else
+        CHECK(false, "unknown mode %s", mode);
+    printf("ok %s\n", mode);
+    return 0;
+}
