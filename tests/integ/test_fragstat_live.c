@@ -355,3 +355,24 @@ Test(fragstat_live, forked_child_has_its_own_page)
         cr_expect(strstr(r.out, want[i]), "%s in %s", want[i], r.out);
     tu_result_free(&r);
 }
+
+Test(fragstat_live, stopped_process_gets_a_bounded_wait)
+{
+    struct child c;
+    struct tu_result r;
+    tu_emu_isolate();
+    spawn_shown(&c, hold(), NULL);
+    char sp[16];
+    snprintf(sp, sizeof sp, "%d", (int)c.pid);
+    kill(c.pid, SIGSTOP);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 4, "%s", r.out);
+    cr_expect(strstr(r.err, "did not answer within 1 s"), "%s", r.err);
+    tu_result_free(&r);
+    kill(c.pid, SIGCONT);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 0, "answers once it runs: %s", r.err);
+    tu_result_free(&r);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, "--device=9"), 4, "device 9 is not used");
+    cr_expect(strstr(r.err, "could not empty its cache (error -2)"), "%s", r.err);
+    tu_result_free(&r);
+    cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
+}
