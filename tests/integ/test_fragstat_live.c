@@ -332,6 +332,20 @@ Test(fragstat_live, oom_report_request_larger_than_the_card)
     tu_result_free(&r);
 }
 
+Test(fragstat_live, oom_report_explains_fragmentation)
+{
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_oom"), "18", "72", NULL};
+    const char *env[] = {"FRAGLESS_EMU_MEM=256M", NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, env, 30), 0, "%s", r.err);
+    cr_expect_str_eq(r.out, "oom\n", "%s", r.err);
+    cr_expect(strstr(r.err, "is reserved but unallocated in this process, more than the request"),
+              "%s", r.err);
+    cr_expect(strstr(r.err, "(fragmentation): set expandable_segments:true"), "%s", r.err);
+    tu_result_free(&r);
+}
+
 Test(fragstat_live, oom_report_names_the_other_process)
 {
     struct child hog;
