@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "fragless_shm.h"
+#include "nvml.h"
 #include "pageio.h"
 
 #define REPORT_MAX_OTHERS 8
@@ -24,8 +25,9 @@
 
 struct other {
     int32_t pid;
+    bool fragless; /* from its stats page; else only NVML knows it */
     char command[40];
-    uint64_t reserved, allocated;
+    uint64_t reserved, allocated; /* NVML: reserved is the memory it uses */
 };
 
 struct oom_facts {
@@ -37,6 +39,8 @@ struct oom_facts {
     struct other others[REPORT_MAX_OTHERS];
     int nothers, more;
     uint64_t others_reserved;
+    bool nvml;          /* NVML answered: processes without fragless are listed too */
+    uint64_t nvml_used; /* memory in use on the GPU by all processes, per NVML */
     fragless_shm_page_t *scratch;
 };
 
@@ -54,19 +58,51 @@ static bool oom_report_due(void)
                                        __ATOMIC_RELAXED);
 }
 
-static void add_other(struct oom_facts *f, const fragless_shm_page_t *p,
-                      const fragless_shm_device_t *d)
+static void add_other(struct oom_facts *f, const struct other *o)
 {
-    f->others_reserved += d->stats.reserved_bytes.current;
-    if (f->nothers == REPORT_MAX_OTHERS) {
+    f->others_reserved += o->reserved;
+    if (f->nothers == REPORT_MAX_OTHERS)
         f->more++;
-        return;
+    else
+        f->others[f->nothers++] = *o;
+}
+
+static void add_page_other(struct oom_facts *f, const fragless_shm_page_t *p,
+                           const fragless_shm_device_t *d)
+{
+    struct other o = {.pid = p->pid, .fragless = true};
+    snprintf(o.command, sizeof o.command, "%.39s", p->command);
+    o.reserved = d->stats.reserved_bytes.current;
+    o.allocated = d->stats.allocated_bytes.current;
+    add_other(f, &o);
+}
+
+static bool listed(const struct oom_facts *f, int32_t pid)
+{
+    for (int i = 0; i < f->nothers; i++) {
+        if (f->others[i].pid == pid)
+            return true;
     }
-    struct other *o = &f->others[f->nothers++];
-    o->pid = p->pid;
-    snprintf(o->command, sizeof o->command, "%.39s", p->command);
-    o->reserved = d->stats.reserved_bytes.current;
-    o->allocated = d->stats.allocated_bytes.current;
+    return false;
+}
+
+/* The processes NVML sees on our GPU that have no page (not using fragless, or not ours). */
+static void add_nvml_others(struct oom_facts *f)
+{
+    static struct nvq nvml;
+    nvq_process_t procs[NVQ_MAX_PROCESSES];
+    char pci[32];
+    uint64_t total = 0;
+    if (!pio_pci_id(&f->me, pci, sizeof pci) ||
+        !nvq_memory(&nvml, dl_sym, pci, &f->nvml_used, &total))
+        return;
+    int n = nvq_processes(&nvml, dl_sym, pci, procs, NVQ_MAX_PROCESSES);
+    f->nvml = n >= 0;
+    for (int i = 0; i < n; i++) {
+        struct other o = {.pid = (int32_t)procs[i].pid, .reserved = procs[i].used_gpu_memory};
+        if (o.pid != getpid() && !listed(f, o.pid))
+            add_other(f, &o);
+    }
 }
 
 /* pio_each_name callback: a live, readable page of another process on our GPU. */
@@ -88,7 +124,7 @@ static int collect_other(int dirfd, const char *name, uint32_t uid, int32_t pid,
         return 0;
     for (uint32_t i = 0; i < p->device_count; i++) {
         if (pio_same_gpu(&f->me, &p->devices[i]))
-            add_other(f, p, &p->devices[i]);
+            add_page_other(f, p, &p->devices[i]);
     }
     return 0;
 }
@@ -120,6 +156,7 @@ static void gather(struct oom_facts *f, int device, size_t size)
         pio_each_name(FRAGLESS_SHM_DIR, collect_other, f);
     free(f->scratch);
     f->scratch = NULL;
+    add_nvml_others(f);
 }
 
 /* The one line of advice the numbers point to. */
@@ -152,22 +189,39 @@ static void advise(const struct oom_facts *f, char *buf, size_t len)
     }
 }
 
+/* Whether processes without fragless are in the list. */
+static size_t format_seen(const struct oom_facts *f, char *buf, size_t len)
+{
+    if (f->nvml)
+        return (size_t)snprintf(buf, len, "(NVML: %s in use on this GPU by all processes)",
+                                HUMAN(f->nvml_used));
+    return (size_t)snprintf(buf, len, "(processes without fragless are not seen: no NVML)");
+}
+
 static size_t format_others(const struct oom_facts *f, char *buf, size_t len)
 {
     size_t n = 0;
-    if (f->nothers == 0)
-        return (size_t)snprintf(buf, len,
-                                "no other process using fragless holds memory on this GPU "
-                                "(processes without fragless are not seen)");
+    if (f->nothers == 0) {
+        n = (size_t)snprintf(buf, len, "no other process holds memory on this GPU ");
+        return n + format_seen(f, buf + n, len - n);
+    }
     n += (size_t)snprintf(buf, len, "other processes on this GPU:");
     for (int i = 0; i < f->nothers && n < len; i++) {
         const struct other *o = &f->others[i];
-        n += (size_t)snprintf(buf + n, len - n, "%s pid %d (%s) %s reserved, %s allocated",
-                              i ? ";" : "", (int)o->pid, o->command, HUMAN(o->reserved),
-                              HUMAN(o->allocated));
+        if (o->fragless)
+            n += (size_t)snprintf(buf + n, len - n, "%s pid %d (%s) %s reserved, %s allocated",
+                                  i ? ";" : "", (int)o->pid, o->command, HUMAN(o->reserved),
+                                  HUMAN(o->allocated));
+        else
+            n += (size_t)snprintf(buf + n, len - n, "%s pid %d (without fragless) uses %s",
+                                  i ? ";" : "", (int)o->pid, HUMAN(o->reserved));
     }
     if (f->more && n < len)
         n += (size_t)snprintf(buf + n, len - n, "; and %d more", f->more);
+    if (n < len)
+        n += (size_t)snprintf(buf + n, len - n, " ");
+    if (n < len)
+        n += format_seen(f, buf + n, len - n);
     return n;
 }
 

@@ -174,6 +174,14 @@ static const char *const *hold(void)
     return hold_argv;
 }
 
+/* A holder on a device of its own, shown by fragstat; its pid as text in sp. */
+static void hold_shown(struct child *c, char *sp, size_t len)
+{
+    tu_emu_isolate();
+    spawn_shown(c, hold(), NULL);
+    snprintf(sp, len, "%d", (int)c->pid);
+}
+
 Test(fragstat_live, shows_what_the_process_reports)
 {
     struct child c;
@@ -324,6 +332,20 @@ Test(fragstat_live, oom_report_request_larger_than_the_card)
     tu_result_free(&r);
 }
 
+Test(fragstat_live, oom_report_explains_fragmentation)
+{
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_oom"), "18", "72", NULL};
+    const char *env[] = {"FRAGLESS_EMU_MEM=256M", NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, env, 30), 0, "%s", r.err);
+    cr_expect_str_eq(r.out, "oom\n", "%s", r.err);
+    cr_expect(strstr(r.err, "is reserved but unallocated in this process, more than the request"),
+              "%s", r.err);
+    cr_expect(strstr(r.err, "(fragmentation): set expandable_segments:true"), "%s", r.err);
+    tu_result_free(&r);
+}
+
 Test(fragstat_live, oom_report_names_the_other_process)
 {
     struct child hog;
@@ -354,4 +376,84 @@ Test(fragstat_live, forked_child_has_its_own_page)
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         cr_expect(strstr(r.out, want[i]), "%s in %s", want[i], r.out);
     tu_result_free(&r);
+}
+
+Test(fragstat_live, stopped_process_gets_a_bounded_wait)
+{
+    struct child c;
+    struct tu_result r;
+    char sp[16];
+    hold_shown(&c, sp, sizeof sp);
+    kill(c.pid, SIGSTOP);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 4, "%s", r.out);
+    cr_expect(strstr(r.err, "did not answer within 1 s"), "%s", r.err);
+    tu_result_free(&r);
+    kill(c.pid, SIGCONT);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 0, "answers once it runs: %s", r.err);
+    tu_result_free(&r);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, "--device=9"), 4, "device 9 is not used");
+    cr_expect(strstr(r.err, "could not empty its cache (error -2)"), "%s", r.err);
+    tu_result_free(&r);
+    cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
+}
+
+/* ---- NVML (a stand-in library compiled from fake_nvml.c; skipped without a compiler) ---- */
+
+static char nvml_dir[64], nvml_env[4][1200];
+
+/* Builds the fake libnvidia-ml.so.1; fills the environment that makes it found. */
+static const char *const *fake_nvml(void)
+{
+    snprintf(nvml_dir, sizeof nvml_dir, "/tmp/fs-nvml-XXXXXX");
+    cr_assert_not_null(mkdtemp(nvml_dir));
+    char cmd[1024];
+    const char *src = getenv("FRAGLESS_SRC");
+    snprintf(cmd, sizeof cmd, "cc -shared -fPIC -o %s/libnvidia-ml.so.1 %s/tests/integ/fake_nvml.c",
+             nvml_dir, src ? src : ".");
+    if (system(cmd) != 0)
+        cr_skip_test("no C compiler to build the NVML stand-in");
+    const char *ld = getenv("LD_LIBRARY_PATH");
+    snprintf(nvml_env[0], sizeof nvml_env[0], "LD_LIBRARY_PATH=%s:%s", nvml_dir, ld ? ld : "");
+    snprintf(nvml_env[1], sizeof nvml_env[1], "FAKE_NVML_TOTAL=%llu", 24ull << 30);
+    snprintf(nvml_env[2], sizeof nvml_env[2], "FAKE_NVML_USED=%llu", 20ull << 30);
+    snprintf(nvml_env[3], sizeof nvml_env[3], "FAKE_NVML_PROCS=4242:%llu", 3ull << 30);
+    static const char *env[] = {nvml_env[0], nvml_env[1], nvml_env[2], nvml_env[3], NULL};
+    return env;
+}
+
+static void remove_fake_nvml(void)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/libnvidia-ml.so.1", nvml_dir);
+    unlink(path);
+    rmdir(nvml_dir);
+}
+
+Test(fragstat_live, nvml_tells_the_device_use)
+{
+    const char *const *env = fake_nvml();
+    struct child c;
+    struct tu_result r;
+    char sp[16];
+    hold_shown(&c, sp, sizeof sp);
+    const char *argv[] = {tu_path("fragstat"), "--pid", sp, NULL};
+    cr_assert_eq(tu_run(&r, false, argv, env, 20), 0, "%s", r.err);
+    cr_expect(strstr(r.out, "20.00 GiB used of 24.00 GiB by all processes (NVML)"), "%s", r.out);
+    tu_result_free(&r);
+    cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
+    remove_fake_nvml();
+}
+
+Test(fragstat_live, oom_report_lists_what_nvml_sees)
+{
+    const char *const *env = fake_nvml();
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_oom"), "1024", NULL};
+    const char *envs[] = {env[0], env[1], env[2], env[3], "FRAGLESS_EMU_MEM=256M", NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, envs, 30), 0, "%s", r.err);
+    cr_expect(strstr(r.err, "pid 4242 (without fragless) uses 3.00 GiB"), "%s", r.err);
+    cr_expect(strstr(r.err, "(NVML: 20.00 GiB in use on this GPU by all processes)"), "%s", r.err);
+    tu_result_free(&r);
+    remove_fake_nvml();
 }

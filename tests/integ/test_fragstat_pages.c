@@ -131,6 +131,7 @@ Test(fragstat_pages, valid_page_in_every_output)
     cr_expect(strstr(r.out, "\"reserved_unallocated_bytes\":{\"current\":1073741824,"), "%s",
               r.out);
     cr_expect(strstr(r.out, "\"num_ooms\":2"), "%s", r.out);
+    cr_expect(strstr(r.out, "\"config\":\"stats_page:true\\u000a\""), "%s", r.out);
     tu_result_free(&r);
 
     cr_assert_eq(fragstat(&r, "--prometheus", NULL, NULL), 0, "%s", r.err);
@@ -337,4 +338,25 @@ Test(fragstat_pages, other_users_pages_are_invisible)
     cr_assert_eq(chown(path, pw->pw_uid, pw->pw_gid), 0);
     cr_expect_eq(fragstat_as_nobody("--pid", sp, out, sizeof out), 3, "%s", out);
     cr_expect_null(strstr(out, "train.py"), "%s", out);
+}
+
+Test(fragstat_pages, interval_and_count_refresh)
+{
+    struct tu_result r;
+    fill_page(&page, getpid());
+    write_page(&page, sizeof page);
+    cr_assert_eq(fragstat(&r, "--interval", "0.05", "--count"), 2, "--count needs a value");
+    tu_result_free(&r);
+    const char *argv[] = {tu_path("fragstat"), "--dir", dir, "--interval", "0.05",
+                          "--count",           "3",     NULL};
+    cr_assert_eq(tu_run(&r, false, argv, NULL, 20), 0, "%s", r.err);
+    int tables = 0;
+    for (const char *p = r.out; (p = strstr(p, "PID ")) != NULL; p++)
+        tables++;
+    cr_expect_eq(tables, 3, "%s", r.out);
+    tu_result_free(&r);
+    cr_expect_eq(fragstat(&r, "--count", "3", NULL), 2, "--count without --interval");
+    tu_result_free(&r);
+    cr_expect_eq(fragstat(&r, "--json", "--segments", "1"), 2, "two modes");
+    tu_result_free(&r);
 }

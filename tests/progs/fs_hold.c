@@ -1,7 +1,9 @@
 /*
  * fs_hold.c — a program for fragstat's tests that holds a fragmented heap.
  *
- * Usage: fs_hold COUNT SIZE_KIB. Allocates COUNT blocks of SIZE_KIB KiB with cudaMalloc, frees
+ * Usage: fs_hold COUNT SIZE_KIB [async]. Allocates COUNT blocks of SIZE_KIB KiB with cudaMalloc
+ * (cudaMallocAsync/cudaFreeAsync on the default stream with `async`, as PyTorch's stream-ordered
+ * path does: blocks freed that way are reusable at once), frees
  * every other one of the first half and all of the second half (so that the cache holds both
  * holes between live blocks and wholly free segments), prints its own fragless statistics
  * ("name=value" lines, from fragless_get_stats found with dlsym), then "ready", and waits until a
@@ -9,8 +11,10 @@
  * normally.
  */
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <cuda_runtime_api.h>
@@ -34,19 +38,23 @@ static void print_stats(const char *when)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3)
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "async") == 0))
         return 2;
+    bool async = argc == 4;
     int count = atoi(argv[1]);
     size_t size = (size_t)atol(argv[2]) << 10;
     void **p = calloc((size_t)count, sizeof *p);
     for (int i = 0; i < count; i++) {
-        if (cudaMalloc(&p[i], size) != cudaSuccess) {
+        cudaError_t e = async ? cudaMallocAsync(&p[i], size, 0) : cudaMalloc(&p[i], size);
+        if (e != cudaSuccess) {
             printf("cudaMalloc %d failed\n", i);
             return 1;
         }
     }
     for (int i = 0; i < count; i++) {
-        if (i >= count / 2 || i % 2 == 0)
+        if ((i >= count / 2 || i % 2 == 0) && async)
+            cudaFreeAsync(p[i], 0);
+        else if (i >= count / 2 || i % 2 == 0)
             cudaFree(p[i]);
     }
     cudaDeviceSynchronize();
