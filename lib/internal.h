@@ -372,6 +372,24 @@ struct heap {
     fragless_stats_t st;
 };
 
+/* The heap of `device`, NULL if it has none yet. */
+struct heap *heap_find(int device);
+/* Brings derived levels up to date; end of every operation, lock held. */
+void heap_settle(struct heap *h);
+/* Makes new segment s part of the heap as one free block; false if out of host memory. */
+bool heap_add_segment(struct heap *h, struct segment *s);
+/* heap_is_valid() (aborting on a violation) when FRAGLESS_CHECK is set. */
+void heap_check_if_enabled(void);
+
+/* ---- release.c: giving memory back (empty-cache, OOM, thresholds) ---- */
+/* Returns segments without a live block to the driver: all (want == SIZE_MAX) or the fewest,
+ * smallest idle ones covering `want` bytes. Lock not held. Returns the bytes released. */
+size_t release_free_segments(struct heap *h, size_t want);
+/* garbage_collection_threshold, before the heap grows by seg_size. Lock not held. */
+void release_before_growing(struct heap *h, size_t seg_size);
+/* release_threshold_mb, after a miss or a free. Lock not held. */
+void release_to_threshold(struct heap *h);
+
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
 void block_recycle(struct heap *h, struct block *b);
