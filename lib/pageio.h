@@ -130,6 +130,28 @@ static inline int pio_start_time(int32_t pid, uint64_t *out)
     return 0;
 }
 
+/* True when process `pid` maps the file at `path` (canonical, as /proc shows it): a page whose
+ * process has since called exec() (same pid and start time) is no longer mapped by it. */
+static inline bool pio_maps_file(int32_t pid, const char *path)
+{
+    char maps[64], line[4096];
+    snprintf(maps, sizeof maps, "/proc/%d/maps", (int)pid);
+    FILE *f = fopen(maps, "re");
+    if (!f)
+        return false;
+    size_t plen = strlen(path);
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        if (n && line[n - 1] == '\n')
+            line[--n] = '\0';
+        found = n >= plen && strcmp(line + n - plen, path) == 0 &&
+                (n == plen || line[n - plen - 1] == ' ');
+    }
+    fclose(f);
+    return found;
+}
+
 /* Copies `len` bytes at `off` of the file; false unless all of them were there. */
 static inline bool pio_pread_all(int fd, void *buf, size_t len, off_t off)
 {
