@@ -337,9 +337,10 @@ CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **
 CUresult segment_destroy(struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
-bool segmap_insert(CUdeviceptr base, size_t size, int device);
+bool segmap_insert(struct segment *seg, int device);
 void segmap_remove(CUdeviceptr base);
-bool segmap_find(CUdeviceptr ptr, int *device);
+/* The device (and segment) of the segment holding ptr; either out-pointer may be NULL. */
+bool segmap_find(CUdeviceptr ptr, int *device, struct segment **seg);
 void segmap_atfork_prepare(void);
 void segmap_atfork_parent(void);
 void segmap_atfork_child(void);
@@ -367,8 +368,27 @@ struct heap {
     struct segment *segments;
     struct block *live;  /* uthash by ptr */
     struct block *spare; /* recycled block structs */
+    size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
     fragless_stats_t st;
 };
+
+/* The heap of `device`, NULL if it has none yet. */
+struct heap *heap_find(int device);
+/* Brings derived levels up to date; end of every operation, lock held. */
+void heap_settle(struct heap *h);
+/* Makes new segment s part of the heap as one free block; false if out of host memory. */
+bool heap_add_segment(struct heap *h, struct segment *s);
+/* heap_is_valid() (aborting on a violation) when FRAGLESS_CHECK is set. */
+void heap_check_if_enabled(void);
+
+/* ---- release.c: giving memory back (empty-cache, OOM, thresholds) ---- */
+/* Returns segments without a live block to the driver: all (want == SIZE_MAX) or the fewest,
+ * smallest idle ones covering `want` bytes. Lock not held. Returns the bytes released. */
+size_t release_free_segments(struct heap *h, size_t want);
+/* garbage_collection_threshold, before the heap grows by seg_size. Lock not held. */
+void release_before_growing(struct heap *h, size_t seg_size);
+/* release_threshold_mb, after a miss or a free. Lock not held. */
+void release_to_threshold(struct heap *h);
 
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
@@ -407,8 +427,17 @@ int reuse_drop_idle(struct heap *h, CUevent *events, int max);
 bool heap_check(struct heap *h);
 
 /* ---- stats.c: level statistics and snapshots ---- */
-void stat_add(fragless_stat_t *s, int64_t delta);
-void stat_set(fragless_stat_t *s, uint64_t value);
+/* Level updates are on every allocation's path: inline. */
+static inline void stat_set(fragless_stat_t *s, uint64_t value)
+{
+    s->current = value;
+    if (value > s->peak)
+        s->peak = value;
+}
+static inline void stat_add(fragless_stat_t *s, int64_t delta)
+{
+    stat_set(s, s->current + (uint64_t)delta);
+}
 void stats_reset_peaks(fragless_stats_t *s);
 /* Copies src into out, at most out->size bytes; fills size/version/device. */
 int stats_copy_out(const fragless_stats_t *src, int device, fragless_stats_t *out);
