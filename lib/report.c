@@ -120,7 +120,9 @@ static int collect_other(int dirfd, const char *name, uint32_t uid, int32_t pid,
         fstat(fd, &st) == 0 && st.st_uid == uid && pio_read_page(fd, f->scratch, NULL, 0) == PIO_OK;
     close(fd);
     const fragless_shm_page_t *p = f->scratch;
-    if (!ok || p->pid != pid || p->start_time != started)
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", FRAGLESS_SHM_DIR, name);
+    if (!ok || p->pid != pid || p->start_time != started || !pio_maps_file(pid, path))
         return 0;
     for (uint32_t i = 0; i < p->device_count; i++) {
         if (pio_same_gpu(&f->me, &p->devices[i]))

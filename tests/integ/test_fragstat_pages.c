@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,11 +95,17 @@ static void write_file(const char *path, const void *data, size_t len)
     close(fd);
 }
 
+/* Writes the page and maps it, as the library does: fragstat shows only pages their process
+ * maps. */
 static void write_page(const fragless_shm_page_t *p, size_t len)
 {
     char path[128];
     page_name(path, sizeof path, p->uid, p->pid);
     write_file(path, p, len);
+    int fd = open(path, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    cr_assert_neq(mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0), MAP_FAILED);
+    close(fd);
 }
 
 static int fragstat(struct tu_result *r, const char *a1, const char *a2, const char *a3)
@@ -282,12 +289,20 @@ Test(fragstat_pages, stale_pages_are_removed)
     write_page(&page, sizeof page);
     page_name(reused, sizeof reused, geteuid(), getppid());
 
+    fill_page(&page, getpid()); /* alive, but not mapped by us: we "called exec()" since */
+    char unmapped[128];
+    page_name(unmapped, sizeof unmapped, geteuid(), getpid());
+    write_file(unmapped, &page, sizeof page);
+
     struct tu_result r;
     cr_expect_eq(fragstat(&r, NULL, NULL, NULL), 1, "%s", r.err);
-    cr_expect(strstr(r.err, "process gone") && strstr(r.err, "pid reused"), "%s", r.err);
+    cr_expect(strstr(r.err, "process gone") && strstr(r.err, "pid reused") &&
+                  strstr(r.err, "no longer maps it"),
+              "%s", r.err);
     tu_result_free(&r);
     cr_expect_eq(access(gone, F_OK), -1, "page of a dead process removed");
     cr_expect_eq(access(reused, F_OK), -1, "page of a reused pid removed");
+    cr_expect_eq(access(unmapped, F_OK), -1, "page its process no longer maps removed");
 }
 
 /* Runs fragstat as the user `nobody`; returns its exit status. */

@@ -51,7 +51,7 @@ static const char usage[] =
     "Exit status: 0 success; 1 no process found (or none with that pid/device);\n"
     "2 bad arguments; 3 permission denied (the process belongs to another user);\n"
     "4 the request failed or got no answer within 1 s, or the output could not be written.\n"
-    "Stale pages (process gone, or pid reused) are removed while scanning.\n";
+    "Stale pages (process gone, pid reused, or exec'd) are removed while scanning.\n";
 
 static bool parse_long(const char *s, long min, long max, long *out)
 {

@@ -3,7 +3,8 @@
  *
  * Owns: the walk over the page directory, the checks that decide whether a page is shown
  * (name, owner, symlinks, the process behind it) and the removal of stale pages (their process
- * is gone, or its pid now belongs to another process: the start time differs). A user sees
+ * is gone, its pid now belongs to another process — the start time differs — or it has called
+ * exec() and no longer maps the page). A user sees
  * only pages they own and whose process is theirs; root sees all.
  */
 #include "fragstat.h"
@@ -52,10 +53,30 @@ static int append(struct fs_scan *out, fragless_shm_page_t *page, const char *na
     return 0;
 }
 
-/* Reads the page in `fd` (owner already checked) and keeps it when it is valid and live. */
-static int read_live(int dirfd, int fd, const char *name, int32_t pid, uid_t uid,
-                     struct fs_scan *out)
+struct scan_ctx {
+    int32_t want;
+    char dir[4096]; /* canonical, as /proc/<pid>/maps names the pages */
+    struct fs_scan *out;
+};
+
+/* Why a valid page of a live pid is stale, or NULL when it is not. */
+static const char *stale_reason(const struct scan_ctx *ctx, const char *name,
+                                const fragless_shm_page_t *page, uint64_t started)
 {
+    char path[4200];
+    if (page->start_time != started)
+        return "pid reused by another process";
+    snprintf(path, sizeof path, "%s/%s", ctx->dir, name);
+    if (!pio_maps_file(page->pid, path))
+        return "the process no longer maps it (exec)";
+    return NULL;
+}
+
+/* Reads the page in `fd` (owner already checked) and keeps it when it is valid and live. */
+static int read_live(const struct scan_ctx *ctx, int dirfd, int fd, const char *name, int32_t pid,
+                     uid_t uid)
+{
+    struct fs_scan *out = ctx->out;
     uint64_t started = 0;
     int r = pio_start_time(pid, &started);
     if (r == -ENOENT) {
@@ -71,8 +92,9 @@ static int read_live(int dirfd, int fd, const char *name, int32_t pid, uid_t uid
         st = PIO_INVALID;
         snprintf(why, sizeof why, "pid or uid inside does not match the name");
     }
-    if (st == PIO_OK && r == 0 && page->start_time != started) {
-        remove_stale(dirfd, name, "pid reused by another process", out);
+    const char *stale = st == PIO_OK && r == 0 ? stale_reason(ctx, name, page, started) : NULL;
+    if (stale) {
+        remove_stale(dirfd, name, stale, out);
         st = PIO_NOT_READY;
     } else if (st == PIO_OK && !process_owned_by(pid, uid)) {
         st = PIO_INVALID;
@@ -95,11 +117,6 @@ static int read_live(int dirfd, int fd, const char *name, int32_t pid, uid_t uid
     }
     return 0;
 }
-
-struct scan_ctx {
-    int32_t want;
-    struct fs_scan *out;
-};
 
 static int scan_one(int dirfd, const char *name, uint32_t uid, int32_t pid, void *arg)
 {
@@ -129,7 +146,7 @@ static int scan_one(int dirfd, const char *name, uint32_t uid, int32_t pid, void
                 (unsigned)st.st_uid);
         goto close_fd;
     }
-    r = read_live(dirfd, fd, name, pid, uid, out);
+    r = read_live(ctx, dirfd, fd, name, pid, uid);
 close_fd:
     close(fd);
     return r;
@@ -144,7 +161,11 @@ static int by_pid(const void *a, const void *b)
 int fs_scan(const char *dir, int32_t pid, struct fs_scan *out)
 {
     memset(out, 0, sizeof *out);
-    struct scan_ctx ctx = {pid, out};
+    static struct scan_ctx ctx;
+    ctx.want = pid;
+    ctx.out = out;
+    if (!realpath(dir, ctx.dir))
+        return -errno;
     int r = pio_each_name(dir, scan_one, &ctx);
     if (out->count > 1)
         qsort(out->procs, (size_t)out->count, sizeof *out->procs, by_pid);
