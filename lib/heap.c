@@ -294,12 +294,12 @@ static void count_foreign(void)
     pthread_mutex_unlock(&h->lock);
 }
 
-/* Where a freed block goes: its stream's pool (stream-ordered free on a stream shared by every
- * thread that names it), else the pending list. */
+/* Where a freed block goes: its stream's pool (stream-ordered frees), else the pending list
+ * (device-wide frees, or no pool to be had). */
 static void put_freed(struct heap *h, struct block *b, CUstream stream, enum heap_mode mode)
 {
     struct stream_pool *sp = NULL;
-    if (mode == HEAP_ASYNC && stream != CU_STREAM_PER_THREAD)
+    if (mode == HEAP_ASYNC)
         sp = reuse_stream_pool(h, stream, true);
     if (sp)
         block_release_to(h, b, &sp->index[b->seg->pool]);
