@@ -29,10 +29,10 @@
 
 static const size_t sizes[] = {512, 4096, 65536, 1 << 20, 3 << 20, 8 << 20, 32 << 20};
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
@@ -50,6 +50,7 @@ static double median(double *v, int n)
 
 static volatile int reading = 1;
 static long reads;
+static double publish_ns[100000]; /* the page's publish_ns at each read */
 
 /* Reads this process's page the way fragstat does, every millisecond. */
 static void *reader(void *arg)
@@ -62,7 +63,8 @@ static void *reader(void *arg)
     while (reading) {
         int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd >= 0) {
-            reads += pio_read_page(fd, &copy, NULL, 0) == PIO_OK;
+            if (pio_read_page(fd, &copy, NULL, 0) == PIO_OK && reads < 100000)
+                publish_ns[reads++] = (double)copy.publish_ns;
             close(fd);
         }
         nanosleep(&(struct timespec){0, 1000000}, NULL);
@@ -81,19 +83,21 @@ static int child(bool with_reader)
     pthread_t t;
     if (with_reader)
         pthread_create(&t, NULL, reader, NULL);
-    double ns[BATCHES];
+    double wall[BATCHES], cpu[BATCHES];
     for (int b = 0; b < BATCHES; b++) {
-        uint64_t start = now_ns();
+        uint64_t start = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
         for (int i = 0; i < PAIRS; i++) {
             cudaMalloc(&p, sizes[i % (sizeof sizes / sizeof sizes[0])]);
             cudaFree(p);
         }
-        ns[b] = (double)(now_ns() - start) / PAIRS;
+        cpu[b] = (double)(clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0) / PAIRS;
+        wall[b] = (double)(clock_ns(CLOCK_MONOTONIC) - start) / PAIRS;
     }
     reading = 0;
     if (with_reader)
         pthread_join(t, NULL);
-    printf("%.1f %ld\n", median(ns, BATCHES), reads);
+    printf("%.1f %.1f %ld %.0f\n", median(wall, BATCHES), median(cpu, BATCHES), reads,
+           reads ? median(publish_ns, (int)reads) : 0.0);
     return 0;
 }
 
@@ -101,12 +105,14 @@ enum config { PAGE_OFF, PAGE_ON, PAGE_READ, CONFIGS };
 static const char *const config_names[CONFIGS] = {"stats_page:false", "stats_page:true",
                                                   "stats_page:true + page read every 1 ms"};
 
-/* Runs one child in configuration c; returns its median ns per pair. */
-static double run_child(const char *self, const char *lib, enum config c, long *reads_out)
+/* Runs one child in configuration c: its median wall and thread-CPU ns per pair; false if it
+ * failed. */
+static bool run_child(const char *self, const char *lib, enum config c, double *wall, double *cpu,
+                      long *reads_out, double *publish)
 {
     int fd[2];
     if (pipe(fd) != 0)
-        return -1;
+        return false;
     pid_t pid = fork();
     if (pid == 0) {
         dup2(fd[1], 1);
@@ -120,10 +126,7 @@ static double run_child(const char *self, const char *lib, enum config c, long *
     ssize_t n = read(fd[0], buf, sizeof buf - 1);
     close(fd[0]);
     waitpid(pid, NULL, 0);
-    double v = -1;
-    if (n > 0 && sscanf(buf, "%lf %ld", &v, reads_out) != 2)
-        v = -1;
-    return v;
+    return n > 0 && sscanf(buf, "%lf %lf %ld %lf", wall, cpu, reads_out, publish) == 4;
 }
 
 int main(int argc, char **argv)
@@ -137,26 +140,32 @@ int main(int argc, char **argv)
     int rounds = argc > 2 ? atoi(argv[2]) : 5;
     if (rounds < 1 || rounds > 100)
         return 2;
-    double ns[CONFIGS][100], med[CONFIGS];
+    double wall[CONFIGS][100], cpu[CONFIGS][100], mw[CONFIGS], mc[CONFIGS];
+    double publish[100], pub = 0;
     long reads = 0, r = 0;
     for (int i = 0; i < rounds; i++) {
         for (int c = 0; c < CONFIGS; c++) {
-            ns[c][i] = run_child(argv[0], argv[1], (enum config)c, &r);
-            reads += c == PAGE_READ ? r : 0;
-            if (ns[c][i] < 0) {
+            if (!run_child(argv[0], argv[1], (enum config)c, &wall[c][i], &cpu[c][i], &r, &pub)) {
                 fprintf(stderr, "a child failed\n");
                 return 1;
             }
+            reads += c == PAGE_READ ? r : 0;
+            if (c == PAGE_READ)
+                publish[i] = pub;
         }
     }
     printf("cached cudaMalloc+cudaFree pair, sizes 512 B..32 MiB, %d rounds x %d batches x %d "
            "pairs\n",
            rounds, BATCHES, PAIRS);
-    printf("%-42s %10s %8s\n", "configuration", "median ns", "ratio");
+    printf("%-42s %10s %8s %10s %8s\n", "configuration", "wall ns", "ratio", "cpu ns", "ratio");
     for (int c = 0; c < CONFIGS; c++) {
-        med[c] = median(ns[c], rounds);
-        printf("%-42s %10.1f %8.3f\n", config_names[c], med[c], med[c] / med[PAGE_OFF]);
+        mw[c] = median(wall[c], rounds);
+        mc[c] = median(cpu[c], rounds);
+        printf("%-42s %10.1f %8.3f %10.1f %8.3f\n", config_names[c], mw[c], mw[c] / mw[PAGE_OFF],
+               mc[c], mc[c] / mc[PAGE_OFF]);
     }
-    printf("(%ld page reads in the reader rounds)\n", reads);
+    printf("(%ld page reads in the reader rounds; one page update takes %.0f ns of the page "
+           "thread's CPU time, median, %d times a second)\n",
+           reads, median(publish, rounds), 1000 / FRAGLESS_SHM_UPDATE_MS);
     return 0;
 }

@@ -104,6 +104,7 @@ typedef struct fragless_shm_page {
     uint32_t seq;
     uint32_t device_count; /* devices[] entries in use */
     uint64_t updated_ns;   /* CLOCK_REALTIME of the last update of any device */
+    uint64_t publish_ns;   /* how long the last update took (thread CPU time, ns) */
     char config[FRAGLESS_SHM_CONFIG_CHARS];
     /* request area (see the top of this file) */
     uint32_t wake;              /* futex word the page thread sleeps on */

@@ -436,7 +436,7 @@ static inline void pio_json_process(FILE *f, const fragless_shm_page_t *p, uint3
     fprintf(f, "%s\"%d\":{\"pid\":%d,\"uid\":%u,\"start_time\":%llu,\"command\":", first ? "" : ",",
             p->pid, p->pid, p->uid, (unsigned long long)p->start_time);
     pio_json_string(f, p->command);
-    fputs(",\"config\":", f);
+    fprintf(f, ",\"publish_ns\":%llu,\"config\":", (unsigned long long)p->publish_ns);
     pio_json_string(f, p->config);
     fputs(",\"devices\":{", f);
     const char *sep = "";

@@ -34,7 +34,8 @@ struct oom_facts {
     int device;
     size_t size;
     fragless_stats_t st;
-    size_t free_bytes, total_bytes; /* 0: unknown */
+    size_t free_bytes, total_bytes; /* total 0: unknown */
+    bool free_known;                /* the driver said how much is free */
     fragless_shm_device_t me;       /* identity only: to find the same GPU in other pages */
     struct other others[REPORT_MAX_OTHERS];
     int nothers, more;
@@ -148,6 +149,7 @@ static void gather(struct oom_facts *f, int device, size_t size)
     f->me.pci_device = pci[2];
     size_t free_bytes = 0, total_bytes = 0;
     if (drv_mem_get_info(&free_bytes, &total_bytes) == CUDA_SUCCESS) {
+        f->free_known = true;
         f->free_bytes = free_bytes;
         f->total_bytes = total_bytes;
     } else {
@@ -243,7 +245,7 @@ void report_oom(int device, size_t size)
               "and %s reserved, of which %s is reserved but unallocated; its largest free "
               "block is %s.\n  %s.\n  advice: %s.",
               HUMAN(size), device, device, f->total_bytes ? HUMAN(f->total_bytes) : "unknown",
-              f->total_bytes ? HUMAN(f->free_bytes) : "unknown", (int)getpid(),
+              f->free_known ? HUMAN(f->free_bytes) : "an unknown amount", (int)getpid(),
               HUMAN(f->st.allocated_bytes.current), HUMAN(f->st.reserved_bytes.current),
               HUMAN(f->st.reserved_unallocated_bytes.current),
               HUMAN(f->st.largest_free_block_bytes.current), others, advice);

@@ -204,12 +204,21 @@ static void publish_device(fragless_shm_page_t *p, int device)
     seq_end(&d->seq);
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void publish(fragless_shm_page_t *p)
 {
+    uint64_t start = thread_cpu_ns();
     for (int dev = 0; dev < shm.device_limit; dev++)
         publish_device(p, dev);
     seq_begin(&p->seq);
     p->updated_ns = realtime_ns();
+    p->publish_ns = thread_cpu_ns() - start;
     seq_end(&p->seq);
 }
 

@@ -7,6 +7,7 @@
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -378,6 +379,39 @@ Test(fragstat_live, forked_child_has_its_own_page)
     tu_result_free(&r);
 }
 
+/* True when task `tid` of `pid` is stopped ('T' in its stat line). */
+static bool task_stopped(pid_t pid, const char *tid)
+{
+    char path[300], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/task/%.255s/stat", (int)pid, tid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'T';
+}
+
+/* Waits until every thread of `pid` is stopped (SIGSTOP takes effect asynchronously). */
+static bool stopped(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    for (int i = 0; i < 200; i++) {
+        DIR *d = opendir(dir);
+        bool all = d != NULL;
+        for (struct dirent *e; d && (e = readdir(d)) != NULL;)
+            all = all && (e->d_name[0] == '.' || task_stopped(pid, e->d_name));
+        if (d)
+            closedir(d);
+        if (all)
+            return true;
+        sleep_ms(5);
+    }
+    return false;
+}
+
 Test(fragstat_live, stopped_process_gets_a_bounded_wait)
 {
     struct child c;
@@ -385,6 +419,7 @@ Test(fragstat_live, stopped_process_gets_a_bounded_wait)
     char sp[16];
     hold_shown(&c, sp, sizeof sp);
     kill(c.pid, SIGSTOP);
+    cr_assert(stopped(c.pid), "pid %d stopped", (int)c.pid);
     cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 4, "%s", r.out);
     cr_expect(strstr(r.err, "did not answer within 1 s"), "%s", r.err);
     tu_result_free(&r);
@@ -456,4 +491,57 @@ Test(fragstat_live, oom_report_lists_what_nvml_sees)
     cr_expect(strstr(r.err, "(NVML: 20.00 GiB in use on this GPU by all processes)"), "%s", r.err);
     tu_result_free(&r);
     remove_fake_nvml();
+}
+
+/* ---- the driver refusing what the page and the reports ask of it ------------------------ */
+
+/* A holder whose driver refuses `spec` (FRAGLESS_EMU_FAIL), shown by fragstat. */
+static void hold_refusing(struct child *c, const char *spec, char *sp, size_t len)
+{
+    static char fail[128];
+    snprintf(fail, sizeof fail, "FRAGLESS_EMU_FAIL=%s", spec);
+    const char *env[] = {fail, NULL};
+    tu_emu_isolate();
+    spawn_shown(c, hold(), env);
+    snprintf(sp, len, "%d", (int)c->pid);
+}
+
+Test(fragstat_live, page_without_pci_location_or_capacity)
+{
+    struct child c;
+    struct tu_result r;
+    char sp[16];
+    hold_refusing(&c, "cuDeviceGetAttribute@*,cuDeviceTotalMem_v2@*", sp, sizeof sp);
+    cr_assert_eq(fragstat(&r, "--json", "--pid", sp), 0, "%s", r.err);
+    cr_expect(strstr(r.out, "\"pci_bus_id\":null,\"total_bytes\":0,"), "%s", r.out);
+    tu_result_free(&r);
+    cr_assert_eq(fragstat(&r, "--pid", sp, NULL), 0, "%s", r.err);
+    cr_expect(strstr(r.out, "fs_hold") && !strstr(r.out, "device "), "%s", r.out);
+    tu_result_free(&r);
+    cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
+}
+
+Test(fragstat_live, empty_cache_the_driver_refuses)
+{
+    struct child c;
+    struct tu_result r;
+    char sp[16];
+    hold_refusing(&c, "cuMemFree_v2@*", sp, sizeof sp);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 4, "%s", r.out);
+    cr_expect(strstr(r.err, "could not empty its cache (error -3)"), "%s", r.err);
+    tu_result_free(&r);
+    cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
+}
+
+Test(fragstat_live, oom_report_without_free_memory_figure)
+{
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_oom"), "1024", NULL};
+    const char *env[] = {"FRAGLESS_EMU_MEM=256M", "FRAGLESS_EMU_FAIL=cuMemGetInfo_v2@*", NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, env, 30), 0, "%s", r.err);
+    cr_expect(strstr(r.err, "a total capacity of 256.00 MiB of which an unknown amount is free"),
+              "%s", r.err);
+    cr_expect(strstr(r.err, "larger than the whole GPU"), "%s", r.err);
+    tu_result_free(&r);
 }
