@@ -102,6 +102,8 @@ struct config {
     double garbage_collection_threshold; /* fraction of device memory; 0 = off */
     size_t release_threshold;        /* release_threshold_mb, bytes; SIZE_MAX = keep all */
     size_t page_size;                /* page_size_mb, bytes; multiple of the granularity */
+    bool page_moving;                /* page_moving: free blocks' pages move before creating */
+    size_t free_mapped_keep;         /* free_mapped_keep_mb, bytes kept mapped before moving */
     char trace_path[CONF_PATH_MAX];  /* trace: record events to PATH.devN ("" = off) */
     bool trace_extensions;           /* trace_extensions: record actions beyond RMM's */
     char report[CONF_PATH_MAX];      /* report: "stderr" or PATH ("" = off) */
@@ -317,12 +319,14 @@ size_t fi_largest(const struct freeindex *fi);
 void fi_take_upto(struct freeindex *fi, uint64_t seq, struct block **out);
 bool fi_is_valid(const struct freeindex *fi);
 
-/* ---- segment.c: where memory comes from (classic cuMemAlloc segments; VMM: issue 5) ---- */
-enum segment_kind { SEGMENT_CLASSIC = 0 };
+/* ---- segment.c: where memory comes from (classic cuMemAlloc segments, or expand.c's) ---- */
+enum segment_kind { SEGMENT_CLASSIC = 0, SEGMENT_EXPANDABLE = 1 };
 struct segment {
     CUdeviceptr base;
-    size_t size;
+    size_t size; /* bytes of address space (expandable: the whole reservation) */
     enum segment_kind kind;
+    struct vrange *vr; /* expandable: the reserved range */
+    size_t mapped_end; /* expandable: no page at or beyond this offset has been mapped */
     enum heap_pool_kind pool;
     struct block *first; /* lowest block */
     uint32_t nblocks;
@@ -335,6 +339,8 @@ CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **
 /* Returns the memory to the driver (which waits for the work that may touch it); the caller
  * frees the record (malloc'd) once this succeeded. */
 CUresult segment_destroy(struct segment *s);
+/* Device memory s holds: its size (classic) or its mapped bytes (expandable). */
+size_t segment_reserved(const struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
 bool segmap_insert(struct segment *seg, int device);
@@ -371,6 +377,9 @@ struct heap {
     struct block *live;  /* uthash by ptr */
     struct block *spare; /* recycled block structs */
     size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
+    bool expandable;     /* segments are expand.c's (decided when the heap is created) */
+    size_t device_mem;   /* the device's memory (expandable heaps) */
+    size_t max_split;    /* max_split_size_mb as it applies (unlimited for expandable) */
     fragless_stats_t st;
 };
 
@@ -391,6 +400,22 @@ size_t release_free_segments(struct heap *h, size_t want);
 void release_before_growing(struct heap *h, size_t seg_size);
 /* release_threshold_mb, after a miss or a free. Lock not held. */
 void release_to_threshold(struct heap *h);
+
+/* ---- expand.c: expandable segments — backing blocks with pages, moving and releasing ---- */
+/* A new expandable segment of `pool`: a range at least as large as the device and `min`. */
+CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t min,
+                               struct segment **out);
+/* Makes live block b wholly mapped: pages of ready free blocks move first (page_moving,
+ * free_mapped_keep_mb), then new ones are created. On failure the mapping is as before except
+ * for pages moved (which stay where they went). Lock held. */
+CUresult expand_back(struct heap *h, struct block *b);
+/* Whether serving `rounded` bytes from free block b would need new pages. */
+bool expand_needs_pages(const struct block *b, size_t rounded);
+/* Unmaps and releases up to `want` bytes (SIZE_MAX: all, and the device's spare pages) of
+ * pages lying wholly inside ready free blocks. Lock held. Returns the bytes released. */
+size_t expand_release(struct heap *h, size_t want);
+/* Expandable segment s: its range is valid, and every block not ready is wholly mapped. */
+bool expand_segment_is_valid(const struct heap *h, const struct segment *s);
 
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
@@ -471,6 +496,9 @@ CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, siz
 size_t vrange_mapped_bytes(const struct vrange *r);
 /* Bytes of [off, off+len) (rounded out to pages) already mapped. */
 size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len);
+/* The first run of whole pages inside [off, end) that are all ready (mapped) or all empty
+ * (!mapped): returns its offset and sets *len to its bytes; returns end (*len 0) if none. */
+size_t vrange_next_run(const struct vrange *r, size_t off, size_t end, bool mapped, size_t *len);
 bool vrange_is_valid(const struct vrange *r);
 /* Host memory the range's bookkeeping takes (for the stats' host_metadata_bytes). */
 size_t vrange_host_bytes(const struct vrange *r);

@@ -570,6 +570,23 @@ size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
     return count_flags(r, first, end, 0xff, PG_READY) * r->page_size;
 }
 
+size_t vrange_next_run(const struct vrange *r, size_t off, size_t end, bool mapped, size_t *len)
+{
+    *len = 0;
+    if (!r || end > r->size)
+        end = r ? r->size : 0;
+    size_t ps = r ? r->page_size : 1;
+    size_t i = (off + ps - 1) / ps, stop = end / ps;
+    uint8_t want = mapped ? PG_READY : 0;
+    while (i < stop && r->pages[i].flags != want)
+        i++;
+    size_t j = i;
+    while (j < stop && r->pages[j].flags == want)
+        j++;
+    *len = (j - i) * ps;
+    return i < stop ? i * ps : end;
+}
+
 size_t vrange_host_bytes(const struct vrange *r)
 {
     return sizeof(*r) + r->npages * sizeof(*r->pages);
