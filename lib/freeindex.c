@@ -117,6 +117,17 @@ struct block *fi_best_fit(const struct freeindex *fi, size_t size)
     return closest_in(fi->heads[c.fl][c.sl], size);
 }
 
+struct block *fi_fit_where(const struct freeindex *fi, size_t size,
+                           bool (*ok)(const struct block *b, size_t size), unsigned limit)
+{
+    unsigned seen = 0;
+    for (struct fi_class c = class_of(size); c.fl < FI_FL && seen < limit; c = next_class(fi, c))
+        for (struct block *b = fi->heads[c.fl][c.sl]; b && seen < limit; b = b->lnext, seen++)
+            if (b->size >= size && ok(b, size))
+                return b;
+    return NULL;
+}
+
 size_t fi_largest(const struct freeindex *fi)
 {
     if (!fi->fl_bitmap)

@@ -127,9 +127,21 @@ void heap_settle(struct heap *h)
 
 /* ---- allocation ----------------------------------------------------------------------- */
 
+/* Free blocks looked at for one that needs no new pages before a best fit that does. */
+#define FIT_MAPPED_LIMIT 16
+
+static bool fully_mapped(const struct block *b, size_t rounded)
+{
+    return !expand_needs_pages(b, rounded);
+}
+
 static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t rounded)
 {
     struct block *b = fi_best_fit(fi, rounded);
+    if (b && h->expandable && expand_needs_pages(b, rounded)) {
+        struct block *mapped = fi_fit_where(fi, rounded, fully_mapped, FIT_MAPPED_LIMIT);
+        return mapped ? mapped : b;
+    }
     if (b && !size_block_fits(b->size, rounded, h->max_split))
         return NULL;
     return b;
@@ -184,7 +196,9 @@ static struct block *cached_block(struct heap *h, size_t rounded, CUstream strea
         return b;
     reuse_collect(h);
     b = find_cached(h, rounded, stream, mode);
-    if ((b && !expand_needs_pages(b, rounded)) || !reuse_sync_pays(h, rounded))
+    /* an expandable heap's sync pays once enough is pending to move its pages */
+    size_t want = h->expandable ? 0 : rounded;
+    if ((b && !expand_needs_pages(b, rounded)) || !reuse_sync_pays(h, want))
         return b;
     if (reuse_device_sync(h) != CUDA_SUCCESS)
         return b;

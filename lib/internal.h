@@ -313,6 +313,10 @@ void fi_remove(struct freeindex *fi, struct block *b);
 /* A free block of at least `size` bytes, the smallest the index can find in O(1); NULL if
  * none. */
 struct block *fi_best_fit(const struct freeindex *fi, size_t size);
+/* The first block of at least `size` bytes for which ok() holds, in class order from the
+ * size's own class up, looking at no more than `limit` blocks; NULL if none. */
+struct block *fi_fit_where(const struct freeindex *fi, size_t size,
+                           bool (*ok)(const struct block *b, size_t size), unsigned limit);
 /* Size of the largest block held (scans one class list). */
 size_t fi_largest(const struct freeindex *fi);
 /* Moves every block with free_seq <= seq onto the list *out (linked by lnext). */
