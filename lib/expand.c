@@ -194,7 +194,9 @@ CUresult expand_back(struct heap *h, struct block *b)
         return CUDA_SUCCESS;
     size_t before = heap_mapped(h);
     size_t moved = move_pages(h, s, first, end, move_budget(h, need));
+    account_mapped(h, before); /* moves keep the total, unless undoing one failed */
     collect_before_mapping(h, need - moved);
+    before = heap_mapped(h);
     CUresult r = vrange_map(s->vr, first, end - first);
     if (r == CUDA_SUCCESS && end > s->mapped_end)
         s->mapped_end = end;

@@ -483,6 +483,9 @@ struct vrange;
 CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vrange **out);
 /* Unmaps and releases every page, then frees the address range. */
 void vrange_destroy(struct vrange *r);
+/* The same, but on a failure (of an unmap or of freeing the address range) returns it and
+ * keeps the range, valid, with what could not be given back. */
+CUresult vrange_release(struct vrange *r);
 CUdeviceptr vrange_base(const struct vrange *r);
 size_t vrange_size(const struct vrange *r);
 size_t vrange_page_size(const struct vrange *r);

@@ -88,8 +88,12 @@ static void take_free_segments(struct heap *h, struct segment **out, size_t want
 static void readd_segment(struct heap *h, struct segment *s)
 {
     pthread_mutex_lock(&h->lock);
-    *s = (struct segment){
-        .base = s->base, .size = s->size, .kind = s->kind, .vr = s->vr, .pool = s->pool};
+    *s = (struct segment){.base = s->base,
+                          .size = s->size,
+                          .kind = s->kind,
+                          .vr = s->vr,
+                          .mapped_end = s->size,
+                          .pool = s->pool};
     if (heap_add_segment(h, s)) {
         h->st.num_device_alloc--;
         h->st.num_device_free--;
@@ -117,7 +121,7 @@ static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
         } else {
             if (err && *err == CUDA_SUCCESS)
                 *err = r;
-            log_error("cuMemFree of segment %#llx failed (%d); keeping it cached",
+            log_error("giving back segment %#llx failed (%d); keeping it cached",
                       (unsigned long long)s->base, (int)r);
             readd_segment(h, s);
         }

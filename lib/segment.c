@@ -34,9 +34,10 @@ CUresult segment_destroy(struct segment *s)
 {
     if (s->kind == SEGMENT_CLASSIC)
         return drv_mem_free(s->base);
-    vrange_destroy(s->vr);
-    s->vr = NULL;
-    return CUDA_SUCCESS;
+    CUresult r = vrange_release(s->vr);
+    if (r == CUDA_SUCCESS)
+        s->vr = NULL;
+    return r;
 }
 
 size_t segment_reserved(const struct segment *s)

@@ -426,6 +426,22 @@ void vrange_destroy(struct vrange *r)
     free(r);
 }
 
+CUresult vrange_release(struct vrange *r)
+{
+    if (!r)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult err = vrange_unmap(r, 0, r->size, false);
+    if (err == CUDA_SUCCESS)
+        err = drv_mem_address_free(r->base, r->size);
+    if (err != CUDA_SUCCESS)
+        return err;
+    vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
+    free(r->ready);
+    free(r->pages);
+    free(r);
+    return CUDA_SUCCESS;
+}
+
 /* ---- move ------------------------------------------------------------------------------------ */
 
 struct move {
