@@ -51,7 +51,10 @@ CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t 
     if (!s)
         return CUDA_ERROR_OUT_OF_MEMORY;
     size_t va = h->device_mem > min ? h->device_mem : min;
-    CUresult r = vrange_reserve(h->device, va, 0, &s->vr);
+    size_t page = pool == POOL_LARGE ? h->cfg->large_page_size : 0;
+    CUresult r = vrange_reserve(h->device, va, page, &s->vr);
+    if (r == CUDA_ERROR_INVALID_VALUE && page) /* not a multiple of this device's granularity */
+        r = vrange_reserve(h->device, va, 0, &s->vr);
     if (r != CUDA_SUCCESS)
         goto free_record;
     s->base = vrange_base(s->vr);

@@ -274,7 +274,8 @@ Test(config, unknown_key_and_missing_separator)
                      "FRAGLESS_CONF: unknown key \"colour\" (value \"blue\"): expected one of "
                      "passthrough, strict, verbose, driver, expandable_segments, "
                      "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                     "release_threshold_mb, page_size_mb, page_moving, free_mapped_keep_mb, trace, "
+                     "release_threshold_mb, page_size_mb, page_moving, free_mapped_keep_mb, "
+                     "large_page_mb, trace, "
                      "trace_extensions, report, "
                      "stats_page");
     cr_assert_eq(parse("Verbose:1"), 1, "keys are case-sensitive");
@@ -431,7 +432,7 @@ Test(config, format_of_defaults_parses_back)
                            "expandable_segments:auto\nmax_split_size_mb:unlimited\n"
                            "roundup_power2_divisions:0\ngarbage_collection_threshold:0\n"
                            "release_threshold_mb:unlimited\npage_size_mb:2\npage_moving:true\n"
-                           "free_mapped_keep_mb:0\ntrace:\n"
+                           "free_mapped_keep_mb:0\nlarge_page_mb:8\ntrace:\n"
                            "trace_extensions:true\nreport:\nstats_page:true\n");
     for (char *p = text; *p; p++)
         *p = *p == '\n' ? ',' : *p;

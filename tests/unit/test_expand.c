@@ -5,7 +5,8 @@
  * data intact through thousands of grow/shrink/move cycles, empty-cache down to what live
  * blocks need, the thresholds, and the choice by the device's VMM attribute.
  */
-#define HT_SEGMENTS "expandable_segments:true"
+/* 2 MiB pages in both pools: the figures below count pages of 2 MiB */
+#define HT_SEGMENTS "expandable_segments:true,large_page_mb:2"
 #include "heaptest.h"
 
 static void setup(void)
@@ -250,7 +251,7 @@ static fragless_stats_t holes_then_big(void)
 
 Test(expand_env, without_page_moving_free_blocks_keep_their_pages)
 {
-    setenv("FRAGLESS_CONF", "expandable_segments:true,page_moving:false", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",page_moving:false", 1);
     ht_setup("1G");
     fragless_stats_t st = holes_then_big();
     cr_assert_eq(st.pages_moved, 0);
@@ -260,7 +261,7 @@ Test(expand_env, without_page_moving_free_blocks_keep_their_pages)
 
 Test(expand_env, free_mapped_keep_mb_lets_the_cache_hold_that_much)
 {
-    setenv("FRAGLESS_CONF", "expandable_segments:true,free_mapped_keep_mb:100", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",free_mapped_keep_mb:100", 1);
     ht_setup("1G");
     fragless_stats_t st = holes_then_big();
     /* 28 MiB cached and 68 MiB to map stay within the 100 MiB the cache may hold: created */
@@ -271,7 +272,7 @@ Test(expand_env, free_mapped_keep_mb_lets_the_cache_hold_that_much)
 
 Test(expand_env, free_mapped_keep_mb_moves_what_the_cache_cannot_hold)
 {
-    setenv("FRAGLESS_CONF", "expandable_segments:true,free_mapped_keep_mb:40", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",free_mapped_keep_mb:40", 1);
     ht_setup("1G");
     fragless_stats_t st = holes_then_big();
     /* 28 MiB cached + 68 MiB to map is 56 MiB over 40: 28 pages move, 6 are created */
@@ -282,7 +283,7 @@ Test(expand_env, free_mapped_keep_mb_moves_what_the_cache_cannot_hold)
 
 Test(expand_env, release_threshold_keeps_at_most_that_much_cached)
 {
-    setenv("FRAGLESS_CONF", "expandable_segments:true,page_moving:false,release_threshold_mb:16",
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",page_moving:false,release_threshold_mb:16",
            1);
     ht_setup("1G");
     CUdeviceptr p[8];
@@ -303,7 +304,7 @@ Test(expand_env, release_threshold_keeps_at_most_that_much_cached)
 Test(expand_env, garbage_collection_threshold_releases_before_mapping_past_it)
 {
     setenv("FRAGLESS_CONF",
-           "expandable_segments:true,page_moving:false,"
+           HT_SEGMENTS ",page_moving:false,"
            "garbage_collection_threshold:0.3",
            1);
     ht_setup("1G");
@@ -319,7 +320,8 @@ Test(expand_env, auto_is_expandable_where_the_device_has_vmm)
     ht_alloc(FL_MiB * 3, NULL, HEAP_SYNC);
     cr_assert_eq(ht_calls("cuMemAddressReserve"), 1);
     cr_assert_eq(ht_calls("cuMemAlloc_v2"), 0);
-    cr_assert_eq(ht_stats(0).mapped_bytes.current, 4 * FL_MiB);
+    /* large_page_mb's default: the large pool maps 8 MiB pages */
+    cr_assert_eq(ht_stats(0).mapped_bytes.current, 8 * FL_MiB);
 }
 
 Test(expand_env, auto_is_classic_without_vmm)
