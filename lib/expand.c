@@ -51,10 +51,7 @@ CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t 
     if (!s)
         return CUDA_ERROR_OUT_OF_MEMORY;
     size_t va = h->device_mem > min ? h->device_mem : min;
-    size_t page = pool == POOL_LARGE ? h->cfg->large_page_size : 0;
-    CUresult r = vrange_reserve(h->device, va, page, &s->vr);
-    if (r == CUDA_ERROR_INVALID_VALUE && page) /* not a multiple of this device's granularity */
-        r = vrange_reserve(h->device, va, 0, &s->vr);
+    CUresult r = vrange_reserve(h->device, va, 0, &s->vr);
     if (r != CUDA_SUCCESS)
         goto free_record;
     s->base = vrange_base(s->vr);
@@ -90,6 +87,7 @@ static size_t ready_span(const struct block *b, size_t *off)
 /* Where page moving takes its pages from: a walk over the ready free blocks of the heap's
  * expandable segments in address order, and the mapped run found last. */
 struct source {
+    size_t page_size; /* of the destination: pages move only between ranges of one size */
     struct segment *seg;
     struct block *blk;
     size_t pos, end; /* the rest of blk's span */
@@ -108,7 +106,8 @@ static bool source_next(const struct heap *h, struct source *src, size_t *off, s
             src->seg = src->seg ? src->seg->next : h->segments;
             if (!src->seg)
                 return false;
-            if (src->seg->kind != SEGMENT_EXPANDABLE)
+            if (src->seg->kind != SEGMENT_EXPANDABLE ||
+                vrange_page_size(src->seg->vr) != src->page_size)
                 continue;
             src->blk = src->seg->first;
         }
@@ -125,9 +124,9 @@ static bool source_next(const struct heap *h, struct source *src, size_t *off, s
 static size_t move_pages(struct heap *h, struct segment *dst, size_t first, size_t end,
                          size_t budget)
 {
-    struct source src = {0};
-    size_t moved = 0, soff = 0, slen = 0, dlen = 0;
     size_t ps = vrange_page_size(dst->vr);
+    struct source src = {.page_size = ps};
+    size_t moved = 0, soff = 0, slen = 0, dlen = 0;
     size_t d = vrange_next_run(dst->vr, first, end, false, &dlen);
     while (dlen && moved < budget) {
         if (!slen && !source_next(h, &src, &soff, &slen))

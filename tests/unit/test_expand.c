@@ -5,8 +5,8 @@
  * data intact through thousands of grow/shrink/move cycles, empty-cache down to what live
  * blocks need, the thresholds, and the choice by the device's VMM attribute.
  */
-/* 2 MiB pages in both pools: the figures below count pages of 2 MiB */
-#define HT_SEGMENTS "expandable_segments:true,large_page_mb:2"
+/* 2 MiB pages: the figures below count pages of 2 MiB */
+#define HT_SEGMENTS "expandable_segments:true,page_size_mb:2"
 #include "heaptest.h"
 
 static void setup(void)
@@ -320,7 +320,7 @@ Test(expand_env, auto_is_expandable_where_the_device_has_vmm)
     ht_alloc(FL_MiB * 3, NULL, HEAP_SYNC);
     cr_assert_eq(ht_calls("cuMemAddressReserve"), 1);
     cr_assert_eq(ht_calls("cuMemAlloc_v2"), 0);
-    /* large_page_mb's default: the large pool maps 8 MiB pages */
+    /* page_size_mb's default: 8 MiB pages */
     cr_assert_eq(ht_stats(0).mapped_bytes.current, 8 * FL_MiB);
 }
 
