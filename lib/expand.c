@@ -174,15 +174,20 @@ static void collect_before_mapping(struct heap *h, size_t need)
     }
 }
 
-bool expand_needs_pages(const struct block *b, size_t rounded)
+size_t expand_pages_needed(const struct block *b, size_t rounded)
 {
     const struct segment *s = b->seg;
     if (s->kind != SEGMENT_EXPANDABLE)
-        return false;
+        return 0;
     size_t ps = vrange_page_size(s->vr);
     size_t first = page_down(b->ptr - s->base, ps);
     size_t end = page_up(b->ptr - s->base + rounded, ps);
-    return vrange_mapped_in(s->vr, first, end - first) != end - first;
+    return end - first - vrange_mapped_in(s->vr, first, end - first);
+}
+
+bool expand_needs_pages(const struct block *b, size_t rounded)
+{
+    return expand_pages_needed(b, rounded) != 0;
 }
 
 CUresult expand_back(struct heap *h, struct block *b)

@@ -127,20 +127,17 @@ void heap_settle(struct heap *h)
 
 /* ---- allocation ----------------------------------------------------------------------- */
 
-/* Free blocks looked at for one that needs no new pages before a best fit that does. */
+/* Free blocks looked at for one that needs fewer new pages than a best fit that needs some. */
 #define FIT_MAPPED_LIMIT 16
-
-static bool fully_mapped(const struct block *b, size_t rounded)
-{
-    return !expand_needs_pages(b, rounded);
-}
 
 static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t rounded)
 {
     struct block *b = fi_best_fit(fi, rounded);
     if (b && h->expandable && expand_needs_pages(b, rounded)) {
-        struct block *mapped = fi_fit_where(fi, rounded, fully_mapped, FIT_MAPPED_LIMIT);
-        return mapped ? mapped : b;
+        struct block *cheaper = fi_fit_cheapest(fi, rounded, expand_pages_needed, FIT_MAPPED_LIMIT);
+        return cheaper && expand_pages_needed(cheaper, rounded) < expand_pages_needed(b, rounded)
+                   ? cheaper
+                   : b;
     }
     if (b && !size_block_fits(b->size, rounded, h->max_split))
         return NULL;

@@ -313,10 +313,10 @@ void fi_remove(struct freeindex *fi, struct block *b);
 /* A free block of at least `size` bytes, the smallest the index can find in O(1); NULL if
  * none. */
 struct block *fi_best_fit(const struct freeindex *fi, size_t size);
-/* The first block of at least `size` bytes for which ok() holds, in class order from the
- * size's own class up, looking at no more than `limit` blocks; NULL if none. */
-struct block *fi_fit_where(const struct freeindex *fi, size_t size,
-                           bool (*ok)(const struct block *b, size_t size), unsigned limit);
+/* Of the first `limit` blocks of at least `size` bytes in class order from the size's own
+ * class up, the one of least cost() (the first of cost 0 ends the look); NULL if none. */
+struct block *fi_fit_cheapest(const struct freeindex *fi, size_t size,
+                              size_t (*cost)(const struct block *b, size_t size), unsigned limit);
 /* Size of the largest block held (scans one class list). */
 size_t fi_largest(const struct freeindex *fi);
 /* Moves every block with free_seq <= seq onto the list *out (linked by lnext). */
@@ -413,8 +413,10 @@ CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t 
  * free_mapped_keep_mb), then new ones are created. On failure the mapping is as before except
  * for pages moved (which stay where they went). Lock held. */
 CUresult expand_back(struct heap *h, struct block *b);
-/* Whether serving `rounded` bytes from free block b would need new pages. */
+/* Whether serving `rounded` bytes from free block b would need new pages, and how many bytes
+ * of them. */
 bool expand_needs_pages(const struct block *b, size_t rounded);
+size_t expand_pages_needed(const struct block *b, size_t rounded);
 /* Unmaps and releases up to `want` bytes (SIZE_MAX: all, and the device's spare pages) of
  * pages lying wholly inside ready free blocks. Lock held. Returns the bytes released. */
 size_t expand_release(struct heap *h, size_t want);
