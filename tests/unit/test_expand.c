@@ -233,6 +233,19 @@ Test(expand, empty_cache_after_fragmentation_leaves_at_most_a_page_per_pool)
     cr_assert_eq(ht_audit(), 0);
 }
 
+Test(expand, the_walker_sees_a_live_block_not_wholly_mapped)
+{
+    CUdeviceptr a = ht_alloc(8 * FL_MiB, NULL, HEAP_SYNC);
+    struct segment *s = NULL;
+    cr_assert(segmap_find(a, NULL, &s));
+    cr_assert(heap_is_valid());
+    /* take a page from under the live block behind the heap's back */
+    cr_assert_eq(vrange_unmap(s->vr, a - s->base, 2 * FL_MiB, true), CUDA_SUCCESS);
+    cr_assert_not(heap_is_valid());
+    cr_assert_eq(vrange_map(s->vr, a - s->base, 2 * FL_MiB), CUDA_SUCCESS);
+    cr_assert(heap_is_valid());
+}
+
 TestSuite(expand_env, .timeout = 60);
 
 /* 8 blocks of 32 MiB, every other one freed, then 100 MiB: its pages moved or created. */
@@ -283,8 +296,7 @@ Test(expand_env, free_mapped_keep_mb_moves_what_the_cache_cannot_hold)
 
 Test(expand_env, release_threshold_keeps_at_most_that_much_cached)
 {
-    setenv("FRAGLESS_CONF", HT_SEGMENTS ",page_moving:false,release_threshold_mb:16",
-           1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",page_moving:false,release_threshold_mb:16", 1);
     ht_setup("1G");
     CUdeviceptr p[8];
     for (int i = 0; i < 8; i++)
@@ -305,7 +317,7 @@ Test(expand_env, garbage_collection_threshold_releases_before_mapping_past_it)
 {
     setenv("FRAGLESS_CONF",
            HT_SEGMENTS ",page_moving:false,"
-           "garbage_collection_threshold:0.3",
+                       "garbage_collection_threshold:0.3",
            1);
     ht_setup("1G");
     fragless_stats_t st = holes_then_big();
