@@ -57,7 +57,7 @@ void block_account(struct heap *h, const struct block *b, int sign)
     }
     if (block_is_inactive_active(h, b))
         stat_add(&h->st.active_bytes, size);
-    if (b->prev || b->next)
+    else if (b->prev || b->next) /* inactive and part of a split segment */
         stat_add(&h->st.inactive_split_bytes, size);
 }
 

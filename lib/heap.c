@@ -143,7 +143,7 @@ static bool add_segment(struct heap *h, struct segment *s)
     struct block *b = block_new(h);
     if (!b)
         return false;
-    if (!segmap_insert(s->base, s->size, h->device)) {
+    if (!segmap_insert(s, h->device)) {
         block_recycle(h, b);
         return false;
     }
@@ -381,7 +381,7 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     int device;
     foreign = foreign ? foreign : &ignored;
     *foreign = false;
-    struct heap *h = ptr && segmap_find(ptr, &device) ? heap_of(device, false) : NULL;
+    struct heap *h = ptr && segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
     if (!h) {
         *foreign = true;
         if (ptr)
@@ -410,26 +410,25 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
 
 /* ---- queries -------------------------------------------------------------------------- */
 
+/* The block holding ptr (lock held): the live map for a block's own address, else a walk of
+ * the segment the segment map names (valid while the lock is held). */
 static struct block *block_containing(struct heap *h, CUdeviceptr ptr)
 {
     struct block *b;
+    struct segment *s;
     HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
-    if (b)
+    if (b || !segmap_find(ptr, NULL, &s))
         return b;
-    for (struct segment *s = h->segments; s; s = s->next) {
-        if (ptr - s->base >= s->size)
-            continue;
-        for (b = s->first; b; b = b->next)
-            if (ptr - b->ptr < b->size)
-                return b;
-    }
+    for (b = s->first; b; b = b->next)
+        if (ptr - b->ptr < b->size)
+            return b;
     return NULL;
 }
 
 bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device)
 {
     int dev;
-    struct heap *h = segmap_find(ptr, &dev) ? heap_of(dev, false) : NULL;
+    struct heap *h = segmap_find(ptr, &dev, NULL) ? heap_of(dev, false) : NULL;
     if (!h)
         return false;
     pthread_mutex_lock(&h->lock);
@@ -480,6 +479,8 @@ int heap_get_stats(int device, fragless_stats_t *out)
     pthread_mutex_lock(&h->lock);
     stat_set(&h->st.largest_free_block_bytes, largest_free(h));
     fragless_stats_t snap = h->st;
+    /* the live map's table grows and shrinks on its own: counted at the snapshot */
+    snap.host_metadata_bytes.current += HASH_OVERHEAD(hh, h->live);
     pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();

@@ -55,15 +55,15 @@ static bool check_block(const struct heap *h, const struct block *b, struct tall
         t->free_in_index++;
         if (!global)
             t->active += b->size;
-        break;
+        else if (b->prev || b->next)
+            t->inactive_split += b->size;
+        return true;
     case BLOCK_SYNC_PENDING:
         t->pending++;
         t->pending_bytes += b->size;
         t->active += b->size;
-        break;
+        return true;
     }
-    if (b->prev || b->next)
-        t->inactive_split += b->size;
     return true;
 }
 

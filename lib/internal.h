@@ -337,9 +337,10 @@ CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **
 CUresult segment_destroy(struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
-bool segmap_insert(CUdeviceptr base, size_t size, int device);
+bool segmap_insert(struct segment *seg, int device);
 void segmap_remove(CUdeviceptr base);
-bool segmap_find(CUdeviceptr ptr, int *device);
+/* The device (and segment) of the segment holding ptr; either out-pointer may be NULL. */
+bool segmap_find(CUdeviceptr ptr, int *device, struct segment **seg);
 void segmap_atfork_prepare(void);
 void segmap_atfork_parent(void);
 void segmap_atfork_child(void);
@@ -407,8 +408,17 @@ int reuse_drop_idle(struct heap *h, CUevent *events, int max);
 bool heap_check(struct heap *h);
 
 /* ---- stats.c: level statistics and snapshots ---- */
-void stat_add(fragless_stat_t *s, int64_t delta);
-void stat_set(fragless_stat_t *s, uint64_t value);
+/* Level updates are on every allocation's path: inline. */
+static inline void stat_set(fragless_stat_t *s, uint64_t value)
+{
+    s->current = value;
+    if (value > s->peak)
+        s->peak = value;
+}
+static inline void stat_add(fragless_stat_t *s, int64_t delta)
+{
+    stat_set(s, s->current + (uint64_t)delta);
+}
 void stats_reset_peaks(fragless_stats_t *s);
 /* Copies src into out, at most out->size bytes; fills size/version/device. */
 int stats_copy_out(const fragless_stats_t *src, int device, fragless_stats_t *out);

@@ -17,6 +17,7 @@ struct segmap_entry {
     CUdeviceptr base;
     size_t size;
     int device;
+    struct segment *seg;
 };
 
 static pthread_rwlock_t segmap_lock = PTHREAD_RWLOCK_INITIALIZER;
@@ -48,7 +49,7 @@ static bool grow(void)
     return true;
 }
 
-bool segmap_insert(CUdeviceptr base, size_t size, int device)
+bool segmap_insert(struct segment *seg, int device)
 {
     bool ok = true;
     pthread_rwlock_wrlock(&segmap_lock);
@@ -56,9 +57,9 @@ bool segmap_insert(CUdeviceptr base, size_t size, int device)
         ok = false;
         goto unlock;
     }
-    size_t i = upper_bound(base);
+    size_t i = upper_bound(seg->base);
     memmove(&entries[i + 1], &entries[i], (nentries - i) * sizeof *entries);
-    entries[i] = (struct segmap_entry){base, size, device};
+    entries[i] = (struct segmap_entry){seg->base, seg->size, device, seg};
     nentries++;
 unlock:
     pthread_rwlock_unlock(&segmap_lock);
@@ -76,13 +77,16 @@ void segmap_remove(CUdeviceptr base)
     pthread_rwlock_unlock(&segmap_lock);
 }
 
-bool segmap_find(CUdeviceptr ptr, int *device)
+bool segmap_find(CUdeviceptr ptr, int *device, struct segment **seg)
 {
     bool found = false;
     pthread_rwlock_rdlock(&segmap_lock);
     size_t i = upper_bound(ptr);
     if (i > 0 && ptr - entries[i - 1].base < entries[i - 1].size) {
-        *device = entries[i - 1].device;
+        if (device)
+            *device = entries[i - 1].device;
+        if (seg)
+            *seg = entries[i - 1].seg;
         found = true;
     }
     pthread_rwlock_unlock(&segmap_lock);

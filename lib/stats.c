@@ -1,25 +1,12 @@
 /*
- * stats.c — the heap's statistics as numbers: level statistics (current and peak), resetting
- * peaks, and copying a snapshot out to a caller whose struct may be older (smaller) than ours.
+ * stats.c — the heap's statistics as numbers: resetting peaks, and copying a snapshot out to
+ * a caller whose struct may be older (smaller) than ours. (Level updates, stat_add/stat_set,
+ * are inline in internal.h.)
  * What the numbers mean is decided where they change (block.c, heap.c, reuse.c).
  */
 #include <string.h>
 
 #include "internal.h"
-
-void stat_add(fragless_stat_t *s, int64_t delta)
-{
-    s->current += (uint64_t)delta;
-    if (s->current > s->peak)
-        s->peak = s->current;
-}
-
-void stat_set(fragless_stat_t *s, uint64_t value)
-{
-    s->current = value;
-    if (value > s->peak)
-        s->peak = value;
-}
 
 void stats_reset_peaks(fragless_stats_t *s)
 {

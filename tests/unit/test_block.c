@@ -106,6 +106,7 @@ Test(block, pending_blocks_do_not_merge_until_released)
     give_back(a, NULL);
     cr_assert_eq(h.pending_bytes, 4096);
     cr_assert_eq(h.st.active_bytes.current, 8192);
+    cr_assert_eq(h.st.inactive_split_bytes.current, 2 * FL_MiB - 8192, "pending is active");
     give_back(b, &h.global[POOL_SMALL]);
     cr_assert_eq(seg.nblocks, 2);
     block_detach(&h, a);

@@ -3,6 +3,9 @@
  * device: caching, statistics, lookups, foreign pointers, empty-cache, the segment map, OOM
  * release-and-retry, and the steady state of a training-like loop making no driver calls.
  */
+#include <signal.h>
+#include <sys/wait.h>
+
 #include "heaptest.h"
 
 static void setup(void)
@@ -299,4 +302,48 @@ Test(heap, steady_training_loop_makes_no_driver_calls)
     cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
     ht_stream_destroy(s);
     cr_assert_eq(ht_audit(), 0);
+}
+
+static volatile int hammering;
+
+static void *hammer(void *arg)
+{
+    drv_ctx_set_current((CUcontext)arg);
+    while (hammering) {
+        CUdeviceptr p;
+        if (heap_alloc(0, 4096, NULL, HEAP_ASYNC, &p) == CUDA_SUCCESS)
+            heap_free(p, NULL, HEAP_ASYNC, NULL);
+    }
+    return NULL;
+}
+
+Test(heap, fork_leaves_the_child_usable_locks)
+{
+    pthread_atfork(heap_atfork_prepare, heap_atfork_parent, heap_atfork_child);
+    CUdeviceptr p = ht_alloc(10000, NULL, HEAP_SYNC);
+    CUcontext ctx;
+    cr_assert_eq(drv_ctx_get_current(&ctx), CUDA_SUCCESS);
+    hammering = 1;
+    pthread_t t;
+    pthread_create(&t, NULL, hammer, ctx);
+    for (int i = 0; i < 20; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            /* no CUDA in a forked child; only the heap's own state and locks */
+            fragless_stats_t s = {.size = sizeof s};
+            CUdeviceptr base = 0;
+            bool ok = heap_lookup(p + 1, &base, NULL, NULL) && base == p &&
+                      heap_get_stats(0, &s) == 0 && heap_is_valid();
+            _exit(ok ? 0 : 1);
+        }
+        int status = -1;
+        for (int waited = 0; waited < 500 && waitpid(pid, &status, WNOHANG) == 0; waited++)
+            usleep(10000);
+        if (status == -1)
+            kill(pid, SIGKILL), waitpid(pid, &status, 0);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d", i, status);
+    }
+    hammering = 0;
+    pthread_join(t, NULL);
+    ht_free(p, NULL, HEAP_SYNC);
 }
