@@ -4,7 +4,9 @@
  *   "init-fails"   run with FRAGLESS_EMU_FAIL=cuInit@1: fragless cannot initialize, so every
  *                  call reaches the real functions (which retry cuInit) and nothing is served;
  *   "oom"          run with a small FRAGLESS_EMU_MEM: an allocation larger than the device
- *                  fails with each API's out-of-memory error, and a small one still works;
+ *                  fails with each API's out-of-memory error, the runtime's calls leave
+ *                  cudaErrorMemoryAllocation as the runtime's last error (read once), fragless
+ *                  counts exactly those three, and a small allocation still works;
  *   "capture-query" cuStreamIsCapturing fails once: the stream-ordered call returns that
  *                  error (as the runtime's code) and the next one is served;
  *   "ctx-state"    cuDevicePrimaryCtxGetState fails once: fragless cannot tell the context
@@ -14,6 +16,7 @@
 #include "ip_prog.h"
 
 typedef int (*emu_fail_fn)(const char *);
+typedef size_t (*emu_used_fn)(int);
 
 static void arm(const char *spec)
 {
@@ -31,16 +34,34 @@ static void init_fails(void)
     CHECK(ip_stats(0, &s) == FRAGLESS_ENODEV, "fragless served nothing");
 }
 
+/* The runtime's last error is `e` (as cudaPeekAtLastError and once from cudaGetLastError),
+ * then cleared, as after the real runtime's failed call. */
+static void expect_last_error(cudaError_t e)
+{
+    CHECK(cudaPeekAtLastError() == e, "peek: %d, want %d", (int)cudaPeekAtLastError(), (int)e);
+    cudaError_t got = cudaGetLastError();
+    CHECK(got == e, "last error %d, want %d", (int)got, (int)e);
+    CHECK(cudaGetLastError() == cudaSuccess, "cleared by reading it");
+}
+
 static void oom(void)
 {
     const size_t huge = (size_t)1 << 30;
     void *p = NULL;
     CUdeviceptr d = 0;
+    emu_used_fn used = (emu_used_fn)dlsym(RTLD_DEFAULT, "fragless_emu_used");
+    CHECK(used != NULL, "fragless_emu_used");
+    CHECK(cudaGetLastError() == cudaSuccess, "no error yet");
+    size_t held = used(0);
     CHECK(cudaMalloc(&p, huge) == cudaErrorMemoryAllocation, "cudaMalloc OOM");
+    CHECK(used(0) == held, "the failed call holds nothing more: %zu -> %zu", held, used(0));
+    expect_last_error(cudaErrorMemoryAllocation);
     CHECK(cudaMallocAsync(&p, huge, 0) == cudaErrorMemoryAllocation, "cudaMallocAsync OOM");
+    expect_last_error(cudaErrorMemoryAllocation);
     CHECK(cuMemAlloc(&d, huge) == CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc OOM");
+    expect_last_error(cudaSuccess);
     fragless_stats_t s = ip_stats0();
-    CHECK(s.num_ooms >= 3, "num_ooms %llu", (unsigned long long)s.num_ooms);
+    CHECK(s.num_ooms == 3, "num_ooms %llu", (unsigned long long)s.num_ooms);
     CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "a small one still works");
     CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
 }
