@@ -345,8 +345,11 @@ void *drv_real_proc(const char *symbol, int cuda_version, cuuint64_t flags,
 CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
                               CUdriverProcAddressQueryResult *status)
 {
-    if (!drv_has(DRV_FEATURE_PROC_ADDRESS))
-        return drv_load() == CUDA_SUCCESS ? CUDA_ERROR_NOT_SUPPORTED : drv.result;
+    CUresult r = drv_load();
+    if (r != CUDA_SUCCESS)
+        return r;
+    if (!drv.has[DRV_FEATURE_PROC_ADDRESS])
+        return CUDA_ERROR_NOT_SUPPORTED;
     return proc_address(symbol, pfn, cuda_version, flags, status);
 }
 

@@ -47,3 +47,11 @@ Test(rules, a_default_run_prints_nothing)
     cr_assert(strstr(r.err, "lacks cuIpcGetMemHandle"), "verbose:2 names it: %s", r.err);
     tu_result_free(&r);
 }
+
+/* Rule 3: hooked calls made on the initializing thread while fragless initializes. */
+Test(rules, calls_during_the_first_initialization_return)
+{
+    struct tu_result r;
+    run_ok(&r, "rule_reentry", NULL, NULL);
+    tu_result_free(&r);
+}
