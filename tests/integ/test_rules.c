@@ -55,3 +55,11 @@ Test(rules, calls_during_the_first_initialization_return)
     run_ok(&r, "rule_reentry", NULL, NULL);
     tu_result_free(&r);
 }
+
+/* Rule 1 through the interposer: no reuse while work issued before the free may write. */
+Test(rules, no_reuse_while_earlier_work_may_write_the_block)
+{
+    struct tu_result r;
+    run_ok(&r, "rule_reuse", NULL, NULL);
+    tu_result_free(&r);
+}
