@@ -139,6 +139,12 @@ Test(interpose, eight_threads_allocating_during_first_initialization)
     run_prog("ip_threads", NULL, NULL);
 }
 
+Test(interpose, eight_threads_see_one_failed_initialization)
+{
+    run_expect("ip_threads", "init-fails", "FRAGLESS_EMU_FAIL=cuInit@1",
+               "cannot initialize the CUDA driver");
+}
+
 Test(interpose, fork_after_initialization)
 {
     struct tu_result r;

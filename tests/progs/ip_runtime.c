@@ -126,6 +126,9 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "alloc";
     if (strcmp(mode, "free-null-first") == 0) {
         CHECK(cudaFree(NULL) == cudaSuccess, "cudaFree(NULL) first");
+        CUcontext ctx = NULL;
+        CHECK(cuCtxGetCurrent(&ctx) == CUDA_SUCCESS && ctx,
+              "the real cudaFree(NULL) made the runtime's context current");
         alloc_and_free();
     } else if (strcmp(mode, "null-out") == 0) {
         null_out();
