@@ -410,8 +410,13 @@ static CUresult enter_stream_ctx(CUstream stream, struct ctx_guard *g)
 
 static void leave_stream_ctx(const struct ctx_guard *g)
 {
-    if (g->switched)
-        drv_ctx_set_current(g->prev);
+    if (!g->switched)
+        return;
+    CUresult r = drv_ctx_set_current(g->prev);
+    if (r != CUDA_SUCCESS)
+        log_error("cannot make the caller's context current again after a stream-ordered call "
+                  "(CUresult %d); the stream's context stays current",
+                  (int)r);
 }
 
 /* A stream-ordered allocation in the stream's context. *served is false when fragless leaves

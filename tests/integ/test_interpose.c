@@ -84,6 +84,12 @@ Test(interpose, out_of_memory_comes_back_as_each_apis_error)
     run_expect("ip_faults", "oom", "FRAGLESS_EMU_MEM=256M", "out of memory");
 }
 
+Test(interpose, stream_context_failures_return_their_error)
+{
+    run_expect("ip_faults", "stream-ctx", "FRAGLESS_EMU_DEVICES=2",
+               "cannot make the caller's context current again");
+}
+
 Test(interpose, stream_ordered_calls_use_the_streams_device)
 {
     run_expect("ip_devices", NULL, "FRAGLESS_EMU_DEVICES=2", NULL);
