@@ -108,12 +108,14 @@ static void cap_reap(struct cap_file *f);
 static void cap_sweep_one(const char *path)
 {
     struct cap_file *f;
+    struct stat st;
     bool live = false;
     int fd = open(path, O_RDWR | O_CLOEXEC);
 
     if (fd < 0)
         return;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0)
+    /* a file still being set up (or not ours) is too short to read: leave it */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof *f)
         goto close_fd;
     f = mmap(NULL, sizeof *f, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (f == MAP_FAILED)
