@@ -34,6 +34,10 @@ static struct heap *heap_create(int device)
     pthread_mutex_init(&h->lock, NULL);
     h->device = device;
     h->cfg = config_get();
+    if (h->cfg->expandable_segments == 1)
+        log_error("expandable_segments:true is not available yet; device %d uses classic "
+                  "(cuMemAlloc) segments",
+                  device);
     for (int k = 0; k < POOL_KINDS; k++)
         fi_init(&h->global[k]);
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *h);
@@ -294,12 +298,12 @@ static void count_foreign(void)
     pthread_mutex_unlock(&h->lock);
 }
 
-/* Where a freed block goes: its stream's pool (stream-ordered free on a stream shared by every
- * thread that names it), else the pending list. */
+/* Where a freed block goes: its stream's pool (stream-ordered frees), else the pending list
+ * (device-wide frees, or no pool to be had). */
 static void put_freed(struct heap *h, struct block *b, CUstream stream, enum heap_mode mode)
 {
     struct stream_pool *sp = NULL;
-    if (mode == HEAP_ASYNC && stream != CU_STREAM_PER_THREAD)
+    if (mode == HEAP_ASYNC)
         sp = reuse_stream_pool(h, stream, true);
     if (sp)
         block_release_to(h, b, &sp->index[b->seg->pool]);

@@ -349,7 +349,9 @@ void segmap_atfork_child(void);
 /* Free blocks of one stream, reusable on it at once and on other streams once `event`
  * (recorded after they were freed) has completed. */
 struct stream_pool {
-    CUstream stream;
+    CUstream stream;  /* the pool's key: the stream, or for a per-thread default stream its
+                         thread's token */
+    bool per_thread;  /* CU_STREAM_PER_THREAD of one thread: events only from that thread */
     struct freeindex index[POOL_KINDS];
     CUevent event;       /* NULL until first needed */
     uint64_t event_seq;  /* free_seq covered by the recorded event */
@@ -408,6 +410,7 @@ void block_unlive(struct heap *h, struct block *b);
 void block_detach(struct heap *h, struct block *b);
 
 /* ---- reuse.c: stream-ordered safety — stream pools, events, batched device sync ---- */
+/* The pool of frees on `stream` (CU_STREAM_PER_THREAD: the calling thread's own). */
 struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool create);
 /* Non-blocking: records/queries each stream pool's event; blocks whose event completed move
  * to the global index. Driver calls only when stream pools hold blocks. */

@@ -119,8 +119,8 @@ static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
     return bytes;
 }
 
-/* Releases cached segments of h (all, or the largest first until `want` bytes); lock not
- * held. Returns bytes released. */
+/* Releases cached segments of h (all, or the fewest, smallest idle ones covering `want`
+ * bytes); lock not held. Returns bytes released. */
 size_t release_free_segments(struct heap *h, size_t want)
 {
     struct segment *list = NULL;
@@ -149,6 +149,17 @@ static size_t gc_limit(struct heap *h)
     return limit;
 }
 
+/* A release by policy counts as an (automatic) empty-cache when it released anything. */
+static void count_automatic(struct heap *h, size_t released)
+{
+    if (!released)
+        return;
+    pthread_mutex_lock(&h->lock);
+    h->st.num_empty_cache++;
+    h->st.empty_cache_released_bytes += released;
+    pthread_mutex_unlock(&h->lock);
+}
+
 /* garbage_collection_threshold: growing by seg_size would take what is reserved past the
  * configured fraction of the device's memory, so first give back the excess from segments
  * that are one idle free block (counted as an automatic empty-cache). Lock not held. */
@@ -162,13 +173,7 @@ void release_before_growing(struct heap *h, size_t seg_size)
     pthread_mutex_unlock(&h->lock);
     if (reserved + seg_size <= limit)
         return;
-    size_t released = release_free_segments(h, reserved + seg_size - limit);
-    if (!released)
-        return;
-    pthread_mutex_lock(&h->lock);
-    h->st.num_empty_cache++;
-    h->st.empty_cache_released_bytes += released;
-    pthread_mutex_unlock(&h->lock);
+    count_automatic(h, release_free_segments(h, reserved + seg_size - limit));
 }
 
 /* release_threshold_mb: keeps at most that many cached (reserved, unallocated) bytes by giving
@@ -182,7 +187,7 @@ void release_to_threshold(struct heap *h)
     size_t cached = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
     pthread_mutex_unlock(&h->lock);
     if (cached > keep)
-        release_free_segments(h, cached - keep);
+        count_automatic(h, release_free_segments(h, cached - keep));
 }
 
 #define EMPTY_MAX_EVENTS 64
