@@ -509,6 +509,30 @@ bool vmm_spare_is_valid(int device, const CUmemGenericAllocationHandle *mapped, 
 
 /* ---- trace.c: allocation event recording (RMM CSV) -------------------------------------- */
 
+enum trace_action {
+    TRACE_ALLOCATE,         /* "allocate" (RMM) */
+    TRACE_FREE,             /* "free" (RMM); size = the allocation's requested size */
+    TRACE_ALLOCATE_FAILURE, /* "allocate failure" (RMM); pointer 0 */
+    TRACE_EMPTY_CACHE,      /* "empty cache" (extension); size = bytes released */
+};
+
+/* Whether events are being recorded (config `trace` set; read once). Callers use it to skip
+ * work only recording needs, e.g. looking up a freed block's size. */
+bool trace_enabled(void);
+/* Records one event of `device` (no-op when not recording). Thread-safe, no CUDA calls.
+ * Record a free before the block can be reused, an allocation after it succeeded. */
+void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size,
+                  CUstream stream);
+/* Starts recording to `path` (what config_get() does at first use; for tests and tools).
+ * Returns 0, or -1 if already recording or the path is empty or too long. */
+int trace_start(const char *path, bool extensions);
+/* Writes every buffered event out (files stay open). */
+void trace_flush(void);
+/* trace_flush(), after which each event is written at once (run at exit). */
+void trace_stop(void);
+/* `device`'s file name for `path`: "%p" -> pid, ".devN" before the extension. */
+int trace_device_path(const char *path, int device, char *out, size_t len);
+
 /* ---- shm.c and report.c: the stats page for fragstat, OOM and exit reports ------------- */
 
 /* shm.c: the process's stats page (include/fragless_shm.h) and the thread that keeps it. */
