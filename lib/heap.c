@@ -6,7 +6,7 @@
  * pools' completed frees → batched device sync → new segment → OOM: release what is cached
  * and retry once); frees (into the stream's pool for stream-ordered frees, onto the pending
  * list for cudaFree/cuMemFree); lookups, empty-cache, the segment map for fragstat, the
- * invariant walker and fork handlers.
+ * invariant walker and fork handlers. Giving memory back is release.c's.
  *
  * Locking: a mutex per heap, never held across a driver call that can block or allocate
  * (cuMemAlloc, cuMemFree, cuCtxSynchronize); event record/query, which return at once, are
@@ -34,6 +34,10 @@ static struct heap *heap_create(int device)
     pthread_mutex_init(&h->lock, NULL);
     h->device = device;
     h->cfg = config_get();
+    if (h->cfg->expandable_segments == 1)
+        log_error("expandable_segments:true is not available yet; device %d uses classic "
+                  "(cuMemAlloc) segments",
+                  device);
     for (int k = 0; k < POOL_KINDS; k++)
         fi_init(&h->global[k]);
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *h);
@@ -58,6 +62,11 @@ static struct heap *heap_of(int device, bool create)
     return h;
 }
 
+struct heap *heap_find(int device)
+{
+    return heap_of(device, false);
+}
+
 /* FRAGLESS_CHECK set (and not "0"): check every invariant after every operation. */
 static bool check_enabled(void)
 {
@@ -79,8 +88,13 @@ static void check(void)
     }
 }
 
+void heap_check_if_enabled(void)
+{
+    check();
+}
+
 /* Brings the derived level up to date; end of every operation, lock held. */
-static void settle(struct heap *h)
+void heap_settle(struct heap *h)
 {
     stat_set(&h->st.reserved_unallocated_bytes,
              h->st.reserved_bytes.current - h->st.allocated_bytes.current);
@@ -116,7 +130,7 @@ static CUdeviceptr serve(struct heap *h, struct block *b, size_t rounded, size_t
     block_take(h, b, rounded, size);
     HASH_ADD(hh, h->live, ptr, sizeof b->ptr, b);
     h->st.num_allocs++;
-    settle(h);
+    heap_settle(h);
     return b->ptr;
 }
 
@@ -138,7 +152,7 @@ static struct block *cached_block(struct heap *h, size_t rounded, CUstream strea
 }
 
 /* Makes new segment s part of the heap with one free block; false if out of host memory. */
-static bool add_segment(struct heap *h, struct segment *s)
+bool heap_add_segment(struct heap *h, struct segment *s)
 {
     struct block *b = block_new(h);
     if (!b)
@@ -165,88 +179,6 @@ static bool add_segment(struct heap *h, struct segment *s)
     return true;
 }
 
-/* Takes every segment without a live block out of the heap onto *out; the caller destroys
- * them after dropping the lock. */
-static void take_free_segments(struct heap *h, struct segment **out)
-{
-    struct segment *s = h->segments;
-    while (s) {
-        struct segment *next = s->next;
-        if (s->nlive == 0) {
-            for (struct block *b = s->first, *bn; b; b = bn) {
-                bn = b->next;
-                block_detach(h, b);
-                block_recycle(h, b);
-            }
-            segmap_remove(s->base);
-            if (s->prev)
-                s->prev->next = s->next;
-            else
-                h->segments = s->next;
-            if (s->next)
-                s->next->prev = s->prev;
-            stat_add(&h->st.reserved_bytes, -(int64_t)s->size);
-            stat_add(&h->st.segments, -1);
-            stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
-            h->st.num_device_free++;
-            s->next = *out;
-            *out = s;
-        }
-        s = next;
-    }
-    settle(h);
-}
-
-/* Puts back a segment the driver refused to free; lock not held. */
-static void readd_segment(struct heap *h, struct segment *s)
-{
-    pthread_mutex_lock(&h->lock);
-    *s = (struct segment){.base = s->base, .size = s->size, .kind = s->kind, .pool = s->pool};
-    if (add_segment(h, s)) {
-        h->st.num_device_alloc--;
-        h->st.num_device_free--;
-        s = NULL;
-    }
-    settle(h);
-    pthread_mutex_unlock(&h->lock);
-    if (s)
-        log_error("segment %#llx lost: no host memory to keep its record",
-                  (unsigned long long)s->base);
-}
-
-/* Returns taken segments to the driver; lock not held. A segment the driver will not free
- * goes back into the heap as cached memory (its error in *err). Returns the bytes released. */
-static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
-{
-    size_t bytes = 0;
-    while (s) {
-        struct segment *next = s->next;
-        CUresult r = segment_destroy(s);
-        if (r == CUDA_SUCCESS) {
-            bytes += s->size;
-            free(s);
-        } else {
-            if (err && *err == CUDA_SUCCESS)
-                *err = r;
-            log_error("cuMemFree of segment %#llx failed (%d); keeping it cached",
-                      (unsigned long long)s->base, (int)r);
-            readd_segment(h, s);
-        }
-        s = next;
-    }
-    return bytes;
-}
-
-/* Releases cached segments of h; lock not held. Returns bytes released. */
-static size_t release_free_segments(struct heap *h)
-{
-    struct segment *list = NULL;
-    pthread_mutex_lock(&h->lock);
-    take_free_segments(h, &list);
-    pthread_mutex_unlock(&h->lock);
-    return destroy_segments(h, list, NULL);
-}
-
 static double mib(uint64_t bytes)
 {
     return (double)bytes / (double)FL_MiB;
@@ -269,7 +201,7 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     pthread_mutex_lock(&h->lock);
     h->st.num_alloc_retries++;
     pthread_mutex_unlock(&h->lock);
-    release_free_segments(h);
+    release_free_segments(h, SIZE_MAX);
     CUresult r =
         segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), seg);
     if (r != CUDA_ERROR_OUT_OF_MEMORY)
@@ -296,8 +228,9 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
 {
     struct segment *s = NULL;
     CUdeviceptr ptr = 0;
-    CUresult r =
-        segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), &s);
+    size_t seg_size = size_segment(rounded, h->cfg->max_split_size);
+    release_before_growing(h, seg_size);
+    CUresult r = segment_create(seg_size, size_pool(rounded), &s);
     if (r == CUDA_ERROR_OUT_OF_MEMORY)
         r = recover(h, rounded, size, stream, mode, &s, &ptr);
     if (r != CUDA_SUCCESS)
@@ -307,7 +240,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
         return CUDA_SUCCESS;
     }
     pthread_mutex_lock(&h->lock);
-    if (!add_segment(h, s)) {
+    if (!heap_add_segment(h, s)) {
         pthread_mutex_unlock(&h->lock);
         log_error("out of host memory for a segment record");
         if (segment_destroy(s) == CUDA_SUCCESS)
@@ -317,6 +250,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
     h->st.num_cache_misses++;
     *out = serve(h, s->first, rounded, size);
     pthread_mutex_unlock(&h->lock);
+    release_to_threshold(h);
     return CUDA_SUCCESS;
 }
 
@@ -343,6 +277,8 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     pthread_mutex_unlock(&h->lock);
     CUresult r = b ? CUDA_SUCCESS : alloc_segment(h, rounded, size, stream, mode, out);
     check();
+    if (FL_UNLIKELY(r == CUDA_ERROR_OUT_OF_MEMORY))
+        report_oom(device, size);
     return r;
 }
 
@@ -362,12 +298,12 @@ static void count_foreign(void)
     pthread_mutex_unlock(&h->lock);
 }
 
-/* Where a freed block goes: its stream's pool (stream-ordered free on a stream shared by every
- * thread that names it), else the pending list. */
+/* Where a freed block goes: its stream's pool (stream-ordered frees), else the pending list
+ * (device-wide frees, or no pool to be had). */
 static void put_freed(struct heap *h, struct block *b, CUstream stream, enum heap_mode mode)
 {
     struct stream_pool *sp = NULL;
-    if (mode == HEAP_ASYNC && stream != CU_STREAM_PER_THREAD)
+    if (mode == HEAP_ASYNC)
         sp = reuse_stream_pool(h, stream, true);
     if (sp)
         block_release_to(h, b, &sp->index[b->seg->pool]);
@@ -402,8 +338,9 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     b->free_seq = ++h->free_seq;
     put_freed(h, b, stream, mode);
     h->st.num_frees++;
-    settle(h);
+    heap_settle(h);
     pthread_mutex_unlock(&h->lock);
+    release_to_threshold(h);
     check();
     return CUDA_SUCCESS;
 }
@@ -500,66 +437,6 @@ int heap_reset_peaks(int device)
         pthread_mutex_unlock(&h->lock);
     }
     return FRAGLESS_OK;
-}
-
-/* ---- empty cache ---------------------------------------------------------------------- */
-
-#define EMPTY_MAX_EVENTS 64
-
-/* Releases h's cached segments and idle events with the device's primary context current
- * (any thread may ask), restoring the caller's context after. */
-static CUresult empty_one(struct heap *h, size_t *released)
-{
-    CUcontext prev = NULL, primary = NULL;
-    CUevent events[EMPTY_MAX_EVENTS];
-    CUresult r = drv_primary_ctx_retain(&primary, (CUdevice)h->device);
-    if (r != CUDA_SUCCESS)
-        return r;
-    r = drv_ctx_get_current(&prev);
-    if (r != CUDA_SUCCESS)
-        goto release_primary;
-    r = drv_ctx_set_current(primary);
-    if (r != CUDA_SUCCESS)
-        goto release_primary;
-
-    struct segment *list = NULL;
-    pthread_mutex_lock(&h->lock);
-    take_free_segments(h, &list);
-    int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
-    pthread_mutex_unlock(&h->lock);
-    size_t bytes = destroy_segments(h, list, &r);
-    pthread_mutex_lock(&h->lock);
-    h->st.num_empty_cache++;
-    h->st.empty_cache_released_bytes += bytes;
-    pthread_mutex_unlock(&h->lock);
-    for (int i = 0; i < nevents; i++)
-        drv_event_destroy(events[i]);
-    *released += bytes;
-
-    drv_ctx_set_current(prev);
-release_primary:
-    drv_primary_ctx_release((CUdevice)h->device);
-    return r;
-}
-
-CUresult heap_empty_cache(int device, size_t *released)
-{
-    size_t bytes = 0;
-    CUresult r = CUDA_SUCCESS;
-    if (device != -1 && !device_in_range(device))
-        return CUDA_ERROR_INVALID_DEVICE;
-    for (int d = 0; d < FL_MAX_DEVICES; d++) {
-        struct heap *h = heap_of(d, false);
-        if (!h || (device != -1 && d != device))
-            continue;
-        CUresult rd = empty_one(h, &bytes);
-        if (rd != CUDA_SUCCESS && r == CUDA_SUCCESS)
-            r = rd;
-    }
-    if (released)
-        *released = bytes;
-    check();
-    return r;
 }
 
 /* ---- fragstat's map ------------------------------------------------------------------- */

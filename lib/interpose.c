@@ -93,9 +93,10 @@ static bool passthrough(void)
 /* True when this call is fragless's to serve; false sends it to the real function. */
 static bool serving(void)
 {
-    if (in_init || in_real_runtime || passthrough())
+    if (in_init || in_real_runtime || passthrough() || init_once() != CUDA_SUCCESS)
         return false;
-    return init_once() == CUDA_SUCCESS;
+    shm_ensure();
+    return true;
 }
 
 /* The runtime reports the driver's errors under the same numbers (CUDA 10.1 and later). */
@@ -369,12 +370,34 @@ static CUresult refuse_ipc(void)
     return CUDA_ERROR_NOT_SUPPORTED;
 }
 
+/* heap_alloc and heap_free, with the event recorded when FRAGLESS_CONF has trace:PATH
+ * (trace.c): a free before the block can be reused, an allocation once it is made. */
+static CUresult traced_alloc(int dev, size_t size, CUstream stream, enum heap_mode mode,
+                             CUdeviceptr *out)
+{
+    CUresult r = heap_alloc(dev, size, stream, mode, out);
+    if (FL_UNLIKELY(trace_enabled()))
+        trace_record(dev, r == CUDA_SUCCESS ? TRACE_ALLOCATE : TRACE_ALLOCATE_FAILURE,
+                     r == CUDA_SUCCESS ? *out : 0, size, stream);
+    return r;
+}
+
+static CUresult traced_free(CUdeviceptr p, CUstream stream, enum heap_mode mode, bool *foreign)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    int dev = 0;
+    if (FL_UNLIKELY(trace_enabled()) && heap_lookup(p, &base, &size, &dev) && base == p)
+        trace_record(dev, TRACE_FREE, p, size, stream);
+    return heap_free(p, stream, mode, foreign);
+}
+
 /* Allocates through the heap on `dev`, remembering that fragless used the device. */
 static CUresult serve_alloc(int dev, size_t size, CUstream stream, enum heap_mode mode,
                             CUdeviceptr *out)
 {
     api_note_device(dev);
-    return heap_alloc(dev, size, stream, mode, out);
+    return traced_alloc(dev, size, stream, mode, out);
 }
 
 /* The legacy and per-thread default streams run in the calling thread's current context. */
@@ -451,7 +474,7 @@ static CUresult stream_free(CUdeviceptr p, CUstream stream, bool *foreign)
     CUresult r = enter_stream_ctx(stream, &g);
     if (r != CUDA_SUCCESS)
         return r;
-    r = heap_free(p, stream, HEAP_ASYNC, foreign);
+    r = traced_free(p, stream, HEAP_ASYNC, foreign);
     leave_stream_ctx(&g);
     return r;
 }
@@ -477,7 +500,7 @@ FL_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     if (!serving() || !dptr)
         return drv_mem_free(dptr);
     bool foreign = false;
-    CUresult r = heap_free(dptr, NULL, HEAP_SYNC, &foreign);
+    CUresult r = traced_free(dptr, NULL, HEAP_SYNC, &foreign);
     return foreign ? drv_mem_free(dptr) : r;
 }
 
@@ -639,7 +662,7 @@ FL_EXPORT cudaError_t cudaFree(void *dev_ptr)
     if (!dev_ptr || !serving())
         return real_free(dev_ptr);
     bool foreign = false;
-    CUresult r = heap_free((CUdeviceptr)(uintptr_t)dev_ptr, NULL, HEAP_SYNC, &foreign);
+    CUresult r = traced_free((CUdeviceptr)(uintptr_t)dev_ptr, NULL, HEAP_SYNC, &foreign);
     return foreign ? real_free(dev_ptr) : rt_error(r);
 }
 

@@ -3,11 +3,13 @@
  * again.
  *
  * Owns: the stream pools (blocks freed by a stream-ordered free, reusable on that stream at
- * once), their events (one per stream, recorded lazily — only when another stream wants the
- * memory — and polled, never waited on), and the batched device synchronization that makes
- * blocks freed by cudaFree/cuMemFree reusable: one cuCtxSynchronize covers every block freed
- * before it began, and it is done only when it pays. Called with the heap's lock held.
+ * once; a per-thread default stream's pool belongs to its thread), their events (one per stream,
+ * recorded lazily — only when another stream wants the memory — and polled, never waited on), and
+ * the batched device synchronization that makes blocks freed by cudaFree/cuMemFree reusable: one
+ * cuCtxSynchronize covers every block freed before it began, and it is done only when it pays.
+ * Called with the heap's lock held.
  */
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -20,10 +22,51 @@
  * but held 0–14 % more at the peak in bench/workloads' traces replayed with plain frees.) */
 #define REUSE_SYNC_BATCH  (64 * FL_MiB)
 
+/* Per-thread default streams: one pool per thread, keyed by the address of a thread-local
+ * token; when the thread exits, its pools' blocks wait for a device sync (a later thread may
+ * get the same token, and the dead thread's stream may still be working). */
+static _Thread_local char thread_token;
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+static void retire(struct heap *h, int i);
+
+static void on_thread_exit(void *token)
+{
+    for (int d = 0; d < FL_MAX_DEVICES; d++) {
+        struct heap *h = heap_find(d);
+        if (!h)
+            continue;
+        pthread_mutex_lock(&h->lock);
+        for (int i = 0; i < h->nstreams; i++)
+            if (h->streams[i]->stream == (CUstream)token)
+                retire(h, i--);
+        heap_settle(h);
+        pthread_mutex_unlock(&h->lock);
+    }
+}
+
+static void exit_key_create(void)
+{
+    pthread_key_create(&exit_key, on_thread_exit);
+}
+
+/* The key of stream's pool for the calling thread. */
+static CUstream pool_key(CUstream stream)
+{
+    if (stream != CU_STREAM_PER_THREAD)
+        return stream;
+    pthread_once(&exit_once, exit_key_create);
+    if (!pthread_getspecific(exit_key))
+        pthread_setspecific(exit_key, &thread_token);
+    return (CUstream)&thread_token;
+}
+
 struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool create)
 {
+    CUstream key = pool_key(stream);
     for (int i = 0; i < h->nstreams; i++)
-        if (h->streams[i]->stream == stream)
+        if (h->streams[i]->stream == key)
             return h->streams[i];
     if (!create || h->nstreams == REUSE_MAX_STREAMS)
         return NULL;
@@ -40,7 +83,8 @@ struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool crea
     if (!sp)
         return NULL;
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *sp);
-    sp->stream = stream;
+    sp->stream = key;
+    sp->per_thread = stream == CU_STREAM_PER_THREAD;
     for (int k = 0; k < POOL_KINDS; k++)
         fi_init(&sp->index[k]);
     h->streams[h->nstreams++] = sp;
@@ -81,7 +125,8 @@ static bool record(struct stream_pool *sp, uint64_t seq)
         sp->event = NULL;
         return false;
     }
-    if (drv_event_record(sp->event, sp->stream) != CUDA_SUCCESS)
+    if (drv_event_record(sp->event, sp->per_thread ? CU_STREAM_PER_THREAD : sp->stream) !=
+        CUDA_SUCCESS)
         return false;
     sp->event_seq = seq;
     sp->event_pending = true;
@@ -120,7 +165,9 @@ void reuse_collect(struct heap *h)
 {
     for (int i = 0; i < h->nstreams; i++) {
         struct stream_pool *sp = h->streams[i];
-        if (pool_is_empty(sp))
+        /* another thread's per-thread stream cannot be named from here */
+        bool foreign = sp->per_thread && sp->stream != (CUstream)&thread_token;
+        if (pool_is_empty(sp) || (foreign && !sp->event_pending))
             continue;
         bool ok = sp->event_pending || record(sp, h->free_seq);
         if (ok && sp->event_pending)

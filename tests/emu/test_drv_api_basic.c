@@ -141,6 +141,11 @@ Test(drv_api_mem, bad_arguments, .init = setup, .fini = teardown)
     cr_expect_eq(cuMemAlloc(NULL, 4096), CUDA_ERROR_INVALID_VALUE);
     cr_expect_eq(cuMemFree((CUdeviceptr)(uintptr_t)&local), CUDA_ERROR_INVALID_VALUE);
     cr_expect_eq(cuMemAlloc(&p, (size_t)1 << 62), CUDA_ERROR_OUT_OF_MEMORY);
+    CK(cuMemAlloc(&p, 4096));
+    cr_expect_eq(cuMemsetD32(p, 0, (size_t)1 << 62), CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(cuMemsetD32(p + 2, 0, 4), CUDA_ERROR_INVALID_VALUE, "misaligned");
+    cr_expect_eq(cuMemcpyHtoD(p + 4000, &local, 4096), CUDA_ERROR_INVALID_VALUE, "past the end");
+    CK(cuMemFree(p));
 }
 
 Test(drv_api_mem, pointer_attributes, .init = setup, .fini = teardown)

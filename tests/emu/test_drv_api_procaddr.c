@@ -48,6 +48,24 @@ Test(drv_api_procaddr, versioned_names)
     cr_expect_eq(fn, sym("cuGetProcAddress_v2"));
 }
 
+Test(drv_api_procaddr, newest_variant_the_version_allows)
+{
+    void *fn = NULL;
+
+    CK(cuGetProcAddress("cuStreamGetCaptureInfo", &fn, 10010, 0, NULL));
+    cr_expect_eq(fn, sym("cuStreamGetCaptureInfo"));
+    CK(cuGetProcAddress("cuStreamGetCaptureInfo", &fn, 11030, 0, NULL));
+    cr_expect_eq(fn, sym("cuStreamGetCaptureInfo_v2"));
+    CK(cuGetProcAddress("cuStreamGetCaptureInfo", &fn, 13000, 0, NULL));
+    cr_expect_eq(fn, sym("cuStreamGetCaptureInfo_v3"));
+    CK(cuGetProcAddress("cuEventElapsedTime", &fn, 12000, 0, NULL));
+    cr_expect_eq(fn, sym("cuEventElapsedTime"));
+    CK(cuGetProcAddress("cuEventElapsedTime", &fn, 12080, 0, NULL));
+    cr_expect_eq(fn, sym("cuEventElapsedTime_v2"));
+    CK(cuGetProcAddress("cuDeviceGetUuid", &fn, 11040, 0, NULL));
+    cr_expect_eq(fn, sym("cuDeviceGetUuid_v2"));
+}
+
 Test(drv_api_procaddr, per_thread_default_stream)
 {
     void *fn = NULL;

@@ -130,12 +130,18 @@ Test(drv_api_vmm, retain_allocation_handle)
 
 Test(drv_api_vmm, argument_checks)
 {
-    CUdeviceptr a = reserve(4 * gran);
+    CUdeviceptr a = reserve(4 * gran), bad_va;
     CUmemGenericAllocationHandle h = create(2 * gran), bad;
 
     cr_expect_eq(cuMemCreate(&bad, gran + 4096, &prop, 0), CUDA_ERROR_INVALID_VALUE,
                  "size not a multiple of the granularity");
     cr_expect_eq(cuMemCreate(&bad, 0, &prop, 0), CUDA_ERROR_INVALID_VALUE);
+    cr_expect_eq(cuMemCreate(&bad, (size_t)1 << 62, &prop, 0), CUDA_ERROR_OUT_OF_MEMORY);
+    cr_expect_eq(cuMemAddressReserve(&bad_va, gran, 3 * gran, 0, 0), CUDA_ERROR_INVALID_VALUE,
+                 "alignment not a power of two");
+    cr_expect_eq(cuMemAddressReserve(&bad_va, 4097, 0, 0, 0), CUDA_ERROR_INVALID_VALUE,
+                 "size not a multiple of the page size");
+    cr_expect_neq(cuMemAddressReserve(&bad_va, (size_t)1 << 62, 0, 0, 0), CUDA_SUCCESS);
     cr_expect_eq(cuMemMap(a + 4096, 2 * gran, 0, h, 0), CUDA_ERROR_INVALID_VALUE,
                  "misaligned address");
     cr_expect_eq(cuMemMap(a, gran + 4096, 0, h, 0), CUDA_ERROR_INVALID_VALUE, "misaligned size");

@@ -6,7 +6,12 @@
  */
 #include <criterion/criterion.h>
 #include <cuda.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -187,4 +192,50 @@ Test(drv_emu_capacity, vmm_can_be_switched_off)
     CK(cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0));
     cr_expect_eq(vmm, 0);
     cr_expect_eq(cuMemCreate(&h, 2 * MIB, &prop, 0), CUDA_ERROR_NOT_SUPPORTED);
+}
+
+/* Bytes of host memory the device's physical memory (the memfd named after it) holds. */
+static size_t device_memory_held(void)
+{
+    char link[256], path[300];
+    struct dirent *e;
+    struct stat st;
+    size_t held = 0;
+    DIR *d = opendir("/proc/self/fd");
+
+    cr_assert_not_null(d);
+    while ((e = readdir(d))) {
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0)
+            continue;
+        link[n] = '\0';
+        if (strstr(link, "memfd:fragless-emu-dev0") && stat(path, &st) == 0)
+            held += (size_t)st.st_blocks * 512;
+    }
+    closedir(d);
+    return held;
+}
+
+Test(drv_emu_capacity, released_physical_memory_goes_back)
+{
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}};
+    CUmemAccessDesc rw = {.location = prop.location, .flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    CUmemGenericAllocationHandle h;
+    CUdeviceptr va;
+
+    init_ctx(0);
+    CK(cuMemAddressReserve(&va, 64 * MIB, 0, 0, 0));
+    CK(cuMemCreate(&h, 64 * MIB, &prop, 0));
+    CK(cuMemMap(va, 64 * MIB, 0, h, 0));
+    CK(cuMemSetAccess(va, 64 * MIB, &rw, 1));
+    cr_expect_lt(device_memory_held(), MIB, "nothing committed before it is touched");
+    memset((void *)(uintptr_t)va, 1, 64 * MIB);
+    cr_expect_geq(device_memory_held(), 64 * MIB);
+    CK(cuMemRelease(h));
+    cr_expect_geq(device_memory_held(), 64 * MIB, "still mapped");
+    CK(cuMemUnmap(va, 64 * MIB));
+    cr_expect_lt(device_memory_held(), MIB);
+    CK(cuMemAddressFree(va, 64 * MIB));
 }

@@ -198,6 +198,7 @@ Test(drv_emu_time, captured_work_does_not_run)
     CUstream s;
     CUgraph g;
     CUstreamCaptureStatus st;
+    cuuint64_t id = 0;
     CUdeviceptr p;
 
     CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
@@ -206,6 +207,12 @@ Test(drv_emu_time, captured_work_does_not_run)
     CK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL));
     CK(cuStreamIsCapturing(s, &st));
     cr_expect_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    CK(cuStreamGetCaptureInfo(s, &st, &id, NULL, NULL, NULL, NULL));
+    cr_expect_eq(st, CU_STREAM_CAPTURE_STATUS_ACTIVE);
+    cr_expect_gt(id, 0);
+    cr_expect_eq(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_ERROR_ILLEGAL_STATE);
+    cr_expect_eq(cuStreamBeginCapture(NULL, CU_STREAM_CAPTURE_MODE_GLOBAL),
+                 CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "not the legacy stream");
     CK(fragless_emu_stream_fill(s, p, 3, 4096, WORK_US));
     cr_expect_eq(cuStreamSynchronize(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
     CK(cuStreamEndCapture(s, &g));

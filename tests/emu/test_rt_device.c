@@ -7,6 +7,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,8 +186,9 @@ Test(rt_device, peer_access)
     cr_assert_eq(can, direct);
     cr_assert_eq(cudaDeviceCanAccessPeer(&can, 0, 7), cudaErrorInvalidDevice);
     cr_assert_eq(cudaDeviceEnablePeerAccess(1, 1), cudaErrorInvalidValue);
-    if (!can)
-        return;
+    cr_assert_eq(cudaDeviceEnablePeerAccess(0, 0), cudaErrorInvalidDevice, "itself");
+    cr_assert_eq(cudaDeviceEnablePeerAccess(5, 0), cudaErrorInvalidDevice, "no such device");
+    cr_assert_eq(can, 1, "two emulated devices can access each other");
     cr_assert_eq(cudaDeviceEnablePeerAccess(1, 0), cudaSuccess);
     cr_assert_eq(cudaDeviceEnablePeerAccess(1, 0), cudaErrorPeerAccessAlreadyEnabled);
     cr_assert_eq(cudaGetLastError(), cudaErrorPeerAccessAlreadyEnabled);
@@ -333,4 +335,40 @@ Test(rt_device, a_child_forked_after_initialization_gets_initialization_errors)
     cr_assert_eq(waitpid(pid, &st, 0), pid);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's runtime calls must fail");
     cr_assert_eq(cudaFree(p), cudaSuccess, "the parent is unaffected");
+}
+
+static atomic_bool stop_spinning;
+
+static void *spin_on_device_count(void *arg)
+{
+    int n;
+    (void)arg;
+    while (!atomic_load(&stop_spinning))
+        cudaGetDeviceCount(&n);
+    return NULL;
+}
+
+#define FORKS 200
+
+Test(rt_device, fork_while_another_thread_is_in_the_runtime)
+{
+    int n;
+    pthread_t t;
+    cr_assert_eq(cudaGetDeviceCount(&n), cudaSuccess);
+    pthread_create(&t, NULL, spin_on_device_count, NULL);
+    int hung = 0;
+    for (int i = 0; i < FORKS; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm(5);
+            cudaGetDeviceCount(&n);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        hung += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    atomic_store(&stop_spinning, true);
+    pthread_join(t, NULL);
+    cr_assert_eq(hung, 0, "%d of %d children hung in the runtime", hung, FORKS);
 }

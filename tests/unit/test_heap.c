@@ -208,6 +208,11 @@ Test(heap, segment_info_maps_what_is_allocated)
     cr_assert_str_eq(info[0].map,
                      "################################################................");
     cr_assert_eq(heap_segment_info(0, NULL, 0), 1);
+    /* a 512 B block alone in the last 32 KiB slice: partly allocated */
+    ht_alloc(512, NULL, HEAP_SYNC);
+    cr_assert_eq(heap_segment_info(0, info, 4), 1);
+    cr_assert_eq(info[0].map[48], '+');
+    cr_assert_eq(info[0].map[49], '.');
     cr_assert_eq(heap_segment_info(3, info, 4), 0);
 }
 
@@ -346,4 +351,97 @@ Test(heap, fork_leaves_the_child_usable_locks)
     hammering = 0;
     pthread_join(t, NULL);
     ht_free(p, NULL, HEAP_SYNC);
+}
+
+/* 100 MiB freed on s and idle, then 120 MiB asked for on t: the idle segment cannot serve it. */
+static fragless_stats_t grow_past_idle_segment(void)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    CUdeviceptr a = ht_alloc(100 * FL_MiB, s, HEAP_ASYNC);
+    ht_free(a, s, HEAP_ASYNC);
+    CUdeviceptr b = ht_alloc(120 * FL_MiB, t, HEAP_ASYNC);
+    fragless_stats_t st = ht_stats(0);
+    ht_free(b, t, HEAP_ASYNC);
+    return st;
+}
+
+Test(heap_env, garbage_collection_threshold_releases_idle_segments_before_growing)
+{
+    setenv("FRAGLESS_CONF", "garbage_collection_threshold:0.5", 1);
+    ht_setup("256M");
+    fragless_stats_t st = grow_past_idle_segment();
+    cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "128 MiB limit kept");
+    cr_assert_eq(st.num_empty_cache, 1);
+    cr_assert_eq(st.empty_cache_released_bytes, 100 * FL_MiB);
+    cr_assert_eq(st.num_device_free, 1);
+    cr_assert_eq(st.num_alloc_retries, 0, "no OOM was needed");
+}
+
+Test(heap_env, without_a_threshold_the_cache_is_kept)
+{
+    ht_setup("256M");
+    fragless_stats_t st = grow_past_idle_segment();
+    cr_assert_eq(st.reserved_bytes.current, 220 * FL_MiB);
+    cr_assert_eq(st.num_empty_cache, 0);
+    cr_assert_eq(st.num_device_free, 0);
+}
+
+Test(heap_env, release_threshold_gives_back_idle_cache)
+{
+    setenv("FRAGLESS_CONF", "release_threshold_mb:16", 1);
+    ht_setup("1G");
+    fragless_stats_t st = grow_past_idle_segment();
+    cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "the idle 100 MiB went back");
+    cr_assert_eq(st.num_device_free, 1);
+    cr_assert_eq(st.num_empty_cache, 1);
+    cr_assert_eq(st.empty_cache_released_bytes, 100 * FL_MiB);
+    /* what is freed but not yet idle (b, on t's pool) stays until it is */
+    cr_assert_eq(ht_stats(0).reserved_bytes.current, 120 * FL_MiB);
+}
+
+Test(heap_env, roundup_power2_divisions_from_the_configuration)
+{
+    setenv("FRAGLESS_CONF", "roundup_power2_divisions:4", 1);
+    ht_setup("1G");
+    CUdeviceptr p = ht_alloc(5 * FL_MiB + 1, NULL, HEAP_SYNC);
+    fragless_stats_t s = ht_stats(0);
+    cr_assert_eq(s.allocated_bytes.current, 6 * FL_MiB);
+    cr_assert_eq(s.requested_bytes.current, 5 * FL_MiB + 1);
+    CUdeviceptr base;
+    size_t size;
+    cr_assert(heap_lookup(p + 6 * FL_MiB - 1, &base, &size, NULL), "the rounded tail is its");
+    cr_assert_eq(size, 5 * FL_MiB + 1);
+    ht_free(p, NULL, HEAP_SYNC);
+}
+
+Test(heap_env, each_device_has_its_own_heap)
+{
+    setenv("FRAGLESS_EMU_DEVICES", "2", 1);
+    ht_setup("256M");
+    CUcontext ctx1;
+    cr_assert_eq(drv_primary_ctx_retain(&ctx1, 1), CUDA_SUCCESS);
+    CUdeviceptr p0 = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
+    cr_assert_eq(drv_ctx_set_current(ctx1), CUDA_SUCCESS);
+    CUdeviceptr p1 = 0;
+    cr_assert_eq(heap_alloc(1, 3 * FL_MiB, NULL, HEAP_SYNC, &p1), CUDA_SUCCESS);
+    int dev = -1;
+    cr_assert(heap_lookup(p1, NULL, NULL, &dev));
+    cr_assert_eq(dev, 1);
+    cr_assert(heap_lookup(p0, NULL, NULL, &dev));
+    cr_assert_eq(dev, 0);
+    fragless_stats_t s1 = {.size = sizeof s1};
+    cr_assert_eq(heap_get_stats(1, &s1), 0);
+    cr_assert_eq(s1.allocated_bytes.current, 3 * FL_MiB);
+    cr_assert_eq(ht_stats(0).allocated_bytes.current, FL_MiB);
+    /* a free with no context current still finds device 1's heap by the pointer */
+    cr_assert_eq(drv_ctx_set_current(NULL), CUDA_SUCCESS);
+    ht_free(p1, NULL, HEAP_SYNC);
+    ht_free(p0, NULL, HEAP_SYNC);
+    size_t released = 0;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    cr_assert_eq(released, 2 * FL_MiB + 20 * FL_MiB);
+    cr_assert_eq(heap_get_stats(1, &s1), 0);
+    cr_assert_eq(s1.reserved_bytes.current, 0);
+    cr_assert_eq(drv_primary_ctx_release(1), CUDA_SUCCESS);
+    cr_assert_eq(ht_audit(), 0);
 }

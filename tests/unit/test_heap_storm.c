@@ -1,10 +1,10 @@
 /*
  * test_heap_storm.c — a randomized multi-threaded storm on the caching allocator, in-process
- * on the emulated device: sizes 1 B … 64 MiB, several streams, stream-ordered and plain
- * frees, empty-cache now and then. Every block gets a pattern (written on its stream when it
- * was allocated stream-ordered, from the host otherwise) that is checked before its free; a
- * simulated kernel is queued on some blocks just before their free, so a block handed out
- * before that kernel completes gets its pattern overwritten. No two live blocks may overlap,
+ * on the emulated device: sizes 1 B … 64 MiB, several streams (shared, legacy, per-thread),
+ * stream-ordered and plain frees, empty-cache now and then. Every block gets a pattern (written on
+ * its stream when it was allocated stream-ordered, from the host otherwise) that is checked before
+ * its free; a simulated kernel is queued on some blocks just before their free, so a block handed
+ * out before that kernel completes gets its pattern overwritten. No two live blocks may overlap,
  * the invariant walker runs after every operation (FRAGLESS_CHECK), and at the end the cache
  * is emptied and the emulated device's leak audit must be clean.
  */
@@ -116,12 +116,21 @@ struct worker {
         return;                                            \
     } while (0)
 
+/* 0..NSTREAMS-1: the shared streams; NSTREAMS: the legacy stream; NSTREAMS+1: the thread's
+ * per-thread default stream; NSTREAMS+2: none (a plain allocation or free). */
+static CUstream pick_stream(int si)
+{
+    if (si < NSTREAMS)
+        return streams[si];
+    return si == NSTREAMS + 1 ? CU_STREAM_PER_THREAD : NULL;
+}
+
 static void storm_alloc(struct worker *w, uint64_t *rng, struct live *l, int op)
 {
-    int si = (int)(next_rand(rng) % (NSTREAMS + 2));
+    int si = (int)(next_rand(rng) % (NSTREAMS + 3));
     l->n = random_size(rng);
-    l->mode = si <= NSTREAMS ? HEAP_ASYNC : HEAP_SYNC;
-    l->stream = si < NSTREAMS ? streams[si] : NULL;
+    l->mode = si <= NSTREAMS + 1 ? HEAP_ASYNC : HEAP_SYNC;
+    l->stream = pick_stream(si);
     l->tag = (unsigned char)(((w->id * OPS + op) % 0x7f) + 1);
     CUresult r = heap_alloc(0, l->n, l->stream, l->mode, &l->p);
     if (r != CUDA_SUCCESS)
@@ -136,9 +145,9 @@ static void storm_free(struct worker *w, uint64_t *rng, struct live *l)
     if (!pattern_ok(l))
         STORM_FAIL(w, "pattern of %#llx+%zu overwritten", (unsigned long long)l->p, l->n);
     unclaim(l->p);
-    int si = (int)(next_rand(rng) % (NSTREAMS + 2));
-    CUstream s = si < NSTREAMS ? streams[si] : NULL;
-    enum heap_mode mode = si <= NSTREAMS ? HEAP_ASYNC : HEAP_SYNC;
+    int si = (int)(next_rand(rng) % (NSTREAMS + 3));
+    CUstream s = pick_stream(si);
+    enum heap_mode mode = si <= NSTREAMS + 1 ? HEAP_ASYNC : HEAP_SYNC;
     /* a kernel still using the block when it is freed */
     if (next_rand(rng) % 3 == 0)
         ht_fill(mode == HEAP_ASYNC ? s : streams[0], l->p, LATE_BYTE, mark_len(l->n),

@@ -144,14 +144,80 @@ Test(streams, plain_free_alloc_loop_does_not_sync_per_call)
     cr_assert_eq(ht_faults(), 0);
 }
 
-Test(streams, per_thread_default_stream_frees_wait_for_a_sync)
+Test(streams, per_thread_default_stream_reuses_on_its_own_thread)
 {
     CUdeviceptr p = ht_alloc(4096, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    ht_fill(CU_STREAM_PER_THREAD, p, 0x77, 4096, FILL_US);
     ht_free(p, CU_STREAM_PER_THREAD, HEAP_ASYNC);
-    fragless_stats_t s = ht_stats(0);
-    cr_assert_eq(s.active_bytes.current, 4096, "not reusable: other threads' streams");
+    uint64_t calls = ht_calls("*");
     CUdeviceptr q = ht_alloc(4096, CU_STREAM_PER_THREAD, HEAP_ASYNC);
-    cr_assert_neq(q, p);
+    cr_assert_eq(q, p, "this thread's stream is ordered after the fill");
+    cr_assert_eq(ht_calls("*"), calls);
+    ht_free(q, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+}
+
+struct ptds_arg {
+    CUcontext ctx;
+    CUdeviceptr got[2];
+    int n;
+    bool free_them;
+};
+
+static void *ptds_thread(void *arg)
+{
+    struct ptds_arg *a = arg;
+    drv_ctx_set_current(a->ctx);
+    for (int i = 0; i < a->n; i++)
+        if (heap_alloc(0, FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC, &a->got[i]) != CUDA_SUCCESS)
+            a->got[i] = 0;
+    for (int i = 0; a->free_them && i < a->n; i++)
+        heap_free(a->got[i], CU_STREAM_PER_THREAD, HEAP_ASYNC, NULL);
+    return NULL;
+}
+
+Test(streams, other_threads_never_get_a_threads_per_thread_frees)
+{
+    struct ptds_arg a = {.n = 2};
+    cr_assert_eq(drv_ctx_get_current(&a.ctx), CUDA_SUCCESS);
+    /* this thread's frees, with its per-thread stream still writing them */
+    CUdeviceptr p = ht_alloc(FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    CUdeviceptr q = ht_alloc(FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    ht_fill(CU_STREAM_PER_THREAD, p, 0x77, FL_MiB, FILL_US);
+    ht_free(p, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    ht_free(q, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    pthread_t t;
+    pthread_create(&t, NULL, ptds_thread, &a);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_neq(a.got[i], 0);
+        cr_assert(!ht_overlap(a.got[i], FL_MiB, p, 2 * FL_MiB), "another thread got them");
+    }
+    cr_assert_eq(ht_faults(), 0);
+    cr_assert(heap_is_valid());
+}
+
+Test(streams, an_exited_threads_per_thread_frees_wait_for_a_sync)
+{
+    struct ptds_arg a = {.n = 2, .free_them = true};
+    cr_assert_eq(drv_ctx_get_current(&a.ctx), CUDA_SUCCESS);
+    pthread_t t;
+    pthread_create(&t, NULL, ptds_thread, &a);
+    pthread_join(t, NULL);
+    /* its pool went with it: the blocks are pending, not reusable on a new thread's stream */
+    fragless_stats_t s = ht_stats(0);
+    cr_assert_eq(s.active_bytes.current, 2 * FL_MiB);
+    cr_assert(heap_is_valid());
+    /* a new thread (glibc reuses the dead one's thread-local storage, so its pool key) */
+    struct ptds_arg b = {.ctx = a.ctx, .n = 2, .free_them = true};
+    pthread_create(&t, NULL, ptds_thread, &b);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 2; i++)
+        cr_assert(!ht_overlap(b.got[i], FL_MiB, a.got[0], 2 * FL_MiB),
+                  "a new thread got an exited thread's frees");
+    size_t released;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    cr_assert_eq(released, 4 * FL_MiB);
+    cr_assert_eq(ht_audit(), 0, "the exited threads' events were destroyed");
 }
 
 Test(streams, frees_of_a_destroyed_stream_wait_for_a_sync)

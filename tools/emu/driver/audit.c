@@ -59,7 +59,8 @@ static int audit_vmm(int fd, bool print)
         if (print)
             dprintf(fd, "  cuMemAddressReserve range 0x%llx, %zu bytes\n",
                     (unsigned long long)res->base, res->size);
-        for (struct emu_mapping *m = res->mappings; m; m = m->next) {
+        for (size_t i = 0; i < res->nmaps; i++) {
+            struct emu_mapping *m = res->maps[i];
             n++;
             if (print)
                 dprintf(fd, "  cuMemMap mapping 0x%llx, %zu bytes of handle 0x%llx\n",

@@ -5,6 +5,7 @@
  * have died (or were replaced by another process with the same pid) are reclaimed, so a
  * killed test never leaks capacity. Without /dev/shm the accounting is process-local.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -99,6 +100,61 @@ static int cap_open_file(const char *path)
 }
 
 static struct cap_slot *cap_mine(struct cap_file *f);
+static void cap_reap(struct cap_file *f);
+
+#define SWEEP_MAX 64
+
+/* Whether the file at `path` only has slots of dead processes; removes it then. */
+static void cap_sweep_one(const char *path)
+{
+    struct cap_file *f;
+    struct stat st;
+    bool live = false;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+
+    if (fd < 0)
+        return;
+    /* a file still being set up (or not ours) is too short to read: leave it */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof *f)
+        goto close_fd;
+    f = mmap(NULL, sizeof *f, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (f == MAP_FAILED)
+        goto close_fd;
+    if (f->magic == CAP_MAGIC && f->version == CAP_VERSION) {
+        cap_reap(f);
+        for (int i = 0; i < CAP_SLOTS; i++)
+            live = live || f->slot[i].pid != 0;
+        if (!live)
+            unlink(path);
+    }
+    munmap(f, sizeof *f);
+close_fd:
+    close(fd); /* drops the lock */
+}
+
+/* Removes the files of emulated devices whose every user died without cleaning up (killed,
+ * or left through _exit), a few per process, so /dev/shm does not fill over many runs. */
+static void cap_sweep(const char *own)
+{
+    char prefix[64], path[512];
+    struct dirent *e;
+    DIR *d = opendir("/dev/shm");
+    int n = 0;
+
+    if (!d)
+        return;
+    snprintf(prefix, sizeof prefix, "fragless-emu-%u-", (unsigned)getuid());
+    while ((e = readdir(d)) && n < SWEEP_MAX) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        snprintf(path, sizeof path, "/dev/shm/%s", e->d_name);
+        if (strcmp(path, own) != 0) {
+            cap_sweep_one(path);
+            n++;
+        }
+    }
+    closedir(d);
+}
 
 static struct cap_file *cap_open(void)
 {
@@ -109,6 +165,7 @@ static struct cap_file *cap_open(void)
     if (cf)
         return cf;
     cap_path(path, sizeof path);
+    cap_sweep(path);
     cap_fd = cap_open_file(path);
     if (cap_fd < 0)
         goto local;

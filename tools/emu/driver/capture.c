@@ -7,14 +7,16 @@
 
 #include "emu.h"
 
+/* cuda.h maps cuStreamGetCaptureInfo to _v3; the library exports every version. */
+#undef cuStreamGetCaptureInfo
+CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *status, cuuint64_t *id);
+CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
+                                     cuuint64_t *id);
+
 static CUresult capture_stream(CUstream h, bool ptds, struct emu_stream **out)
 {
     struct emu_ctx *c = NULL;
-    CUresult r = emu_current(&c);
-
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, out);
-    return r;
+    return emu_current_stream(h, ptds, &c, out);
 }
 
 static CUresult begin_capture(CUstream h, CUstreamCaptureMode mode, bool ptds)
@@ -135,6 +137,20 @@ static CUresult capture_info(CUstream h, CUstreamCaptureStatus *status, cuuint64
     if (ndeps)
         *ndeps = 0;
     return CUDA_SUCCESS;
+}
+
+EMU_API CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *status,
+                                        cuuint64_t *id)
+{
+    EMU_ENTER(cuStreamGetCaptureInfo);
+    return capture_info(hStream, status, id, NULL, NULL, NULL, NULL, false);
+}
+
+EMU_API CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
+                                             cuuint64_t *id)
+{
+    EMU_ENTER(cuStreamGetCaptureInfo_ptsz);
+    return capture_info(hStream, status, id, NULL, NULL, NULL, NULL, true);
 }
 
 EMU_API CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *status,

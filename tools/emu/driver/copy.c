@@ -5,6 +5,7 @@
  * allocated memory (CUDA_ERROR_INVALID_VALUE otherwise); touching memory that is mapped but
  * not accessible is a device fault, as on a GPU.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "emu.h"
@@ -53,9 +54,7 @@ static CUresult op_run(const struct op *o, CUstream h, bool ptds)
     struct emu_stream *s = NULL;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, &s);
+    r = emu_current_stream(h, ptds, &c, &s);
     if (r == CUDA_SUCCESS && o->kind == OP_SET32 && o->dst % 4)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS && s->capture_status == CU_STREAM_CAPTURE_STATUS_ACTIVE) {
@@ -102,6 +101,8 @@ static CUresult set(CUdeviceptr dst, uint32_t value, size_t count, bool wide, CU
                    .value = value,
                    .n = wide ? count * 4 : count,
                    .dst_dev = true};
+    if (wide && count > SIZE_MAX / 4)
+        return CUDA_ERROR_INVALID_VALUE;
     return op_run(&o, h, ptds);
 }
 

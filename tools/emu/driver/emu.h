@@ -80,10 +80,10 @@ struct emu_alloc {
     UT_hash_handle hh;              /* emu.allocs, keyed by base */
 };
 
-/* A physical allocation from cuMemCreate: a memfd of `size` bytes. */
+/* A physical allocation from cuMemCreate: `size` bytes at `off` in its device's arena. */
 struct emu_handle {
     CUmemGenericAllocationHandle id;
-    int fd;
+    uint64_t off;
     size_t size;
     int device;
     unsigned refs; /* cuMemCreate + cuMemRetainAllocationHandle − cuMemRelease */
@@ -97,13 +97,13 @@ struct emu_mapping {
     struct emu_handle *handle;
     struct emu_reservation *res;
     unsigned long long access; /* CUmemAccess_flags for its device */
-    struct emu_mapping *next;  /* in the reservation, sorted by va */
 };
 
 struct emu_reservation {
     CUdeviceptr base;
     size_t size;
-    struct emu_mapping *mappings;
+    struct emu_mapping **maps; /* its mappings, sorted by va (binary search) */
+    size_t nmaps, cap;
     UT_hash_handle hh; /* emu.reservations, keyed by base */
 };
 
@@ -223,6 +223,13 @@ bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at);
 /* Whether [p, p+n) lies in device memory the emulator knows (accessible or not). */
 bool emu_range_known(CUdeviceptr p, size_t n);
 
+/* ---- arena.c: the devices' physical memory (one sparse memfd each) ------------------- */
+
+CUresult emu_arena_take(int device, size_t size, uint64_t *off);
+void emu_arena_give(int device, size_t size, uint64_t off);
+int emu_arena_fd(int device);
+void emu_arena_forget(void);
+
 /* ---- vmm.c ----------------------------------------------------------------------------- */
 
 struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n);
@@ -237,6 +244,8 @@ CUresult emu_stream_resolve(struct emu_ctx *ctx, CUstream h, bool ptds, struct e
 /* Simulated time after which new work on `s` may run: its own queued work and, through the
  * legacy default stream's implicit ordering, other streams' work. Moves `s` there. */
 uint64_t emu_stream_order(struct emu_stream *s);
+/* The current context and, in it, the stream handle h resolves to (as emu_stream_resolve). */
+CUresult emu_current_stream(CUstream h, bool ptds, struct emu_ctx **ctx, struct emu_stream **s);
 /* Queues usec of work on `s`; returns the simulated time it completes. */
 uint64_t emu_stream_enqueue(struct emu_stream *s, uint64_t usec);
 /* Latest completion time of all work on the context's streams. */

@@ -72,9 +72,7 @@ EMU_API int fragless_emu_stream_fill(CUstream hStream, CUdeviceptr p, int byte, 
 
     emu_config();
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, hStream, false, &s);
+    r = emu_current_stream(hStream, false, &c, &s);
     if (r == CUDA_SUCCESS && (n == 0 || p + n < p))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS && !(f = calloc(1, sizeof *f)))

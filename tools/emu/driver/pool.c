@@ -118,9 +118,7 @@ static CUresult free_async(CUdeviceptr dptr, CUstream hs, bool ptds)
     struct emu_alloc *a = NULL;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, hs, ptds, &s);
+    r = emu_current_stream(hs, ptds, &c, &s);
     if (r == CUDA_SUCCESS) {
         HASH_FIND(hh, emu.allocs, &dptr, sizeof dptr, a);
         if (!a || a->kind != EMU_ALLOC_ASYNC || a->state != EMU_ASYNC_LIVE)

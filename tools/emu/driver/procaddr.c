@@ -4,6 +4,7 @@
  * _ptsz/_ptds variant for CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM. Both the CUDA 12+
  * form with symbolStatus (cuGetProcAddress_v2) and the 11.x four-argument form.
  */
+#include <dlfcn.h>
 #include <string.h>
 
 #include "emu.h"
@@ -12,24 +13,30 @@
 #undef cuGetProcAddress
 #undef cuEventElapsedTime
 #undef cuDeviceGetUuid
+#undef cuStreamGetCaptureInfo
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
 CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
 CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev);
+CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *status, cuuint64_t *id);
+CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
+                                     cuuint64_t *id);
 
 struct proc {
     const char *symbol; /* base name */
     int version;        /* CUDA version that introduced this variant */
+    const char *name;   /* exported name of that variant */
     void *fn;
-    void *per_thread; /* _ptsz/_ptds variant, or NULL */
+    const char *pt_name; /* _ptsz/_ptds variant, or NULL */
+    void *pt_fn;
 };
 
-#define P(sym, ver, fn)               \
-    {                                 \
-#sym, ver, (void *)(fn), NULL \
+#define P(sym, ver, fn)                          \
+    {                                            \
+#sym, ver, #fn, (void *)(fn), NULL, NULL \
     }
-#define PT(sym, ver, fn, pt)                  \
-    {                                         \
-#sym, ver, (void *)(fn), (void *)(pt) \
+#define PT(sym, ver, fn, pt)                            \
+    {                                                   \
+#sym, ver, #fn, (void *)(fn), #pt, (void *)(pt) \
     }
 
 static const struct proc procs[] = {
@@ -90,6 +97,7 @@ static const struct proc procs[] = {
     PT(cuStreamIsCapturing, 10000, cuStreamIsCapturing, cuStreamIsCapturing_ptsz),
     PT(cuStreamBeginCapture, 10010, cuStreamBeginCapture_v2, cuStreamBeginCapture_v2_ptsz),
     PT(cuStreamEndCapture, 10000, cuStreamEndCapture, cuStreamEndCapture_ptsz),
+    PT(cuStreamGetCaptureInfo, 10010, cuStreamGetCaptureInfo, cuStreamGetCaptureInfo_ptsz),
     PT(cuStreamGetCaptureInfo, 11030, cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v2_ptsz),
     PT(cuStreamGetCaptureInfo, 12030, cuStreamGetCaptureInfo_v3, cuStreamGetCaptureInfo_v3_ptsz),
     P(cuGraphDestroy, 10000, cuGraphDestroy),
@@ -121,6 +129,29 @@ static const struct proc procs[] = {
 #undef PT
 
 #define PER_THREAD_MIN_VERSION 7000
+
+static void *self;
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+
+static void self_open(void)
+{
+    Dl_info info;
+
+    if (dladdr((void *)self_open, &info) && info.dli_fname)
+        self = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+}
+
+/* This library's own definition of `name`, as the real driver hands out its own functions:
+ * taking the address directly would give a same-named function preloaded in front of us
+ * (an interposer's hook) instead. */
+static void *own_definition(const char *name, void *fallback)
+{
+    void *fn;
+
+    pthread_once(&self_once, self_open);
+    fn = self ? dlsym(self, name) : NULL;
+    return fn ? fn : fallback;
+}
 
 /* The newest variant of `symbol` that `version` may use; sets *found when the symbol exists
  * in any version. */
@@ -157,10 +188,11 @@ static CUresult proc_lookup(const char *symbol, void **pfn, int version, cuuint6
                          : CU_GET_PROC_ADDRESS_SUCCESS;
     if (!p)
         return CUDA_SUCCESS; /* as documented for CUDA 13: success with a NULL pointer */
-    *pfn = p->fn;
-    if ((flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) && p->per_thread &&
+    if ((flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) && p->pt_name &&
         version >= PER_THREAD_MIN_VERSION)
-        *pfn = p->per_thread;
+        *pfn = own_definition(p->pt_name, p->pt_fn);
+    else
+        *pfn = own_definition(p->name, p->fn);
     return CUDA_SUCCESS;
 }
 

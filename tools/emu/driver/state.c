@@ -185,6 +185,7 @@ static void fork_child(void)
 {
     pthread_mutex_init(&emu.lock, NULL);
     emu_cap_forget();
+    emu_arena_forget();
     emu_ctx_clear_tls();
 }
 

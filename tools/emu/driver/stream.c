@@ -83,6 +83,13 @@ CUresult emu_stream_resolve(struct emu_ctx *ctx, CUstream h, bool ptds, struct e
     return CUDA_SUCCESS;
 }
 
+CUresult emu_current_stream(CUstream h, bool ptds, struct emu_ctx **ctx, struct emu_stream **s)
+{
+    CUresult r = emu_current(ctx);
+
+    return r == CUDA_SUCCESS ? emu_stream_resolve(*ctx, h, ptds, s) : r;
+}
+
 uint64_t emu_stream_order(struct emu_stream *s)
 {
     struct emu_stream *o, *tmp;
@@ -201,9 +208,7 @@ EMU_API CUresult cuStreamDestroy_v2(CUstream hStream)
 
     EMU_ENTER(cuStreamDestroy_v2);
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, hStream, false, &s);
+    r = emu_current_stream(hStream, false, &c, &s);
     if (r == CUDA_SUCCESS && s->implicit)
         r = CUDA_ERROR_INVALID_HANDLE;
     if (r == CUDA_SUCCESS)
@@ -219,9 +224,7 @@ static CUresult stream_synchronize(CUstream h, bool ptds)
     struct emu_stream *s = NULL;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, &s);
+    r = emu_current_stream(h, ptds, &c, &s);
     if (r == CUDA_SUCCESS && s->capture_status != CU_STREAM_CAPTURE_STATUS_NONE)
         r = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (r == CUDA_SUCCESS) {
@@ -253,9 +256,7 @@ static CUresult stream_query(CUstream h, bool ptds)
     uint64_t t;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, &s);
+    r = emu_current_stream(h, ptds, &c, &s);
     if (r == CUDA_SUCCESS && s->capture_status != CU_STREAM_CAPTURE_STATUS_NONE)
         r = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (r == CUDA_SUCCESS) {
@@ -287,9 +288,7 @@ static CUresult stream_wait_event(CUstream h, CUevent e, unsigned flags, bool pt
     struct emu_event *ev = NULL;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, &s);
+    r = emu_current_stream(h, ptds, &c, &s);
     if (r == CUDA_SUCCESS) {
         HASH_FIND_PTR(emu.events, &e, ev);
         if (!ev)
@@ -323,9 +322,7 @@ static CUresult stream_get(CUstream h, bool ptds, struct emu_stream *out)
     struct emu_stream *s = NULL;
 
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, h, ptds, &s);
+    r = emu_current_stream(h, ptds, &c, &s);
     if (r == CUDA_SUCCESS)
         *out = *s;
     emu_unlock();
@@ -406,9 +403,7 @@ EMU_API int fragless_emu_stream_work(CUstream hStream, uint64_t usec)
 
     emu_config();
     emu_lock();
-    r = emu_current(&c);
-    if (r == CUDA_SUCCESS)
-        r = emu_stream_resolve(c, hStream, false, &s);
+    r = emu_current_stream(hStream, false, &c, &s);
     if (r == CUDA_SUCCESS)
         emu_stream_enqueue(s, usec);
     emu_unlock();

@@ -1,16 +1,21 @@
 /*
  * vmm.c — CUDA virtual memory management on real virtual memory: a reservation is a
- * PROT_NONE MAP_NORESERVE mapping, a physical allocation (cuMemCreate) is a memfd of its size
- * (committed only when touched), cuMemMap maps the memfd MAP_FIXED|MAP_SHARED with no access,
- * cuMemSetAccess mprotects it, cuMemUnmap puts the PROT_NONE reservation back. Data survives
- * unmap/remap because it lives in the memfd; touching unmapped or not-yet-accessible memory
- * faults as on a GPU. Argument checks follow the driver documentation.
+ * PROT_NONE MAP_NORESERVE mapping, a physical allocation (cuMemCreate) is a range of its
+ * device's sparse memfd (arena.c; committed only when touched), cuMemMap maps that range
+ * MAP_FIXED|MAP_SHARED with no access, cuMemSetAccess mprotects it, cuMemUnmap puts the
+ * PROT_NONE reservation back. Data survives unmap/remap because it lives in the memfd; touching
+ * unmapped or not-yet-accessible memory faults as on a GPU. Argument checks follow the driver
+ * documentation.
  */
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "emu.h"
+
+/* Larger reservations or alignments than this cannot be had (47-bit user address space). */
+#define VA_LIMIT ((size_t)1 << 46)
 
 static bool aligned(uint64_t v)
 {
@@ -35,32 +40,45 @@ struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n)
     return NULL;
 }
 
+/* Index of the first mapping of `res` that ends after p (nmaps if none). */
+static size_t map_lower(const struct emu_reservation *res, CUdeviceptr p)
+{
+    size_t lo = 0, hi = res->nmaps;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (res->maps[mid]->va + res->maps[mid]->size <= p)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 struct emu_mapping *emu_mapping_containing(CUdeviceptr p)
 {
     struct emu_reservation *res = emu_reservation_containing(p, 1);
+    size_t i = res ? map_lower(res, p) : 0;
 
-    for (struct emu_mapping *m = res ? res->mappings : NULL; m; m = m->next)
-        if (p >= m->va && p < m->va + m->size)
-            return m;
-    return NULL;
+    return res && i < res->nmaps && res->maps[i]->va <= p ? res->maps[i] : NULL;
 }
 
-/* The first mapping of `res` at or after p, if [p, p+n) is exactly a run of whole adjacent
- * mappings; NULL otherwise (a gap, or a mapping cut by either end). */
-static struct emu_mapping *whole_mappings(struct emu_reservation *res, CUdeviceptr p, size_t n)
+/* Whether [p, p+n) is exactly a run of whole adjacent mappings [*first, *end) of `res` (not
+ * when there is a gap or a mapping is cut by either end). */
+static bool whole_mappings(const struct emu_reservation *res, CUdeviceptr p, size_t n,
+                           size_t *first, size_t *end)
 {
-    struct emu_mapping *first = NULL, *m;
+    size_t i = map_lower(res, p);
     CUdeviceptr at = p;
 
-    for (m = res->mappings; m && m->va + m->size <= p; m = m->next)
-        ;
-    first = m;
-    for (; m && at < p + n; m = m->next) {
-        if (m->va != at || m->va + m->size > p + n)
-            return NULL;
-        at += m->size;
+    *first = i;
+    for (; i < res->nmaps && at < p + n; i++) {
+        if (res->maps[i]->va != at || res->maps[i]->size > p + n - at)
+            return false;
+        at += res->maps[i]->size;
     }
-    return at == p + n ? first : NULL;
+    *end = i;
+    return at == p + n;
 }
 
 bool emu_vmm_range_accessible(CUdeviceptr p, size_t n)
@@ -68,16 +86,13 @@ bool emu_vmm_range_accessible(CUdeviceptr p, size_t n)
     struct emu_reservation *res = emu_reservation_containing(p, n);
     CUdeviceptr at = p;
 
-    if (!res)
-        return false;
-    for (struct emu_mapping *m = res->mappings; m && at < p + n; m = m->next) {
-        if (m->va + m->size <= at)
-            continue;
-        if (m->va > at || m->access != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+    for (size_t i = res ? map_lower(res, p) : 0; res && at < p + n; i++) {
+        if (i >= res->nmaps || res->maps[i]->va > at ||
+            res->maps[i]->access != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
             return false;
-        at = m->va + m->size;
+        at = res->maps[i]->va + res->maps[i]->size;
     }
-    return at >= p + n;
+    return res != NULL;
 }
 
 static bool prop_valid(const CUmemAllocationProp *prop)
@@ -142,9 +157,12 @@ EMU_API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align
     EMU_ENTER(cuMemAddressReserve);
     emu_lock();
     r = vmm_check();
-    if (r == CUDA_SUCCESS && (!ptr || size == 0 || flags != 0 || size % (size_t)page ||
-                              addr % (size_t)page || (alignment & (alignment - 1))))
+    if (r == CUDA_SUCCESS &&
+        (!ptr || size == 0 || flags != 0 || size % (size_t)page || addr % (size_t)page ||
+         (alignment & (alignment - 1)) || alignment > VA_LIMIT))
         r = CUDA_ERROR_INVALID_VALUE;
+    if (r == CUDA_SUCCESS && size > VA_LIMIT)
+        r = CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS && !(res = calloc(1, sizeof *res)))
         r = CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS &&
@@ -173,12 +191,13 @@ EMU_API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
     r = vmm_check();
     if (r == CUDA_SUCCESS) {
         HASH_FIND(hh, emu.reservations, &ptr, sizeof ptr, res);
-        if (!res || res->size != size || res->mappings)
+        if (!res || res->size != size || res->nmaps)
             r = CUDA_ERROR_INVALID_VALUE;
     }
     if (r == CUDA_SUCCESS) {
         HASH_DEL(emu.reservations, res);
         munmap((void *)(uintptr_t)res->base, res->size);
+        free(res->maps);
         free(res);
     }
     emu_unlock();
@@ -200,7 +219,7 @@ static void handle_drop_if_unused(struct emu_handle *h)
     if (h->refs || h->mappings)
         return;
     HASH_DEL(emu.handles, h);
-    close(h->fd);
+    emu_arena_give(h->device, h->size, h->off);
     emu_cap_uncharge(h->device, h->size);
     free(h);
 }
@@ -213,11 +232,8 @@ static CUresult handle_new(size_t size, int device, struct emu_handle **out)
         return CUDA_ERROR_OUT_OF_MEMORY;
     if (emu_cap_charge(device, size) != CUDA_SUCCESS)
         goto free_struct;
-    h->fd = memfd_create("fragless-emu-handle", MFD_CLOEXEC);
-    if (h->fd < 0)
+    if (emu_arena_take(device, size, &h->off) != CUDA_SUCCESS)
         goto uncharge;
-    if (ftruncate(h->fd, (off_t)size) != 0)
-        goto close_fd;
     h->id = emu.next_handle++;
     h->size = size;
     h->device = device;
@@ -225,8 +241,6 @@ static CUresult handle_new(size_t size, int device, struct emu_handle **out)
     HASH_ADD(hh, emu.handles, id, sizeof h->id, h);
     *out = h;
     return CUDA_SUCCESS;
-close_fd:
-    close(h->fd);
 uncharge:
     emu_cap_uncharge(device, size);
 free_struct:
@@ -317,22 +331,43 @@ EMU_API CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *pro
 
 /* ---- mappings -------------------------------------------------------------------------- */
 
-static bool overlaps_mapping(struct emu_reservation *res, CUdeviceptr p, size_t n)
+static bool overlaps_mapping(const struct emu_reservation *res, CUdeviceptr p, size_t n)
 {
-    for (struct emu_mapping *m = res->mappings; m; m = m->next)
-        if (m->va < p + n && p < m->va + m->size)
-            return true;
-    return false;
+    size_t i = map_lower(res, p);
+    return i < res->nmaps && res->maps[i]->va < p + n;
+}
+
+/* Makes room for one more mapping; false when out of memory. */
+static bool maps_reserve(struct emu_reservation *res)
+{
+    size_t cap = res->cap ? 2 * res->cap : 16;
+    struct emu_mapping **maps;
+
+    if (res->nmaps < res->cap)
+        return true;
+    maps = realloc(res->maps, cap * sizeof *maps);
+    if (!maps)
+        return false;
+    res->maps = maps;
+    res->cap = cap;
+    return true;
 }
 
 static void mapping_insert(struct emu_reservation *res, struct emu_mapping *nm)
 {
-    struct emu_mapping **pp = &res->mappings;
+    size_t i = map_lower(res, nm->va);
 
-    while (*pp && (*pp)->va < nm->va)
-        pp = &(*pp)->next;
-    nm->next = *pp;
-    *pp = nm;
+    memmove(&res->maps[i + 1], &res->maps[i], (res->nmaps - i) * sizeof res->maps[0]);
+    res->maps[i] = nm;
+    res->nmaps++;
+}
+
+/* Maps the handle's memory at ptr with no access yet. */
+static bool map_handle(CUdeviceptr ptr, size_t size, const struct emu_handle *h, size_t offset)
+{
+    void *m = mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED,
+                   emu_arena_fd(h->device), (off_t)(h->off + offset));
+    return m != MAP_FAILED;
 }
 
 EMU_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
@@ -355,10 +390,9 @@ EMU_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
     if (r == CUDA_SUCCESS &&
         (!(res = emu_reservation_containing(ptr, size)) || overlaps_mapping(res, ptr, size)))
         r = CUDA_ERROR_INVALID_VALUE;
-    if (r == CUDA_SUCCESS && !(m = calloc(1, sizeof *m)))
+    if (r == CUDA_SUCCESS && (!maps_reserve(res) || !(m = calloc(1, sizeof *m))))
         r = CUDA_ERROR_OUT_OF_MEMORY;
-    if (r == CUDA_SUCCESS && mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED,
-                                  h->fd, (off_t)offset) == MAP_FAILED) {
+    if (r == CUDA_SUCCESS && !map_handle(ptr, size, h, offset)) {
         free(m);
         r = CUDA_ERROR_OUT_OF_MEMORY;
     }
@@ -375,38 +409,35 @@ EMU_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
     return r;
 }
 
-/* Puts the PROT_NONE reservation back under every mapping in [ptr, ptr+size). */
-static void unmap_range(struct emu_reservation *res, CUdeviceptr ptr, size_t size)
+/* Puts the PROT_NONE reservation back under the mappings [first, end) of `res`. */
+static void unmap_range(struct emu_reservation *res, size_t first, size_t end)
 {
-    struct emu_mapping *m, **pp = &res->mappings;
-
-    while ((m = *pp)) {
-        if (m->va < ptr || m->va >= ptr + size) {
-            pp = &m->next;
-            continue;
-        }
+    for (size_t i = first; i < end; i++) {
+        struct emu_mapping *m = res->maps[i];
         mmap((void *)(uintptr_t)m->va, m->size, PROT_NONE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-        *pp = m->next;
         m->handle->mappings--;
         handle_drop_if_unused(m->handle);
         free(m);
     }
+    memmove(&res->maps[first], &res->maps[end], (res->nmaps - end) * sizeof res->maps[0]);
+    res->nmaps -= end - first;
 }
 
 EMU_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 {
     CUresult r;
     struct emu_reservation *res = NULL;
+    size_t first, end;
 
     EMU_ENTER(cuMemUnmap);
     emu_lock();
     r = vmm_check();
     if (r == CUDA_SUCCESS && (size == 0 || !(res = emu_reservation_containing(ptr, size)) ||
-                              !whole_mappings(res, ptr, size)))
+                              !whole_mappings(res, ptr, size, &first, &end)))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
-        unmap_range(res, ptr, size);
+        unmap_range(res, first, end);
     emu_unlock();
     emu_latency("cuMemUnmap", r == CUDA_SUCCESS ? size : 0);
     return r;
@@ -451,7 +482,7 @@ EMU_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
 {
     CUresult r;
     struct emu_reservation *res = NULL;
-    struct emu_mapping *m = NULL;
+    size_t first = 0, end = 0;
 
     EMU_ENTER(cuMemSetAccess);
     emu_lock();
@@ -459,10 +490,10 @@ EMU_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
     if (r == CUDA_SUCCESS)
         r = access_desc_check(desc, count);
     if (r == CUDA_SUCCESS && (size == 0 || !(res = emu_reservation_containing(ptr, size)) ||
-                              !(m = whole_mappings(res, ptr, size))))
+                              !whole_mappings(res, ptr, size, &first, &end)))
         r = CUDA_ERROR_INVALID_VALUE;
-    for (; r == CUDA_SUCCESS && m && m->va < ptr + size; m = m->next)
-        mapping_set_access(m, desc, count);
+    for (size_t i = first; r == CUDA_SUCCESS && i < end; i++)
+        mapping_set_access(res->maps[i], desc, count);
     emu_unlock();
     emu_latency("cuMemSetAccess", r == CUDA_SUCCESS ? size : 0);
     return r;

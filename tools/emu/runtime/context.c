@@ -48,9 +48,10 @@ static cudaError_t check_device(int device)
 
 cudaError_t rt_device_count(int *count)
 {
+    /* device 0 exists whenever any does */
     cudaError_t e = check_device(0);
-    *count = e == cudaSuccess || e == cudaErrorInvalidDevice ? device_count : 0;
-    return e == cudaErrorInvalidDevice ? cudaSuccess : e;
+    *count = e == cudaSuccess ? device_count : 0;
+    return e;
 }
 
 cudaError_t rt_device_handle(int device, CUdevice *dev)
@@ -152,4 +153,15 @@ cudaError_t rt_current_device(int *device)
 int rt_thread_device(void)
 {
     return thread_device;
+}
+
+/* fork(): a child starts with the lock free even if another thread held it at the fork. */
+static void reset_lock_in_child(void)
+{
+    pthread_mutex_init(&primary_lock, NULL);
+}
+
+void rt_context_atfork(void)
+{
+    pthread_atfork(NULL, NULL, reset_lock_in_child);
 }

@@ -107,6 +107,7 @@ static cudaError_t start_driver(void)
 
 static void init_once_fn(void)
 {
+    rt_context_atfork();
     initializing = true;
     ld.init_err = start_driver();
     initializing = false;

@@ -127,6 +127,8 @@ cudaError_t rt_device_handle(int device, CUdevice *dev);
 cudaError_t rt_primary_ctx(int device, CUcontext *ctx);
 cudaError_t rt_device_count(int *count);
 int rt_thread_device(void);
+/* Registers the fork handler that keeps the context lock sane in a child. */
+void rt_context_atfork(void);
 
 /* error.c: CUresult → cudaError_t, last error per thread, sticky errors per device. */
 cudaError_t rt_err(CUresult r);
