@@ -3,9 +3,11 @@
  *
  * Owns: the allocation entry points of the runtime and the driver API, the resolvers that
  * hand those entry points out at run time (cuGetProcAddress in both forms,
- * cudaGetDriverEntryPoint[ByVersion], dlsym), lazy one-time initialization, and the decision
- * of what goes to the heap and what goes to the real function. Each entry point checks its
- * arguments and then calls exactly one heap_* function; everything it does not serve goes to
+ * cudaGetDriverEntryPoint[ByVersion], dlsym), lazy one-time initialization, the process's
+ * fork handlers, and the decision of what goes to the heap and what goes to the real function.
+ * Stream-ordered calls run in their stream's context (a stream may belong to another device
+ * than the current one). Each entry point checks its arguments and then calls exactly one
+ * heap_* function; everything it does not serve goes to
  * the real function: frees of pointers fragless did not hand out, streams under graph
  * capture, contexts that are not their device's primary context, calls made while fragless
  * initializes or from inside a real runtime call, and everything under passthrough:true.
