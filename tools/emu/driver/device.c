@@ -1,7 +1,9 @@
 /*
  * device.c — initialization, devices and contexts: cuInit, cuDriverGetVersion, the cuDevice*
  * queries, primary contexts (retain/release/reset/state/flags), the per-thread context stack
- * (cuCtxGetCurrent/SetCurrent/Push/Pop), cuCtxSynchronize and peer access.
+ * (cuCtxGetCurrent/SetCurrent/Push/Pop), cuCtxSynchronize and peer access. The version,
+ * device and context-stack queries pass the light gate (fastpath.c) and take no lock: they
+ * read the configuration (fixed once read), the contexts cuInit set up, and thread-locals.
  */
 #include <stdio.h>
 #include <string.h>
@@ -405,6 +407,7 @@ EMU_API CUresult cuCtxGetCurrent(CUcontext *pctx)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
         *pctx = (CUcontext)ctx_top();
+    emu_latency("cuCtxGetCurrent", 0);
     return r;
 }
 
