@@ -48,7 +48,7 @@ EMU_LIBS      := $(if $(EMU_DRV_SRCS),$(BUILD)/emu/libcuda.so.1 $(BUILD)/emu/lib
 TOOLS         := $(sort $(filter-out emu,$(notdir $(patsubst %/,%,$(dir $(wildcard tools/*/*.c))))))
 TOOL_BINS     := $(TOOLS:%=$(BUILD)/%)
 # Extra link flags per tool: TOOL_LDLIBS_<name>.
-TOOL_LDLIBS_fragreplay := -L$(BUILD) -lfragless -Wl,-rpath,'$$ORIGIN'
+TOOL_LDLIBS_fragreplay := -L$(BUILD) -lfragless -Wl,-rpath,'$$ORIGIN' -Wl,-rpath,'$$ORIGIN/../lib'
 
 COMMON_SRCS   := $(wildcard tests/common/*.c)
 COMMON_OBJS   := $(COMMON_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -72,6 +72,13 @@ emu: $(EMU_LIBS)
 tools: $(TOOL_BINS)
 tests: all $(TEST_BINS)
 benches: all $(BENCH_PROGS)
+# `make bench`: micro benchmarks and workload replays, one table (bench/run.sh; never part of
+# `make test`). `make demo`: the README's first command (tools/demo.sh).
+.PHONY: bench demo
+bench: benches
+	bash bench/run.sh $(ABS_BUILD)
+demo: all $(BUILD)/tests/progs/tr_train
+	bash tools/demo.sh $(ABS_BUILD)
 
 # ---- compile ----------------------------------------------------------------------------
 $(BUILD)/obj/lib/%.o: lib/%.c

@@ -277,6 +277,8 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     pthread_mutex_unlock(&h->lock);
     CUresult r = b ? CUDA_SUCCESS : alloc_segment(h, rounded, size, stream, mode, out);
     check();
+    if (FL_UNLIKELY(r == CUDA_ERROR_OUT_OF_MEMORY))
+        report_oom(device, size);
     return r;
 }
 

@@ -509,6 +509,64 @@ bool vmm_spare_is_valid(int device, const CUmemGenericAllocationHandle *mapped, 
 
 /* ---- trace.c: allocation event recording (RMM CSV) -------------------------------------- */
 
+enum trace_action {
+    TRACE_ALLOCATE,         /* "allocate" (RMM) */
+    TRACE_FREE,             /* "free" (RMM); size = the allocation's requested size */
+    TRACE_ALLOCATE_FAILURE, /* "allocate failure" (RMM); pointer 0 */
+    TRACE_EMPTY_CACHE,      /* "empty cache" (extension); size = bytes released */
+};
+
+/* Whether events are being recorded (config `trace` set; read once). Callers use it to skip
+ * work only recording needs, e.g. looking up a freed block's size. */
+bool trace_enabled(void);
+/* Records one event of `device` (no-op when not recording). Thread-safe, no CUDA calls.
+ * Record a free before the block can be reused, an allocation after it succeeded. */
+void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size,
+                  CUstream stream);
+/* Starts recording to `path` (what config_get() does at first use; for tests and tools).
+ * Returns 0, or -1 if already recording or the path is empty or too long. */
+int trace_start(const char *path, bool extensions);
+/* Writes every buffered event out (files stay open). */
+void trace_flush(void);
+/* trace_flush(), after which each event is written at once (run at exit). */
+void trace_stop(void);
+/* `device`'s file name for `path`: "%p" -> pid, ".devN" before the extension. */
+int trace_device_path(const char *path, int device, char *out, size_t len);
+
 /* ---- shm.c and report.c: the stats page for fragstat, OOM and exit reports ------------- */
+
+/* shm.c: the process's stats page (include/fragless_shm.h) and the thread that keeps it. */
+
+/* True once shm_start() ran in this process (false again in a forked child). */
+extern bool shm_started;
+/* Starts, once per process (and again, lazily, in a forked child), what a process using CUDA
+ * publishes: the stats page and its thread (config stats_page) and the exit report (config
+ * report). Call after drv_init() succeeded; no-op after the first call. */
+void shm_start(void);
+/* The allocation path's call: one predictable load once started. */
+static inline void shm_ensure(void)
+{
+    if (FL_UNLIKELY(!__atomic_load_n(&shm_started, __ATOMIC_ACQUIRE)))
+        shm_start();
+}
+/* Where `device` is: PCI location (-1 each when the driver does not say) and memory size. */
+void shm_device_identity(int device, int32_t pci[3], uint64_t *total_bytes);
+/* Path of this process's page ("" when there is none). */
+const char *shm_page_path(void);
+/* Fills *out as a page would be (identity, every device in use, statistics now; no segment
+ * maps), straight from the heap: what the exit report prints. */
+struct fragless_shm_page;
+void shm_snapshot(struct fragless_shm_page *out);
+
+/* report.c: reports that explain. */
+
+/* Called where an allocation of `size` bytes on `device` finally failed: prints (at most once
+ * per REPORT_OOM_INTERVAL_S seconds) why — this process's numbers, the other processes on the
+ * GPU (from their pages), and one line of advice. */
+#define REPORT_OOM_INTERVAL_S 10
+void report_oom(int device, size_t size);
+/* Writes the exit report named by config `report` ("stderr" or a path, %p → pid); nothing
+ * when it is "". Called once at normal exit. */
+void report_exit(void);
 
 #endif /* FRAGLESS_INTERNAL_H */

@@ -92,9 +92,10 @@ static bool passthrough(void)
 /* True when this call is fragless's to serve; false sends it to the real function. */
 static bool serving(void)
 {
-    if (in_init || in_real_runtime || passthrough())
+    if (in_init || in_real_runtime || passthrough() || init_once() != CUDA_SUCCESS)
         return false;
-    return init_once() == CUDA_SUCCESS;
+    shm_ensure();
+    return true;
 }
 
 /* The runtime reports the driver's errors under the same numbers (CUDA 10.1 and later). */
@@ -368,6 +369,28 @@ static CUresult refuse_ipc(void)
     return CUDA_ERROR_NOT_SUPPORTED;
 }
 
+/* heap_alloc and heap_free, with the event recorded when FRAGLESS_CONF has trace:PATH
+ * (trace.c): a free before the block can be reused, an allocation once it is made. */
+static CUresult traced_alloc(int dev, size_t size, CUstream stream, enum heap_mode mode,
+                             CUdeviceptr *out)
+{
+    CUresult r = heap_alloc(dev, size, stream, mode, out);
+    if (FL_UNLIKELY(trace_enabled()))
+        trace_record(dev, r == CUDA_SUCCESS ? TRACE_ALLOCATE : TRACE_ALLOCATE_FAILURE,
+                     r == CUDA_SUCCESS ? *out : 0, size, stream);
+    return r;
+}
+
+static CUresult traced_free(CUdeviceptr p, CUstream stream, enum heap_mode mode, bool *foreign)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    int dev = 0;
+    if (FL_UNLIKELY(trace_enabled()) && heap_lookup(p, &base, &size, &dev) && base == p)
+        trace_record(dev, TRACE_FREE, p, size, stream);
+    return heap_free(p, stream, mode, foreign);
+}
+
 /* ---- driver API: allocation ----------------------------------------------------------- */
 
 FL_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
@@ -381,7 +404,7 @@ FL_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
         return r;
     if (!primary)
         return drv_mem_alloc(dptr, size);
-    return heap_alloc(dev, size, NULL, HEAP_SYNC, dptr);
+    return traced_alloc(dev, size, NULL, HEAP_SYNC, dptr);
 }
 
 FL_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
@@ -389,7 +412,7 @@ FL_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     if (!serving() || !dptr)
         return drv_mem_free(dptr);
     bool foreign = false;
-    CUresult r = heap_free(dptr, NULL, HEAP_SYNC, &foreign);
+    CUresult r = traced_free(dptr, NULL, HEAP_SYNC, &foreign);
     return foreign ? drv_mem_free(dptr) : r;
 }
 
@@ -407,7 +430,7 @@ static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUstream stream)
         return r;
     if (!primary)
         return drv_mem_alloc_async(dptr, size, stream);
-    return heap_alloc(dev, size, stream, HEAP_ASYNC, dptr);
+    return traced_alloc(dev, size, stream, HEAP_ASYNC, dptr);
 }
 
 static CUresult free_async(CUdeviceptr dptr, CUstream stream)
@@ -421,7 +444,7 @@ static CUresult free_async(CUdeviceptr dptr, CUstream stream)
         return ours(dptr) ? refuse_capture_free() : drv_mem_free_async(dptr, stream);
     }
     bool foreign = false;
-    r = heap_free(dptr, stream, HEAP_ASYNC, &foreign);
+    r = traced_free(dptr, stream, HEAP_ASYNC, &foreign);
     return foreign ? drv_mem_free_async(dptr, stream) : r;
 }
 
@@ -519,7 +542,7 @@ FL_EXPORT cudaError_t cudaMalloc(void **dev_ptr, size_t size)
     if (!primary)
         return real_malloc(dev_ptr, size);
     CUdeviceptr p = 0;
-    CUresult r = heap_alloc(dev, size, NULL, HEAP_SYNC, &p);
+    CUresult r = traced_alloc(dev, size, NULL, HEAP_SYNC, &p);
     if (r == CUDA_SUCCESS)
         *dev_ptr = (void *)(uintptr_t)p;
     return rt_error(r);
@@ -530,7 +553,7 @@ FL_EXPORT cudaError_t cudaFree(void *dev_ptr)
     if (!dev_ptr || !serving())
         return real_free(dev_ptr);
     bool foreign = false;
-    CUresult r = heap_free((CUdeviceptr)(uintptr_t)dev_ptr, NULL, HEAP_SYNC, &foreign);
+    CUresult r = traced_free((CUdeviceptr)(uintptr_t)dev_ptr, NULL, HEAP_SYNC, &foreign);
     return foreign ? real_free(dev_ptr) : rt_error(r);
 }
 
@@ -547,7 +570,7 @@ static cudaError_t malloc_async(enum rt_fn id, void **dev_ptr, size_t size, CUst
     if (!primary || capturing(stream, &r) || r != CUDA_SUCCESS)
         return r == CUDA_SUCCESS ? real_malloc_async(id, dev_ptr, size, stream) : rt_error(r);
     CUdeviceptr p = 0;
-    r = heap_alloc(dev, size, stream, HEAP_ASYNC, &p);
+    r = traced_alloc(dev, size, stream, HEAP_ASYNC, &p);
     if (r == CUDA_SUCCESS)
         *dev_ptr = (void *)(uintptr_t)p;
     return rt_error(r);
@@ -565,7 +588,7 @@ static cudaError_t free_async_rt(enum rt_fn id, void *dev_ptr, CUstream stream)
         return ours(p) ? rt_error(refuse_capture_free()) : real_free_async(id, dev_ptr, stream);
     }
     bool foreign = false;
-    r = heap_free(p, stream, HEAP_ASYNC, &foreign);
+    r = traced_free(p, stream, HEAP_ASYNC, &foreign);
     return foreign ? real_free_async(id, dev_ptr, stream) : rt_error(r);
 }
 
