@@ -363,6 +363,9 @@ static inline const char *pio_human(uint64_t bytes, char *buf, size_t len)
     return buf;
 }
 
+/* pio_human into a buffer that lives until the end of the enclosing block. */
+#define PIO_HUMAN(bytes) pio_human((bytes), (char[24]){0}, 24)
+
 /* Share of the reserved-but-unallocated bytes lying outside the largest free block, in %: 0
  * when all free memory is one block, near 100 when it is scattered in small pieces. */
 static inline double pio_fragmentation(const fragless_stats_t *s)

@@ -21,7 +21,6 @@
 #include "pageio.h"
 
 #define REPORT_MAX_OTHERS 8
-#define HUMAN(v)          pio_human((v), (char[24]){0}, 24)
 
 struct other {
     int32_t pid;
@@ -172,24 +171,25 @@ static void advise(const struct oom_facts *f, char *buf, size_t len)
                  "a single request of %s is larger than the whole GPU (%s): no allocator "
                  "setting can serve it; make the batch (or this tensor) smaller, or split the "
                  "work into chunks",
-                 HUMAN(f->size), HUMAN(f->total_bytes));
+                 PIO_HUMAN(f->size), PIO_HUMAN(f->total_bytes));
     } else if (unallocated >= f->size) {
         snprintf(buf, len,
                  "%s is reserved but unallocated in this process, more than the request, but "
                  "no free block fits it (fragmentation): set expandable_segments:true in "
                  "FRAGLESS_CONF, or max_split_size_mb so that large blocks are not split; "
                  "`fragstat --segments %d` shows the map",
-                 HUMAN(unallocated), (int)getpid());
+                 PIO_HUMAN(unallocated), (int)getpid());
     } else if (f->nothers && f->others_reserved + f->free_bytes >= f->size) {
         snprintf(buf, len,
                  "other processes hold %s on this GPU (pid %d alone %s): run fewer jobs per GPU "
                  "at once, or have them release their cache (`fragstat --empty-cache PID`)",
-                 HUMAN(f->others_reserved), (int)f->others[0].pid, HUMAN(f->others[0].reserved));
+                 PIO_HUMAN(f->others_reserved), (int)f->others[0].pid,
+                 PIO_HUMAN(f->others[0].reserved));
     } else {
         snprintf(buf, len,
                  "this process itself holds %s allocated: reduce the batch size or the model, "
                  "or free tensors it no longer needs",
-                 HUMAN(f->st.allocated_bytes.current));
+                 PIO_HUMAN(f->st.allocated_bytes.current));
     }
 }
 
@@ -198,7 +198,7 @@ static size_t format_seen(const struct oom_facts *f, char *buf, size_t len)
 {
     if (f->nvml)
         return (size_t)snprintf(buf, len, "(NVML: %s in use on this GPU by all processes)",
-                                HUMAN(f->nvml_used));
+                                PIO_HUMAN(f->nvml_used));
     return (size_t)snprintf(buf, len, "(processes without fragless are not seen: no NVML)");
 }
 
@@ -214,11 +214,11 @@ static size_t format_others(const struct oom_facts *f, char *buf, size_t len)
         const struct other *o = &f->others[i];
         if (o->fragless)
             n += (size_t)snprintf(buf + n, len - n, "%s pid %d (%s) %s reserved, %s allocated",
-                                  i ? ";" : "", (int)o->pid, o->command, HUMAN(o->reserved),
-                                  HUMAN(o->allocated));
+                                  i ? ";" : "", (int)o->pid, o->command, PIO_HUMAN(o->reserved),
+                                  PIO_HUMAN(o->allocated));
         else
             n += (size_t)snprintf(buf + n, len - n, "%s pid %d (without fragless) uses %s",
-                                  i ? ";" : "", (int)o->pid, HUMAN(o->reserved));
+                                  i ? ";" : "", (int)o->pid, PIO_HUMAN(o->reserved));
     }
     if (f->more && n < len)
         n += (size_t)snprintf(buf + n, len - n, "; and %d more", f->more);
@@ -244,11 +244,12 @@ void report_oom(int device, size_t size)
               "of %s of which %s is free. This process (pid %d) has %s allocated by fragless "
               "and %s reserved, of which %s is reserved but unallocated; its largest free "
               "block is %s.\n  %s.\n  advice: %s.",
-              HUMAN(size), device, device, f->total_bytes ? HUMAN(f->total_bytes) : "unknown",
-              f->free_known ? HUMAN(f->free_bytes) : "an unknown amount", (int)getpid(),
-              HUMAN(f->st.allocated_bytes.current), HUMAN(f->st.reserved_bytes.current),
-              HUMAN(f->st.reserved_unallocated_bytes.current),
-              HUMAN(f->st.largest_free_block_bytes.current), others, advice);
+              PIO_HUMAN(size), device, device,
+              f->total_bytes ? PIO_HUMAN(f->total_bytes) : "unknown",
+              f->free_known ? PIO_HUMAN(f->free_bytes) : "an unknown amount", (int)getpid(),
+              PIO_HUMAN(f->st.allocated_bytes.current), PIO_HUMAN(f->st.reserved_bytes.current),
+              PIO_HUMAN(f->st.reserved_unallocated_bytes.current),
+              PIO_HUMAN(f->st.largest_free_block_bytes.current), others, advice);
     free(f);
 }
 
@@ -303,13 +304,13 @@ static void exit_summary(const fragless_shm_page_t *snap)
                "exit report (pid %d, GPU %d): peak allocated %s, peak reserved %s; reserved but "
                "unallocated %s now, %s at peak (fragmentation %.1f%%); %llu allocations, %llu "
                "OOMs, %llu retries; %llu driver calls in %.1f ms; %llu empty-cache released %s",
-               (int)snap->pid, d->device, HUMAN(s->allocated_bytes.peak),
-               HUMAN(s->reserved_bytes.peak), HUMAN(s->reserved_unallocated_bytes.current),
-               HUMAN(s->reserved_unallocated_bytes.peak), pio_fragmentation(s),
+               (int)snap->pid, d->device, PIO_HUMAN(s->allocated_bytes.peak),
+               PIO_HUMAN(s->reserved_bytes.peak), PIO_HUMAN(s->reserved_unallocated_bytes.current),
+               PIO_HUMAN(s->reserved_unallocated_bytes.peak), pio_fragmentation(s),
                (unsigned long long)s->num_allocs, (unsigned long long)s->num_ooms,
                (unsigned long long)s->num_alloc_retries, (unsigned long long)s->driver_calls,
                (double)s->driver_ns / 1e6, (unsigned long long)s->num_empty_cache,
-               HUMAN(s->empty_cache_released_bytes));
+               PIO_HUMAN(s->empty_cache_released_bytes));
     }
 }
 

@@ -254,8 +254,8 @@ static void serve_request(fragless_shm_page_t *p)
         status = empty_cache(device, &released);
     else if (FRAGLESS_SHM_REQ_TYPE(w) == FRAGLESS_SHM_REQ_EMPTY_CACHE)
         status = FRAGLESS_ENODEV;
-    log_info("stats page: empty-cache request %u for device %u: %zu bytes released", id, device,
-             (size_t)released);
+    log_info("stats page: request %u (type %u, device %u): status %d, %zu bytes released", id,
+             FRAGLESS_SHM_REQ_TYPE(w), device, (int)status, (size_t)released);
     publish(p); /* the requester reads fresh numbers after the response */
     __atomic_store_n(&p->response_status, status, __ATOMIC_RELAXED);
     __atomic_store_n(&p->response_released, released, __ATOMIC_RELAXED);

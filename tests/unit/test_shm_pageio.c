@@ -78,3 +78,22 @@ Test(pageio, json_strings_are_escaped)
     cr_expect_str_eq(buf, "\"a\\\"b\\\\c\\u000ad\\u0001\\u00c3\\u00a9\"");
     free(buf);
 }
+
+/* The page is a public, versioned layout: naturally aligned, no size that depends on the
+ * compiler's padding choices, arrays where the header says they are. */
+Test(pageio, page_layout_is_aligned)
+{
+    cr_expect_eq(sizeof(fragless_shm_segment_t) % 8, 0);
+    cr_expect_eq(sizeof(fragless_shm_device_t) % 8, 0);
+    cr_expect_eq(offsetof(fragless_shm_device_t, stats) % 8, 0);
+    cr_expect_eq(offsetof(fragless_shm_page_t, seq) % 8, 0);
+    cr_expect_eq(offsetof(fragless_shm_page_t, request) % 8, 0);
+    cr_expect_eq(offsetof(fragless_shm_page_t, devices) % 8, 0);
+    cr_expect_eq(offsetof(fragless_shm_page_t, wake) % 4, 0);
+    cr_expect_eq(offsetof(fragless_shm_page_t, response_id),
+                 offsetof(fragless_shm_page_t, wake) + 4);
+    cr_expect_eq(sizeof(fragless_shm_page_t),
+                 offsetof(fragless_shm_page_t, devices) +
+                     FRAGLESS_SHM_MAX_DEVICES * sizeof(fragless_shm_device_t));
+    cr_expect_lt(sizeof(fragless_shm_page_t), 256 * 1024, "a small page");
+}

@@ -8,8 +8,6 @@
 
 #include "pageio.h"
 
-#define HUMAN(v) pio_human((v), (char[24]){0}, 24)
-
 /* A physical GPU seen in the table: the first device entry that named it, and the sums. */
 struct gpu_total {
     const fragless_shm_device_t *first;
@@ -26,10 +24,10 @@ static void print_row(FILE *f, int32_t pid, const char *command, const fragless_
 {
     const fragless_stats_t *s = &d->stats;
     fprintf(f, "%-8d %-24.24s %3d %11s %11s %11s %6.1f%% %11s %11s %5llu\n", (int)pid,
-            pio_short_command(command), d->device, HUMAN(s->allocated_bytes.current),
-            HUMAN(s->reserved_bytes.current), HUMAN(s->reserved_unallocated_bytes.current),
-            pio_fragmentation(s), HUMAN(s->largest_free_block_bytes.current),
-            HUMAN(s->reserved_bytes.peak), (unsigned long long)s->num_ooms);
+            pio_short_command(command), d->device, PIO_HUMAN(s->allocated_bytes.current),
+            PIO_HUMAN(s->reserved_bytes.current), PIO_HUMAN(s->reserved_unallocated_bytes.current),
+            pio_fragmentation(s), PIO_HUMAN(s->largest_free_block_bytes.current),
+            PIO_HUMAN(s->reserved_bytes.peak), (unsigned long long)s->num_ooms);
 }
 
 static void add_total(struct gpu_total *t, int *n, const fragless_shm_device_t *d)
@@ -57,11 +55,11 @@ static void print_device_line(FILE *f, const struct gpu_total *t)
     uint64_t used, total;
     bool has_pci = pio_pci_id(t->first, pci, sizeof pci);
     if (has_pci && fs_nvml_memory(pci, &used, &total)) {
-        fprintf(f, "  device %s: %s used of %s by all processes (NVML)\n", pci, HUMAN(used),
-                HUMAN(total));
+        fprintf(f, "  device %s: %s used of %s by all processes (NVML)\n", pci, PIO_HUMAN(used),
+                PIO_HUMAN(total));
     } else if (t->first->total_bytes) {
         fprintf(f, "  device %s: %s total; use by processes without fragless unknown (no NVML)\n",
-                has_pci ? pci : "?", HUMAN(t->first->total_bytes));
+                has_pci ? pci : "?", PIO_HUMAN(t->first->total_bytes));
     }
 }
 
@@ -72,8 +70,8 @@ static void print_totals(FILE *f, const struct gpu_total *t, int n)
         snprintf(label, sizeof label, "total (%d process%s)", t[i].procs,
                  t[i].procs == 1 ? "" : "es");
         fprintf(f, "%-8s %-24.24s %3d %11s %11s %11s %7s %11s %11s %5llu\n", "GPU", label,
-                t[i].first->device, HUMAN(t[i].allocated), HUMAN(t[i].reserved),
-                HUMAN(t[i].unallocated), "", "", HUMAN(t[i].peak_reserved),
+                t[i].first->device, PIO_HUMAN(t[i].allocated), PIO_HUMAN(t[i].reserved),
+                PIO_HUMAN(t[i].unallocated), "", "", PIO_HUMAN(t[i].peak_reserved),
                 (unsigned long long)t[i].ooms);
         print_device_line(f, &t[i]);
     }
@@ -116,9 +114,9 @@ void fs_print_segments(FILE *f, const struct fs_proc *p, int device)
         for (uint32_t i = 0; i < d->segment_count; i++) {
             const fragless_shm_segment_t *g = &d->segments[i];
             fprintf(f, "  0x%012llx %10s %-4s alloc %10s free %10s unmapped %10s %5u blk [%-*s]\n",
-                    (unsigned long long)g->base, HUMAN(g->size), g->expandable ? "vmm" : "cls",
-                    HUMAN(g->allocated), HUMAN(g->free_mapped), HUMAN(g->unmapped), g->blocks,
-                    FRAGLESS_SHM_MAP_CHARS, g->map);
+                    (unsigned long long)g->base, PIO_HUMAN(g->size), g->expandable ? "vmm" : "cls",
+                    PIO_HUMAN(g->allocated), PIO_HUMAN(g->free_mapped), PIO_HUMAN(g->unmapped),
+                    g->blocks, FRAGLESS_SHM_MAP_CHARS, g->map);
         }
     }
 }
