@@ -624,12 +624,10 @@ void heap_atfork_prepare(void)
         if (heaps[d])
             pthread_mutex_lock(&heaps[d]->lock);
     segmap_atfork_prepare();
-    vmm_atfork_prepare();
 }
 
 void heap_atfork_parent(void)
 {
-    vmm_atfork_parent();
     segmap_atfork_parent();
     for (int d = FL_MAX_DEVICES - 1; d >= 0; d--)
         if (heaps[d])
@@ -639,7 +637,6 @@ void heap_atfork_parent(void)
 
 void heap_atfork_child(void)
 {
-    vmm_atfork_child();
     segmap_atfork_child();
     for (int d = 0; d < FL_MAX_DEVICES; d++)
         if (heaps[d])
