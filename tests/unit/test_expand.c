@@ -246,6 +246,37 @@ Test(expand, the_walker_sees_a_live_block_not_wholly_mapped)
     cr_assert(heap_is_valid());
 }
 
+Test(expand, a_request_no_hole_fits_takes_the_holes_pages_on_a_full_device)
+{
+    /* 1 GiB device: 48 blocks of 20 MiB (960 MiB), every other one freed: 480 MiB free in
+     * holes of 20 MiB. 400 MiB fits no hole and the device has 64 MiB left: its pages come
+     * from the holes. */
+    CUdeviceptr p[48];
+    for (int i = 0; i < 48; i++)
+        p[i] = ht_alloc(20 * FL_MiB, NULL, HEAP_ASYNC);
+    for (int i = 1; i < 48; i += 2)
+        ht_free(p[i], NULL, HEAP_ASYNC);
+    CUdeviceptr big = ht_alloc(400 * FL_MiB, NULL, HEAP_ASYNC);
+    memset((void *)(uintptr_t)big, 0x5e, 400 * FL_MiB);
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.num_ooms, 0);
+    cr_assert_leq(st.reserved_bytes.current, 960 * FL_MiB + 64 * FL_MiB);
+    /* more than the device holds: a clean OOM, the heap as it was */
+    CUdeviceptr none = 0;
+    cr_assert_eq(heap_alloc(0, 200 * FL_MiB, NULL, HEAP_ASYNC, &none), CUDA_ERROR_OUT_OF_MEMORY);
+    cr_assert_eq(none, 0);
+    st = ht_stats(0);
+    cr_assert_eq(st.num_ooms, 1);
+    cr_assert_eq(st.allocated_bytes.current, 24 * 20 * FL_MiB + 400 * FL_MiB);
+    cr_assert(heap_is_valid());
+    ht_free(big, NULL, HEAP_ASYNC);
+    for (int i = 0; i < 48; i += 2)
+        ht_free(p[i], NULL, HEAP_ASYNC);
+    cr_assert_eq(heap_empty_cache(0, NULL), CUDA_SUCCESS);
+    cr_assert_eq(ht_stats(0).reserved_bytes.current, 0);
+    cr_assert_eq(ht_audit(), 0);
+}
+
 TestSuite(expand_env, .timeout = 60);
 
 /* 8 blocks of 32 MiB, every other one freed, then 100 MiB: its pages moved or created. */
