@@ -167,7 +167,7 @@ static void collect_before_mapping(struct heap *h, size_t need)
     size_t reserved = h->st.reserved_bytes.current;
     if (!h->gc_limit || reserved + need <= h->gc_limit)
         return;
-    size_t released = expand_release(h, reserved + need - h->gc_limit);
+    size_t released = expand_release(h, reserved + need - h->gc_limit, NULL);
     if (released) {
         h->st.num_empty_cache++;
         h->st.empty_cache_released_bytes += released;
@@ -211,9 +211,10 @@ CUresult expand_back(struct heap *h, struct block *b)
     return r;
 }
 
-size_t expand_release(struct heap *h, size_t want)
+size_t expand_release(struct heap *h, size_t want, CUresult *err)
 {
     size_t before = heap_mapped(h), released = 0;
+    CUresult r;
     for (struct segment *s = h->segments; s && released < want; s = s->next) {
         if (s->kind != SEGMENT_EXPANDABLE)
             continue;
@@ -225,13 +226,18 @@ size_t expand_release(struct heap *h, size_t want)
             if (want != SIZE_MAX && end - off > page_up(want - released, ps))
                 end = off + page_up(want - released, ps);
             size_t had = vrange_mapped_bytes(s->vr);
-            vrange_unmap(s->vr, off, end - off, false);
+            r = vrange_unmap(s->vr, off, end - off, false);
+            if (r != CUDA_SUCCESS && err && *err == CUDA_SUCCESS)
+                *err = r;
             released += had - vrange_mapped_bytes(s->vr);
         }
     }
     size_t spare = 0;
-    if (want == SIZE_MAX)
-        vmm_release_spare(h->device, &spare);
+    if (want == SIZE_MAX) {
+        r = vmm_release_spare(h->device, &spare);
+        if (r != CUDA_SUCCESS && err && *err == CUDA_SUCCESS)
+            *err = r;
+    }
     account_mapped(h, before);
     return released;
 }

@@ -140,7 +140,7 @@ size_t release_free_segments(struct heap *h, size_t want)
     if (!h->expandable || want == SIZE_MAX)
         take_free_segments(h, &list, want);
     if (h->expandable)
-        bytes = expand_release(h, want);
+        bytes = expand_release(h, want, NULL);
     pthread_mutex_unlock(&h->lock);
     return bytes + destroy_segments(h, list, NULL);
 }
@@ -246,7 +246,7 @@ static CUresult empty_one(struct heap *h, size_t *released)
         settle_frees(h);
     take_free_segments(h, &list, SIZE_MAX);
     if (h->expandable)
-        bytes = expand_release(h, SIZE_MAX);
+        bytes = expand_release(h, SIZE_MAX, &r);
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
     pthread_mutex_unlock(&h->lock);
     bytes += destroy_segments(h, list, &r);
