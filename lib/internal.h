@@ -156,7 +156,8 @@ CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, 
 /* The driver's 4-argument cuGetProcAddress (CUDA_ERROR_NOT_FOUND for what it cannot give). */
 CUresult drv_get_proc_address_v1(const char *symbol, void **pfn, int cuda_version,
                                  cuuint64_t flags);
-/* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
+/* Driver calls (every wrapper below counts them) and nanoseconds spent in the calls that can
+ * be slow (allocation, free, VMM, synchronization, context retain/release: driver.c's TIMED). */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
 
