@@ -34,6 +34,7 @@ struct drv_fns {
     CUresult (*ctx_synchronize)(void);
     CUresult (*primary_ctx_retain)(CUcontext *, CUdevice);
     CUresult (*primary_ctx_release)(CUdevice);
+    CUresult (*primary_ctx_reset)(CUdevice);
     CUresult (*primary_ctx_get_state)(CUdevice, unsigned int *, int *);
     CUresult (*device_get_count)(int *);
     CUresult (*device_get_attribute)(int *, CUdevice_attribute, CUdevice);
@@ -88,6 +89,7 @@ static const struct drv_entry entries[] = {
     ENTRY(primary_ctx_retain, REQUIRED, "cuDevicePrimaryCtxRetain"),
     ENTRY(primary_ctx_release, REQUIRED, "cuDevicePrimaryCtxRelease_v2",
           "cuDevicePrimaryCtxRelease"),
+    ENTRY(primary_ctx_reset, OPTIONAL, "cuDevicePrimaryCtxReset_v2", "cuDevicePrimaryCtxReset"),
     ENTRY(primary_ctx_get_state, OPTIONAL, "cuDevicePrimaryCtxGetState"),
     ENTRY(device_get_count, REQUIRED, "cuDeviceGetCount"),
     ENTRY(device_get_attribute, REQUIRED, "cuDeviceGetAttribute"),
@@ -419,6 +421,11 @@ CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev)
 CUresult drv_primary_ctx_release(CUdevice dev)
 {
     TIMED(primary_ctx_release, dev);
+}
+
+CUresult drv_primary_ctx_reset(CUdevice dev)
+{
+    TIMED(primary_ctx_reset, dev);
 }
 
 CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active)

@@ -168,6 +168,7 @@ CUresult drv_ctx_get_device(CUdevice *dev);
 CUresult drv_ctx_synchronize(void);
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev);
 CUresult drv_primary_ctx_release(CUdevice dev);
+CUresult drv_primary_ctx_reset(CUdevice dev);
 CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active);
 CUresult drv_device_get_count(int *count);
 CUresult drv_device_get_attribute(int *value, CUdevice_attribute attr, CUdevice dev);
