@@ -47,11 +47,15 @@ static struct {
     CUresult result;
 } init = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* Read on every hooked call: the initial-exec model makes each read one load, not a call to
+ * __tls_get_addr (libfragless is preloaded, so its thread-local storage is static). */
+#define HOT_TLS __attribute__((tls_model("initial-exec")))
+
 /* This thread is initializing fragless: hooked calls it makes go to the real function. */
-static _Thread_local bool in_init;
+static _Thread_local bool in_init HOT_TLS;
 /* This thread is inside a real runtime function fragless called: driver entry points the
  * runtime calls from there go to the real driver (the runtime does its own bookkeeping). */
-static _Thread_local int in_real_runtime;
+static _Thread_local int in_real_runtime HOT_TLS;
 
 static void build_hook_table(void);
 static void register_fork_handlers(void);
@@ -92,10 +96,27 @@ static bool passthrough(void)
     return config_get()->passthrough;
 }
 
+enum serve_mode { MODE_UNDECIDED, MODE_SERVE, MODE_PASS };
+
+/* Whether fragless serves calls at all, decided once: not under passthrough:true, nor when
+ * it cannot initialize (both are final: the configuration is read once and a failed
+ * initialization is not retried). */
+static _Atomic int serve_mode;
+
+static bool decide_serving(void)
+{
+    int mode = passthrough() || init_once() != CUDA_SUCCESS ? MODE_PASS : MODE_SERVE;
+    atomic_store_explicit(&serve_mode, mode, memory_order_relaxed);
+    return mode == MODE_SERVE;
+}
+
 /* True when this call is fragless's to serve; false sends it to the real function. */
 static bool serving(void)
 {
-    if (in_init || in_real_runtime || passthrough() || init_once() != CUDA_SUCCESS)
+    if (in_init || in_real_runtime)
+        return false;
+    int mode = atomic_load_explicit(&serve_mode, memory_order_relaxed);
+    if (FL_UNLIKELY(mode == MODE_UNDECIDED) ? !decide_serving() : mode != MODE_SERVE)
         return false;
     shm_ensure();
     return true;
