@@ -158,7 +158,8 @@ CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, 
 /* The driver's 4-argument cuGetProcAddress (CUDA_ERROR_NOT_FOUND for what it cannot give). */
 CUresult drv_get_proc_address_v1(const char *symbol, void **pfn, int cuda_version,
                                  cuuint64_t flags);
-/* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
+/* Driver calls (every wrapper below counts them) and nanoseconds spent in the calls that can
+ * be slow (allocation, free, VMM, synchronization, context retain/release: driver.c's TIMED). */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
 
@@ -169,6 +170,7 @@ CUresult drv_ctx_get_device(CUdevice *dev);
 CUresult drv_ctx_synchronize(void);
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev);
 CUresult drv_primary_ctx_release(CUdevice dev);
+CUresult drv_primary_ctx_reset(CUdevice dev);
 CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active);
 CUresult drv_device_get_count(int *count);
 CUresult drv_device_get_attribute(int *value, CUdevice_attribute attr, CUdevice dev);
