@@ -174,7 +174,7 @@ static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t si
             return r;
         }
     }
-    HASH_ADD(hh, h->live, ptr, sizeof b->ptr, b);
+    livemap_insert(&h->live, b);
     h->st.num_allocs++;
     heap_settle(h);
     *out = b->ptr;
@@ -432,16 +432,15 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
             count_foreign();
         return CUDA_SUCCESS;
     }
-    struct block *b;
     pthread_mutex_lock(&h->lock);
-    HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
+    struct block *b = livemap_find(&h->live, ptr);
     if (!b) {
         pthread_mutex_unlock(&h->lock);
         log_error("free of %#llx: not the start of a live fragless block (double free?)",
                   (unsigned long long)ptr);
         return CUDA_ERROR_INVALID_VALUE;
     }
-    HASH_DELETE(hh, h->live, b);
+    livemap_remove(&h->live, b);
     block_unlive(h, b);
     b->free_seq = ++h->free_seq;
     put_freed(h, b, stream, mode);
@@ -459,9 +458,8 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
  * the segment the segment map names (valid while the lock is held). */
 static struct block *block_containing(struct heap *h, CUdeviceptr ptr)
 {
-    struct block *b;
     struct segment *s;
-    HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
+    struct block *b = livemap_find(&h->live, ptr);
     if (b || !segmap_find(ptr, NULL, &s))
         return b;
     for (b = s->first; b; b = b->next)
@@ -524,8 +522,6 @@ int heap_get_stats(int device, fragless_stats_t *out)
     pthread_mutex_lock(&h->lock);
     stat_set(&h->st.largest_free_block_bytes, largest_free(h));
     fragless_stats_t snap = h->st;
-    /* the live map's table grows and shrinks on its own: counted at the snapshot */
-    snap.host_metadata_bytes.current += HASH_OVERHEAD(hh, h->live);
     pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
