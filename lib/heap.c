@@ -431,23 +431,59 @@ static void put_freed(struct heap *h, struct block *b, CUstream stream, enum hea
         block_pend(h, b);
 }
 
+/* The device of the calling thread's last free: its heap's live map is looked in first. */
+static __attribute__((tls_model("initial-exec"))) _Thread_local int free_hint;
+
+/* The live block at ptr in the heap of the calling thread's last free, with that heap locked
+ * (*hp); NULL, nothing locked, if it is not there. Spares most frees the segment map. */
+static struct block *find_hinted(CUdeviceptr ptr, struct heap **hp)
+{
+    struct heap *h = heap_of(free_hint, false);
+    if (!h)
+        return NULL;
+    pthread_mutex_lock(&h->lock);
+    struct block *b = livemap_find(&h->live, ptr);
+    if (!b) {
+        pthread_mutex_unlock(&h->lock);
+        return NULL;
+    }
+    *hp = h;
+    return b;
+}
+
+/* The live block at ptr in the heap the segment map names, that heap locked (*hp). NULL,
+ * nothing locked, with *hp NULL if no heap owns ptr, else *hp set (a double free?). */
+static struct block *find_mapped(CUdeviceptr ptr, struct heap **hp)
+{
+    int device;
+    *hp = segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
+    if (!*hp)
+        return NULL;
+    pthread_mutex_lock(&(*hp)->lock);
+    struct block *b = livemap_find(&(*hp)->live, ptr);
+    if (!b)
+        pthread_mutex_unlock(&(*hp)->lock);
+    else
+        free_hint = device;
+    return b;
+}
+
 CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *foreign)
 {
     bool ignored;
-    int device;
     foreign = foreign ? foreign : &ignored;
     *foreign = false;
-    struct heap *h = ptr && segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
+    struct heap *h = NULL;
+    struct block *b = ptr ? find_hinted(ptr, &h) : NULL;
+    if (!b && ptr)
+        b = find_mapped(ptr, &h);
     if (!h) {
         *foreign = true;
         if (ptr)
             count_foreign();
         return CUDA_SUCCESS;
     }
-    pthread_mutex_lock(&h->lock);
-    struct block *b = livemap_find(&h->live, ptr);
     if (!b) {
-        pthread_mutex_unlock(&h->lock);
         log_error("free of %#llx: not the start of a live fragless block (double free?)",
                   (unsigned long long)ptr);
         return CUDA_ERROR_INVALID_VALUE;
