@@ -258,7 +258,7 @@ void heap_atfork_parent(void);
 void heap_atfork_child(void);
 
 /* -- heap internals: shared by the heap's files only (heap.c, size.c, freeindex.c, block.c,
- *    reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
+ *    livemap.c, reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
 
 #include <pthread.h>
 #include <uthash.h>
