@@ -454,10 +454,12 @@ FL_EXPORT CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags)
         r = vmm_peer_enable(owner, accessor);
     if (r == CUDA_SUCCESS)
         return CUDA_SUCCESS;
+    CUresult undo = drv_ctx_disable_peer_access(peer);
     log_error("peer access was enabled but fragless could not extend it to the memory it "
-              "mapped (CUresult %d); peer access is disabled again",
-              (int)r);
-    drv_ctx_disable_peer_access(peer);
+              "mapped (CUresult %d); %s",
+              (int)r,
+              undo == CUDA_SUCCESS ? "peer access is disabled again"
+                                   : "disabling peer access again failed too");
     return r;
 }
 

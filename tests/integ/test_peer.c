@@ -47,3 +47,8 @@ Test(peer, a_failing_grant_fails_the_enable_and_leaks_nothing)
 {
     run_mode("fail");
 }
+
+Test(peer, not_learning_the_device_fails_the_enable_and_undoes_it)
+{
+    run_mode("ctxfail");
+}

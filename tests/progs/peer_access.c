@@ -12,6 +12,8 @@
  *            disable is not granted, memory granted before keeps its access
  *   fail     the grant of memory mapped before fails (injected): the enable fails, device 1
  *            has no access, peer access is off again (enabling again works), nothing leaks
+ *   ctxfail  fragless cannot learn the current device after the driver enabled peer access
+ *            (cuCtxGetCurrent fails, injected): the enable fails and is undone the same way
  */
 #include "fragless_emu.h"
 #include "ip_prog.h"
@@ -125,6 +127,25 @@ static void fail_mode(void)
     free_all(a, b);
 }
 
+static void ctxfail_mode(void)
+{
+    CUcontext ctx0 = NULL, ctx1 = NULL;
+    void *a = alloc0();
+    CHECK(cuDevicePrimaryCtxRetain(&ctx0, 0) == CUDA_SUCCESS, "retain 0");
+    CHECK(cuDevicePrimaryCtxRetain(&ctx1, 1) == CUDA_SUCCESS, "retain 1");
+    CHECK(cuCtxSetCurrent(ctx1) == CUDA_SUCCESS, "device 1 current");
+    CHECK(fragless_emu_fail("cuCtxGetCurrent@1=CUDA_ERROR_INVALID_CONTEXT") == 0, "arm");
+    CUresult r = cuCtxEnablePeerAccess(ctx0, 0);
+    CHECK(fragless_emu_fail(NULL) == 0, "disarm");
+    CHECK(r == CUDA_ERROR_INVALID_CONTEXT, "cuCtxEnablePeerAccess = %d", (int)r);
+    CHECK(access_of(a, 1) == CU_MEM_ACCESS_FLAGS_PROT_NONE, "nothing granted");
+    CHECK(cuCtxSetCurrent(ctx1) == CUDA_SUCCESS, "device 1 current");
+    CHECK(cuCtxEnablePeerAccess(ctx0, 0) == CUDA_SUCCESS, "enabling again works");
+    expect_peer_rw(a);
+    CHECK(cuDevicePrimaryCtxRelease(0) == CUDA_SUCCESS, "release 0");
+    CHECK(cuDevicePrimaryCtxRelease(1) == CUDA_SUCCESS, "release 1");
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -144,6 +165,8 @@ int main(int argc, char **argv)
         driver_mode();
     } else if (strcmp(mode, "fail") == 0) {
         fail_mode();
+    } else if (strcmp(mode, "ctxfail") == 0) {
+        ctxfail_mode();
     } else {
         CHECK(false, "unknown mode %s", mode);
     }
