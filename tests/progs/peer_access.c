@@ -92,13 +92,25 @@ static void free_all(void *a, void *b)
     CHECK(fragless_emu_audit(2) == 0, "the leak audit found leaks");
 }
 
+/* Both devices' primary contexts, retained, with device 1's current (the driver API way). */
+static void retain_both(CUcontext *ctx0, CUcontext *ctx1)
+{
+    CHECK(cuDevicePrimaryCtxRetain(ctx0, 0) == CUDA_SUCCESS, "retain 0");
+    CHECK(cuDevicePrimaryCtxRetain(ctx1, 1) == CUDA_SUCCESS, "retain 1");
+    CHECK(cuCtxSetCurrent(*ctx1) == CUDA_SUCCESS, "device 1 current");
+}
+
+static void release_both(void)
+{
+    CHECK(cuDevicePrimaryCtxRelease(0) == CUDA_SUCCESS, "release 0");
+    CHECK(cuDevicePrimaryCtxRelease(1) == CUDA_SUCCESS, "release 1");
+}
+
 static void driver_mode(void)
 {
     CUcontext ctx0 = NULL, ctx1 = NULL;
     void *a = alloc0();
-    CHECK(cuDevicePrimaryCtxRetain(&ctx0, 0) == CUDA_SUCCESS, "retain 0");
-    CHECK(cuDevicePrimaryCtxRetain(&ctx1, 1) == CUDA_SUCCESS, "retain 1");
-    CHECK(cuCtxSetCurrent(ctx1) == CUDA_SUCCESS, "device 1 current");
+    retain_both(&ctx0, &ctx1);
     CHECK(cuCtxEnablePeerAccess(ctx0, 0) == CUDA_SUCCESS, "cuCtxEnablePeerAccess");
     CHECK(cuCtxGetCurrent(&ctx1) == CUDA_SUCCESS && ctx1 != ctx0, "context kept");
     expect_peer_rw(a);
@@ -108,8 +120,7 @@ static void driver_mode(void)
     CHECK(access_of(b, 1) == CU_MEM_ACCESS_FLAGS_PROT_NONE, "mapped after disable: no access");
     CHECK(access_of(a, 1) == CU_MEM_ACCESS_FLAGS_PROT_READWRITE, "granted before: kept");
     CHECK(fill_from_device1(b, 0x11) == 1, "device 1's fill of ungranted memory faults");
-    CHECK(cuDevicePrimaryCtxRelease(0) == CUDA_SUCCESS, "release 0");
-    CHECK(cuDevicePrimaryCtxRelease(1) == CUDA_SUCCESS, "release 1");
+    release_both();
 }
 
 static void fail_mode(void)
@@ -131,9 +142,7 @@ static void ctxfail_mode(void)
 {
     CUcontext ctx0 = NULL, ctx1 = NULL;
     void *a = alloc0();
-    CHECK(cuDevicePrimaryCtxRetain(&ctx0, 0) == CUDA_SUCCESS, "retain 0");
-    CHECK(cuDevicePrimaryCtxRetain(&ctx1, 1) == CUDA_SUCCESS, "retain 1");
-    CHECK(cuCtxSetCurrent(ctx1) == CUDA_SUCCESS, "device 1 current");
+    retain_both(&ctx0, &ctx1);
     CHECK(fragless_emu_fail("cuCtxGetCurrent@1=CUDA_ERROR_INVALID_CONTEXT") == 0, "arm");
     CUresult r = cuCtxEnablePeerAccess(ctx0, 0);
     CHECK(fragless_emu_fail(NULL) == 0, "disarm");
@@ -142,8 +151,7 @@ static void ctxfail_mode(void)
     CHECK(cuCtxSetCurrent(ctx1) == CUDA_SUCCESS, "device 1 current");
     CHECK(cuCtxEnablePeerAccess(ctx0, 0) == CUDA_SUCCESS, "enabling again works");
     expect_peer_rw(a);
-    CHECK(cuDevicePrimaryCtxRelease(0) == CUDA_SUCCESS, "release 0");
-    CHECK(cuDevicePrimaryCtxRelease(1) == CUDA_SUCCESS, "release 1");
+    release_both();
 }
 
 int main(int argc, char **argv)
