@@ -61,6 +61,7 @@ static _Thread_local int in_real_runtime HOT_TLS;
 
 static void build_hook_table(void);
 static void register_fork_handlers(void);
+static void register_heap_fork_handlers(void);
 
 static CUresult init_locked(void)
 {
@@ -71,6 +72,7 @@ static CUresult init_locked(void)
                   (int)r);
         return r;
     }
+    register_heap_fork_handlers();
     build_hook_table();
     return CUDA_SUCCESS;
 }
@@ -1058,9 +1060,14 @@ static void build_hook_table(void)
 
 /* The process's fork handlers (DESIGN §4 rule 5). The heap's locks (and the page layer's,
  * which nest inside them) are taken around fork so that the child gets them free and
- * consistent. The one-time initialization is not waited for: a child forked while another
- * thread initializes inherits init.lock or table.lock held by a thread it does not have, so
- * the child makes both free again and, finding init.done unset, initializes on its own. */
+ * consistent. These handlers are registered once the driver is initialized: prepare handlers
+ * run in the reverse order of registration, so ours run before any the driver registered
+ * while it loaded and initialized — a thread holding a heap lock inside a driver call would
+ * otherwise wait for a driver lock the forking thread took first, while the forking thread
+ * waits for the heap lock. The one-time initialization is not waited for: a child forked
+ * while another thread initializes inherits init.lock or table.lock held by a thread it does
+ * not have, so the child makes both free again (a handler registered before initialization
+ * starts) and, finding init.done unset, initializes on its own. */
 static void fork_prepare(void)
 {
     heap_atfork_prepare();
@@ -1077,13 +1084,28 @@ static void fork_child(void)
 {
     vmm_atfork_child();
     heap_atfork_child();
+}
+
+static void fork_child_init(void)
+{
     pthread_mutex_init(&table.lock, NULL);
     pthread_mutex_init(&init.lock, NULL);
 }
 
 static void register_once(void)
 {
+    pthread_atfork(NULL, NULL, fork_child_init);
+}
+
+static void register_heap_once(void)
+{
     pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void register_heap_fork_handlers(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_heap_once);
 }
 
 /* Registered before the first lock of initialization is taken, and only once (a child that
