@@ -110,13 +110,13 @@ static CUresult is_capturing(CUstream h, CUstreamCaptureStatus *status, uint64_t
 
 EMU_API CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus)
 {
-    EMU_ENTER(cuStreamIsCapturing);
+    EMU_FAST_ENTER(cuStreamIsCapturing);
     return is_capturing(hStream, captureStatus, NULL, false);
 }
 
 EMU_API CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus)
 {
-    EMU_ENTER(cuStreamIsCapturing_ptsz);
+    EMU_FAST_ENTER(cuStreamIsCapturing_ptsz);
     return is_capturing(hStream, captureStatus, NULL, true);
 }
 
@@ -142,14 +142,14 @@ static CUresult capture_info(CUstream h, CUstreamCaptureStatus *status, cuuint64
 EMU_API CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *status,
                                         cuuint64_t *id)
 {
-    EMU_ENTER(cuStreamGetCaptureInfo);
+    EMU_FAST_ENTER(cuStreamGetCaptureInfo);
     return capture_info(hStream, status, id, NULL, NULL, NULL, NULL, false);
 }
 
 EMU_API CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
                                              cuuint64_t *id)
 {
-    EMU_ENTER(cuStreamGetCaptureInfo_ptsz);
+    EMU_FAST_ENTER(cuStreamGetCaptureInfo_ptsz);
     return capture_info(hStream, status, id, NULL, NULL, NULL, NULL, true);
 }
 
@@ -157,7 +157,7 @@ EMU_API CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStat
                                            cuuint64_t *id, CUgraph *graph, const CUgraphNode **deps,
                                            size_t *ndeps)
 {
-    EMU_ENTER(cuStreamGetCaptureInfo_v2);
+    EMU_FAST_ENTER(cuStreamGetCaptureInfo_v2);
     return capture_info(hStream, status, id, graph, deps, NULL, ndeps, false);
 }
 
@@ -165,7 +165,7 @@ EMU_API CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUstreamCaptur
                                                 cuuint64_t *id, CUgraph *graph,
                                                 const CUgraphNode **deps, size_t *ndeps)
 {
-    EMU_ENTER(cuStreamGetCaptureInfo_v2_ptsz);
+    EMU_FAST_ENTER(cuStreamGetCaptureInfo_v2_ptsz);
     return capture_info(hStream, status, id, graph, deps, NULL, ndeps, true);
 }
 
@@ -173,7 +173,7 @@ EMU_API CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStat
                                            cuuint64_t *id, CUgraph *graph, const CUgraphNode **deps,
                                            const CUgraphEdgeData **edges, size_t *ndeps)
 {
-    EMU_ENTER(cuStreamGetCaptureInfo_v3);
+    EMU_FAST_ENTER(cuStreamGetCaptureInfo_v3);
     return capture_info(hStream, status, id, graph, deps, edges, ndeps, false);
 }
 
@@ -182,7 +182,7 @@ EMU_API CUresult cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUstreamCaptur
                                                 const CUgraphNode **deps,
                                                 const CUgraphEdgeData **edges, size_t *ndeps)
 {
-    EMU_ENTER(cuStreamGetCaptureInfo_v3_ptsz);
+    EMU_FAST_ENTER(cuStreamGetCaptureInfo_v3_ptsz);
     return capture_info(hStream, status, id, graph, deps, edges, ndeps, true);
 }
 

@@ -1,7 +1,9 @@
 /*
  * device.c — initialization, devices and contexts: cuInit, cuDriverGetVersion, the cuDevice*
  * queries, primary contexts (retain/release/reset/state/flags), the per-thread context stack
- * (cuCtxGetCurrent/SetCurrent/Push/Pop), cuCtxSynchronize and peer access.
+ * (cuCtxGetCurrent/SetCurrent/Push/Pop), cuCtxSynchronize and peer access. The version,
+ * device and context-stack queries pass the light gate (fastpath.c) and take no lock: they
+ * read the configuration (fixed once read), the contexts cuInit set up, and thread-locals.
  */
 #include <stdio.h>
 #include <string.h>
@@ -76,8 +78,7 @@ EMU_API CUresult cuInit(unsigned int flags)
     else if (!emu.initialized) {
         for (int i = 0; i < emu.cfg.devices; i++)
             ctx_init(&emu.ctx[i], i);
-        emu.init_pid = getpid();
-        emu.initialized = true;
+        atomic_store_explicit(&emu.initialized, true, memory_order_release);
     }
     emu_unlock();
     return r;
@@ -85,7 +86,7 @@ EMU_API CUresult cuInit(unsigned int flags)
 
 EMU_API CUresult cuDriverGetVersion(int *driverVersion)
 {
-    EMU_ENTER(cuDriverGetVersion);
+    EMU_FAST_ENTER(cuDriverGetVersion);
     if (!driverVersion)
         return CUDA_ERROR_INVALID_VALUE;
     *driverVersion = EMU_DRIVER_VERSION;
@@ -96,14 +97,12 @@ EMU_API CUresult cuDeviceGetCount(int *count)
 {
     CUresult r;
 
-    EMU_ENTER(cuDeviceGetCount);
-    emu_lock();
+    EMU_FAST_ENTER(cuDeviceGetCount);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && !count)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
         *count = emu.cfg.devices;
-    emu_unlock();
     return r;
 }
 
@@ -111,8 +110,7 @@ EMU_API CUresult cuDeviceGet(CUdevice *device, int ordinal)
 {
     CUresult r;
 
-    EMU_ENTER(cuDeviceGet);
-    emu_lock();
+    EMU_FAST_ENTER(cuDeviceGet);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && !device)
         r = CUDA_ERROR_INVALID_VALUE;
@@ -120,7 +118,6 @@ EMU_API CUresult cuDeviceGet(CUdevice *device, int ordinal)
         r = CUDA_ERROR_INVALID_DEVICE;
     if (r == CUDA_SUCCESS)
         *device = ordinal;
-    emu_unlock();
     return r;
 }
 
@@ -272,14 +269,12 @@ EMU_API CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevi
 {
     CUresult r;
 
-    EMU_ENTER(cuDeviceGetAttribute);
-    emu_lock();
+    EMU_FAST_ENTER(cuDeviceGetAttribute);
     r = emu_check_device(dev);
     if (r == CUDA_SUCCESS && (!pi || (int)attrib < 1 || attrib >= CU_DEVICE_ATTRIBUTE_MAX))
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
         *pi = attribute_value(attrib);
-    emu_unlock();
     return r;
 }
 
@@ -406,14 +401,13 @@ EMU_API CUresult cuCtxGetCurrent(CUcontext *pctx)
 {
     CUresult r;
 
-    EMU_ENTER(cuCtxGetCurrent);
-    emu_lock();
+    EMU_FAST_ENTER(cuCtxGetCurrent);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && !pctx)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
         *pctx = (CUcontext)ctx_top();
-    emu_unlock();
+    emu_latency("cuCtxGetCurrent", 0);
     return r;
 }
 
@@ -422,8 +416,7 @@ EMU_API CUresult cuCtxSetCurrent(CUcontext ctx)
     CUresult r;
     struct emu_ctx *c = NULL;
 
-    EMU_ENTER(cuCtxSetCurrent);
-    emu_lock();
+    EMU_FAST_ENTER(cuCtxSetCurrent);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && ctx && !(c = emu_ctx_of(ctx)))
         r = CUDA_ERROR_INVALID_CONTEXT;
@@ -435,7 +428,6 @@ EMU_API CUresult cuCtxSetCurrent(CUcontext ctx)
         else if (c)
             ctx_stack[ctx_depth++] = c;
     }
-    emu_unlock();
     return r;
 }
 
@@ -444,8 +436,7 @@ EMU_API CUresult cuCtxPushCurrent_v2(CUcontext ctx)
     CUresult r;
     struct emu_ctx *c = NULL;
 
-    EMU_ENTER(cuCtxPushCurrent_v2);
-    emu_lock();
+    EMU_FAST_ENTER(cuCtxPushCurrent_v2);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && !(c = emu_ctx_of(ctx)))
         r = CUDA_ERROR_INVALID_CONTEXT;
@@ -453,7 +444,6 @@ EMU_API CUresult cuCtxPushCurrent_v2(CUcontext ctx)
         r = CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS)
         ctx_stack[ctx_depth++] = c;
-    emu_unlock();
     return r;
 }
 
@@ -461,8 +451,7 @@ EMU_API CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
 {
     CUresult r;
 
-    EMU_ENTER(cuCtxPopCurrent_v2);
-    emu_lock();
+    EMU_FAST_ENTER(cuCtxPopCurrent_v2);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && ctx_depth == 0)
         r = CUDA_ERROR_INVALID_CONTEXT;
@@ -471,7 +460,6 @@ EMU_API CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
         if (pctx)
             *pctx = (CUcontext)ctx_stack[ctx_depth];
     }
-    emu_unlock();
     return r;
 }
 
@@ -480,8 +468,7 @@ EMU_API CUresult cuCtxGetDevice(CUdevice *device)
     CUresult r;
     struct emu_ctx *c = NULL;
 
-    EMU_ENTER(cuCtxGetDevice);
-    emu_lock();
+    EMU_FAST_ENTER(cuCtxGetDevice);
     r = emu_check_init();
     if (r == CUDA_SUCCESS && !(c = ctx_top()))
         r = CUDA_ERROR_INVALID_CONTEXT;
@@ -489,7 +476,6 @@ EMU_API CUresult cuCtxGetDevice(CUdevice *device)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
         *device = c->device;
-    emu_unlock();
     return r;
 }
 

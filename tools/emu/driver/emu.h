@@ -10,6 +10,7 @@
 
 #include <cuda.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -137,8 +138,8 @@ struct emu_config {
 struct emu_state {
     pthread_mutex_t lock;
     struct emu_config cfg;
-    bool initialized; /* cuInit succeeded */
-    pid_t init_pid;   /* the process that called cuInit (a forked child differs) */
+    atomic_bool initialized; /* cuInit succeeded (read without the lock by the fast path) */
+    atomic_bool forked;      /* this process was forked after cuInit (set at fork) */
     struct emu_ctx ctx[EMU_MAX_DEVICES];
     struct emu_stream *streams;
     struct emu_event *events;
@@ -150,6 +151,10 @@ struct emu_state {
     CUmemGenericAllocationHandle next_handle;
     uint64_t next_capture_id;
     uint64_t faults; /* simulated device faults */
+    /* Earliest simulated time at which emu_device_advance has something to do (a queued fill
+     * or a pending stream-ordered free), UINT64_MAX when nothing is pending; never later than
+     * the truth. Written under the lock, read without it. */
+    _Atomic uint64_t due;
 };
 
 extern struct emu_state emu;
@@ -184,13 +189,71 @@ CUresult emu_check_init(void);
  * returns (not initialized, no context, sticky fault). */
 CUresult emu_current(struct emu_ctx **out);
 CUresult emu_check_device(CUdevice dev);
-/* Whether the current process is a child forked after cuInit. */
+/* Whether the current process is a child forked after cuInit (a flag set at fork: no
+ * getpid per call). */
 bool emu_in_forked_child(void);
+
+/* ---- fastpath.c: the light gate of the entry points that are cheap on a real driver ------ */
+
+/* The entry points that pass the light gate instead of emu_enter: thread-local context
+ * queries, device queries, and queries of one stream, event or pointer. */
+#define EMU_FAST_ENTRIES(X)           \
+    X(cuDriverGetVersion)             \
+    X(cuDeviceGet)                    \
+    X(cuDeviceGetCount)               \
+    X(cuDeviceGetAttribute)           \
+    X(cuCtxGetCurrent)                \
+    X(cuCtxSetCurrent)                \
+    X(cuCtxPushCurrent_v2)            \
+    X(cuCtxPopCurrent_v2)             \
+    X(cuCtxGetDevice)                 \
+    X(cuStreamIsCapturing)            \
+    X(cuStreamIsCapturing_ptsz)       \
+    X(cuStreamGetCaptureInfo)         \
+    X(cuStreamGetCaptureInfo_ptsz)    \
+    X(cuStreamGetCaptureInfo_v2)      \
+    X(cuStreamGetCaptureInfo_v2_ptsz) \
+    X(cuStreamGetCaptureInfo_v3)      \
+    X(cuStreamGetCaptureInfo_v3_ptsz) \
+    X(cuStreamGetCtx)                 \
+    X(cuStreamGetCtx_ptsz)            \
+    X(cuStreamGetPriority)            \
+    X(cuStreamGetPriority_ptsz)       \
+    X(cuStreamGetFlags)               \
+    X(cuStreamGetFlags_ptsz)          \
+    X(cuStreamQuery)                  \
+    X(cuStreamQuery_ptsz)             \
+    X(cuEventQuery)                   \
+    X(cuPointerGetAttribute)
+
+#define EMU_FAST_ID(name) EMU_FAST_##name,
+enum emu_fast_id { EMU_FAST_ENTRIES(EMU_FAST_ID) EMU_FAST_COUNT };
+#undef EMU_FAST_ID
+
+/* Counts the call (atomically), applies fault injection when a rule names this entry point
+ * (only then taking the lock), and applies fills and frees that are due, if any (only then
+ * reading the clock and taking the lock). No getpid, no clock, no lock otherwise. The body
+ * then checks initialization and fork with emu_check_init as every entry point does. */
+CUresult emu_fast_enter(enum emu_fast_id id);
+#define EMU_FAST_ENTER(name)                                  \
+    do {                                                      \
+        CUresult enter_rc_ = emu_fast_enter(EMU_FAST_##name); \
+        if (enter_rc_ != CUDA_SUCCESS)                        \
+            return enter_rc_;                                 \
+    } while (0)
+/* Calls so far of `name` if it is a fast entry point (*found set), or of all of them ("*"). */
+uint64_t emu_fast_calls(const char *name, bool *found);
+/* Under the lock, after fault rules changed: which fast entry points a rule names. */
+void emu_fast_rearm(void);
 
 /* ---- faults.c: fault injection and call counters -------------------------------------- */
 
 /* Under the lock: counts one call of `name`; returns the injected error or CUDA_SUCCESS. */
 CUresult emu_faults_on_call(const char *name);
+/* Under the lock: the injected error for one call of `name` (counted elsewhere). */
+CUresult emu_faults_check(const char *name);
+/* Under the lock: whether an armed rule names `name`. */
+bool emu_faults_armed(const char *name);
 int emu_faults_arm(const char *spec);
 
 /* ---- errors.c ------------------------------------------------------------------------- */
@@ -253,6 +316,11 @@ uint64_t emu_ctx_point(struct emu_ctx *ctx);
 /* Makes the device state what it is now: fills due run, then frees due take effect, in
  * that order and for one instant, so no fill meets a block freed after it. Under the lock. */
 void emu_device_advance(void);
+/* Under the lock: work queued for simulated time `at` (a fill, a stream-ordered free). */
+void emu_device_note_due(uint64_t at);
+/* Without the lock: whether anything queued is due by now (one atomic read when nothing is
+ * queued; the clock only when something is). */
+bool emu_device_due(void);
 /* Sleeps until `t` without the lock, then advances the device; called with the lock held. */
 void emu_wait_locked(uint64_t t);
 void emu_streams_teardown(struct emu_ctx *ctx);
@@ -263,15 +331,17 @@ void emu_events_teardown(struct emu_ctx *ctx);
 
 /* ---- fill.c ------------------------------------------------------------------------------ */
 
-/* Applies every queued fill due by `now` (under the lock). */
-void emu_fills_apply(uint64_t now);
+/* Applies every queued fill due by `now` (under the lock); returns the time of the next one
+ * still queued (UINT64_MAX if none). */
+uint64_t emu_fills_apply(uint64_t now);
 void emu_fills_drop(struct emu_ctx *ctx);
 void emu_device_fault(struct emu_ctx *ctx);
 
 /* ---- pool.c: stream-ordered allocation ---------------------------------------------- */
 
-/* Frees whose time has come (by `now`) take effect. */
-void emu_pool_advance(uint64_t now);
+/* Frees whose time has come (by `now`) take effect; returns the earliest time of a free still
+ * pending (UINT64_MAX if none). */
+uint64_t emu_pool_advance(uint64_t now);
 void emu_pool_trim(int device);
 void emu_pool_teardown(struct emu_ctx *ctx);
 

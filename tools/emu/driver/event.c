@@ -142,7 +142,7 @@ EMU_API CUresult cuEventQuery(CUevent hEvent)
     struct emu_event *e = NULL;
     struct emu_ctx *c = NULL;
 
-    EMU_ENTER(cuEventQuery);
+    EMU_FAST_ENTER(cuEventQuery);
     emu_lock();
     r = emu_current(&c);
     if (r == CUDA_SUCCESS)

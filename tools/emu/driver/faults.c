@@ -1,8 +1,9 @@
 /*
  * faults.c — fault injection and call counters. Every exported entry point counts its calls
- * by exported name; FRAGLESS_EMU_FAIL / fragless_emu_fail() arm rules "NAME@N[=CODE]" (the
- * Nth call from arming), "NAME@N+[=CODE]" (the Nth and every later call) and "NAME@*[=CODE]"
- * (every call). CODE is a number or a CUDA_ERROR_* name; the default is out of memory.
+ * by exported name (the fast-path ones in fastpath.c, the others here); FRAGLESS_EMU_FAIL /
+ * fragless_emu_fail() arm rules "NAME@N[=CODE]" (the Nth call from arming), "NAME@N+[=CODE]"
+ * (the Nth and every later call) and "NAME@*[=CODE]" (every call). CODE is a number or a
+ * CUDA_ERROR_* name; the default is out of memory.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -65,11 +66,17 @@ static bool rule_fires(struct rule *r)
 CUresult emu_faults_on_call(const char *name)
 {
     struct counter *c = counter_get(name);
-    CUresult out = CUDA_SUCCESS;
 
     total_calls++;
     if (c)
         c->calls++;
+    return emu_faults_check(name);
+}
+
+CUresult emu_faults_check(const char *name)
+{
+    CUresult out = CUDA_SUCCESS;
+
     for (int i = 0; i < nrules; i++) {
         if (strcmp(rules[i].name, name) == 0 && rule_fires(&rules[i]) && out == CUDA_SUCCESS)
             out = rules[i].code;
@@ -114,6 +121,14 @@ static bool rule_parse(const char *s, size_t len, struct rule *r)
     return *end == '\0';
 }
 
+bool emu_faults_armed(const char *name)
+{
+    for (int i = 0; i < nrules; i++)
+        if (strcmp(rules[i].name, name) == 0)
+            return true;
+    return false;
+}
+
 /* Under the lock (or before any call, from the configuration). */
 static int rules_arm(const char *spec)
 {
@@ -132,6 +147,7 @@ static int rules_arm(const char *spec)
     }
     memcpy(rules, parsed, sizeof parsed[0] * (size_t)n);
     nrules = n;
+    emu_fast_rearm();
     return CUDA_SUCCESS;
 }
 
@@ -154,13 +170,17 @@ EMU_API int fragless_emu_fail(const char *spec)
 EMU_API uint64_t fragless_emu_calls(const char *name)
 {
     struct counter *c = NULL;
-    uint64_t n;
+    bool fast = false;
+    uint64_t n = 0;
 
     if (!name)
         return 0;
+    n = emu_fast_calls(name, &fast);
+    if (fast && strcmp(name, "*") != 0)
+        return n;
     emu_lock();
     if (strcmp(name, "*") == 0) {
-        n = total_calls;
+        n += total_calls;
     } else {
         HASH_FIND_STR(counters, name, c);
         n = c ? c->calls : 0;

@@ -26,7 +26,7 @@ static void fill_run(const struct emu_fill *f)
         emu_device_fault(f->ctx);
 }
 
-void emu_fills_apply(uint64_t now)
+uint64_t emu_fills_apply(uint64_t now)
 {
     struct emu_fill **pp = &emu.fills, *f;
 
@@ -36,6 +36,7 @@ void emu_fills_apply(uint64_t now)
         fill_run(f);
         free(f);
     }
+    return *pp ? (*pp)->at : UINT64_MAX;
 }
 
 void emu_fills_drop(struct emu_ctx *ctx)
@@ -83,10 +84,12 @@ EMU_API int fragless_emu_stream_fill(CUstream hStream, CUdeviceptr p, int byte, 
         f->n = n;
         f->byte = byte;
         f->at = emu_stream_enqueue(s, usec);
-        if (s->capture_status == CU_STREAM_CAPTURE_STATUS_ACTIVE)
+        if (s->capture_status == CU_STREAM_CAPTURE_STATUS_ACTIVE) {
             free(f); /* captured into the graph, never launched here */
-        else
+        } else {
             fill_insert(f);
+            emu_device_note_due(f->at);
+        }
     }
     emu_unlock();
     return r;

@@ -318,7 +318,7 @@ EMU_API CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute
 {
     CUresult r;
 
-    EMU_ENTER(cuPointerGetAttribute);
+    EMU_FAST_ENTER(cuPointerGetAttribute);
     emu_lock();
     r = emu_check_init();
     if (r == CUDA_SUCCESS)

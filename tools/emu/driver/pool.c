@@ -12,17 +12,23 @@ static size_t round_up(size_t v, size_t a)
     return (v + a - 1) / a * a;
 }
 
-void emu_pool_advance(uint64_t now)
+uint64_t emu_pool_advance(uint64_t now)
 {
     struct emu_alloc *a, *tmp;
+    uint64_t next = UINT64_MAX;
 
     HASH_ITER(hh, emu.allocs, a, tmp)
     {
-        if (a->kind == EMU_ALLOC_ASYNC && a->state == EMU_ASYNC_FREEING && a->free_at <= now) {
+        if (a->kind != EMU_ALLOC_ASYNC || a->state != EMU_ASYNC_FREEING)
+            continue;
+        if (a->free_at <= now) {
             a->state = EMU_ASYNC_POOLED;
             a->free_stream = NULL;
+        } else if (a->free_at < next) {
+            next = a->free_at;
         }
     }
+    return next;
 }
 
 void emu_pool_trim(int device)
@@ -128,6 +134,7 @@ static CUresult free_async(CUdeviceptr dptr, CUstream hs, bool ptds)
         a->state = EMU_ASYNC_FREEING;
         a->free_stream = s;
         a->free_at = emu_stream_enqueue(s, 0);
+        emu_device_note_due(a->free_at);
     }
     emu_unlock();
     emu_latency("cuMemFreeAsync", 0);

@@ -16,6 +16,7 @@ struct emu_state emu = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .next_handle = 0x1000,
     .next_capture_id = 1,
+    .due = UINT64_MAX,
 };
 
 static pthread_once_t config_once = PTHREAD_ONCE_INIT;
@@ -137,12 +138,14 @@ void emu_sleep_until(uint64_t t)
 
 bool emu_in_forked_child(void)
 {
-    return emu.initialized && getpid() != emu.init_pid;
+    return atomic_load_explicit(&emu.forked, memory_order_relaxed);
 }
 
+/* Also called without the lock (fast path): the acquire pairs with cuInit's release store,
+ * so the contexts cuInit set up are seen complete. */
 CUresult emu_check_init(void)
 {
-    if (!emu.initialized || emu_in_forked_child())
+    if (!atomic_load_explicit(&emu.initialized, memory_order_acquire) || emu_in_forked_child())
         return CUDA_ERROR_NOT_INITIALIZED;
     return CUDA_SUCCESS;
 }
@@ -170,7 +173,10 @@ CUresult emu_enter(const char *name)
 }
 
 /* fork(): the child gets a sane lock; its emulator state is that of a process forked after
- * cuInit, where the real driver refuses every call (see emu_check_init). */
+ * cuInit, where the real driver refuses every call (see emu_check_init). A child forked
+ * before cuInit may still initialize; one forked from such a child after that may not.
+ * (Only fork() runs these handlers: a process cloned without them, e.g. by _Fork(), is not
+ * told apart from its parent.) */
 static void fork_prepare(void)
 {
     emu_lock();
@@ -184,6 +190,8 @@ static void fork_parent(void)
 static void fork_child(void)
 {
     pthread_mutex_init(&emu.lock, NULL);
+    if (atomic_load(&emu.initialized))
+        atomic_store(&emu.forked, true);
     emu_cap_forget();
     emu_arena_forget();
     emu_ctx_clear_tls();

@@ -131,10 +131,30 @@ uint64_t emu_ctx_point(struct emu_ctx *ctx)
 
 void emu_device_advance(void)
 {
-    uint64_t now = emu_now();
+    uint64_t now, next_fill, next_free;
 
-    emu_fills_apply(now);
-    emu_pool_advance(now);
+    if (atomic_load_explicit(&emu.due, memory_order_relaxed) == UINT64_MAX)
+        return;
+    now = emu_now();
+    if (now < atomic_load_explicit(&emu.due, memory_order_relaxed))
+        return;
+    next_fill = emu_fills_apply(now);
+    next_free = emu_pool_advance(now);
+    atomic_store_explicit(&emu.due, next_fill < next_free ? next_fill : next_free,
+                          memory_order_release);
+}
+
+void emu_device_note_due(uint64_t at)
+{
+    if (at < atomic_load_explicit(&emu.due, memory_order_relaxed))
+        atomic_store_explicit(&emu.due, at, memory_order_release);
+}
+
+bool emu_device_due(void)
+{
+    uint64_t due = atomic_load_explicit(&emu.due, memory_order_acquire);
+
+    return due != UINT64_MAX && emu_now() >= due;
 }
 
 void emu_wait_locked(uint64_t t)
@@ -270,13 +290,13 @@ static CUresult stream_query(CUstream h, bool ptds)
 
 EMU_API CUresult cuStreamQuery(CUstream hStream)
 {
-    EMU_ENTER(cuStreamQuery);
+    EMU_FAST_ENTER(cuStreamQuery);
     return stream_query(hStream, false);
 }
 
 EMU_API CUresult cuStreamQuery_ptsz(CUstream hStream)
 {
-    EMU_ENTER(cuStreamQuery_ptsz);
+    EMU_FAST_ENTER(cuStreamQuery_ptsz);
     return stream_query(hStream, true);
 }
 
@@ -341,13 +361,13 @@ static CUresult stream_get_ctx(CUstream h, CUcontext *pctx, bool ptds)
 
 EMU_API CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx)
 {
-    EMU_ENTER(cuStreamGetCtx);
+    EMU_FAST_ENTER(cuStreamGetCtx);
     return stream_get_ctx(hStream, pctx, false);
 }
 
 EMU_API CUresult cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pctx)
 {
-    EMU_ENTER(cuStreamGetCtx_ptsz);
+    EMU_FAST_ENTER(cuStreamGetCtx_ptsz);
     return stream_get_ctx(hStream, pctx, true);
 }
 
@@ -363,13 +383,13 @@ static CUresult stream_get_priority(CUstream h, int *priority, bool ptds)
 
 EMU_API CUresult cuStreamGetPriority(CUstream hStream, int *priority)
 {
-    EMU_ENTER(cuStreamGetPriority);
+    EMU_FAST_ENTER(cuStreamGetPriority);
     return stream_get_priority(hStream, priority, false);
 }
 
 EMU_API CUresult cuStreamGetPriority_ptsz(CUstream hStream, int *priority)
 {
-    EMU_ENTER(cuStreamGetPriority_ptsz);
+    EMU_FAST_ENTER(cuStreamGetPriority_ptsz);
     return stream_get_priority(hStream, priority, true);
 }
 
@@ -385,13 +405,13 @@ static CUresult stream_get_flags(CUstream h, unsigned int *flags, bool ptds)
 
 EMU_API CUresult cuStreamGetFlags(CUstream hStream, unsigned int *flags)
 {
-    EMU_ENTER(cuStreamGetFlags);
+    EMU_FAST_ENTER(cuStreamGetFlags);
     return stream_get_flags(hStream, flags, false);
 }
 
 EMU_API CUresult cuStreamGetFlags_ptsz(CUstream hStream, unsigned int *flags)
 {
-    EMU_ENTER(cuStreamGetFlags_ptsz);
+    EMU_FAST_ENTER(cuStreamGetFlags_ptsz);
     return stream_get_flags(hStream, flags, true);
 }
 
