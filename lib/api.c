@@ -3,9 +3,11 @@
  *
  * Owns: fragless_get_stats, fragless_reset_peak_stats, fragless_empty_cache and
  * fragless_version: argument checks, the versioned copy of the statistics snapshot, the
- * "every device" form (-1) and the answers in pass-through mode. The numbers come from the
- * heap (heap_*); this file adds the driver-call counters, which are process-wide.
+ * "every device" form (-1), the answers in pass-through mode, and which devices fragless was
+ * asked to allocate on (the others answer FRAGLESS_ENODEV). The numbers come from the heap
+ * (heap_*); this file adds the driver-call counters, which are process-wide.
  */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "internal.h"
@@ -15,11 +17,21 @@ static bool valid_device(int device)
     return device >= 0 && device < FL_MAX_DEVICES;
 }
 
-/* Whether fragless ever did anything on the device: the heap answers every device in range,
- * with zeros for one it never touched. */
-static bool snapshot_used(const fragless_stats_t *s)
+/* Bit d: fragless was asked to allocate on device d. */
+static _Atomic uint64_t used_devices;
+
+_Static_assert(FL_MAX_DEVICES <= 64, "used_devices has one bit per device");
+
+void api_note_device(int device)
 {
-    return s->num_allocs || s->num_foreign_frees || s->num_ooms || s->reserved_bytes.peak;
+    if (valid_device(device))
+        atomic_fetch_or_explicit(&used_devices, (uint64_t)1 << device, memory_order_release);
+}
+
+static bool device_used(int device)
+{
+    uint64_t used = atomic_load_explicit(&used_devices, memory_order_acquire);
+    return valid_device(device) && (used >> device & 1);
 }
 
 /* The heap's snapshot of `device`; FRAGLESS_ENODEV for a device fragless never used. */
@@ -27,18 +39,9 @@ static int snapshot(int device, fragless_stats_t *s)
 {
     memset(s, 0, sizeof *s);
     s->size = sizeof *s;
-    if (!valid_device(device))
+    if (!device_used(device))
         return FRAGLESS_ENODEV;
-    int rc = heap_get_stats(device, s);
-    if (rc != FRAGLESS_OK)
-        return rc;
-    return snapshot_used(s) ? FRAGLESS_OK : FRAGLESS_ENODEV;
-}
-
-static bool device_used(int device)
-{
-    fragless_stats_t s;
-    return snapshot(device, &s) == FRAGLESS_OK;
+    return heap_get_stats(device, s);
 }
 
 FL_EXPORT int fragless_get_stats(int device, fragless_stats_t *out)

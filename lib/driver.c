@@ -44,6 +44,7 @@ struct drv_fns {
     CUresult (*pointer_get_attribute)(void *, CUpointer_attribute, CUdeviceptr);
     CUresult (*ipc_get_mem_handle)(CUipcMemHandle *, CUdeviceptr);
     CUresult (*stream_is_capturing)(CUstream, CUstreamCaptureStatus *);
+    CUresult (*stream_get_ctx)(CUstream, CUcontext *);
     CUresult (*stream_synchronize)(CUstream);
     CUresult (*event_create)(CUevent *, unsigned int);
     CUresult (*event_destroy)(CUevent);
@@ -96,6 +97,7 @@ static const struct drv_entry entries[] = {
     ENTRY(mem_get_address_range, REQUIRED, "cuMemGetAddressRange_v2", "cuMemGetAddressRange"),
     ENTRY(pointer_get_attribute, REQUIRED, "cuPointerGetAttribute"),
     ENTRY(stream_is_capturing, REQUIRED, "cuStreamIsCapturing"),
+    ENTRY(stream_get_ctx, REQUIRED, "cuStreamGetCtx"),
     ENTRY(stream_synchronize, REQUIRED, "cuStreamSynchronize"),
     ENTRY(event_create, REQUIRED, "cuEventCreate"),
     ENTRY(event_destroy, REQUIRED, "cuEventDestroy_v2", "cuEventDestroy"),
@@ -166,7 +168,7 @@ static CUresult resolve_all(void)
         if (p)
             continue;
         if (e->feature == OPTIONAL) {
-            log_warn("the CUDA driver lacks %s", e->names[0]);
+            log_info("the CUDA driver lacks %s", e->names[0]);
             continue;
         }
         if (e->feature == REQUIRED) {
@@ -180,9 +182,11 @@ static CUresult resolve_all(void)
     /* Either form of cuGetProcAddress is enough. */
     drv.has[DRV_FEATURE_PROC_ADDRESS] =
         drv.fn.get_proc_address_v2 != NULL || drv.fn.get_proc_address_v1 != NULL;
+    /* Info, not a warning: the user did not ask for these; whoever needs one warns when it
+     * is missing (drv_has). */
     for (int f = 0; f < DRV_FEATURE_COUNT; f++) {
         if (!drv.has[f])
-            log_warn("the CUDA driver lacks %s; that feature is off", feature_names[f]);
+            log_info("the CUDA driver lacks %s; that feature is off", feature_names[f]);
     }
     return CUDA_SUCCESS;
 }
@@ -212,12 +216,27 @@ close_handle:
     return r;
 }
 
+/* A child forked while another thread was loading the driver inherits drv.lock held by a
+ * thread it does not have: it starts over with a free lock (loading again is harmless: dlopen
+ * counts references and resolving rewrites the same table). */
+static void fork_child(void)
+{
+    pthread_mutex_init(&drv.lock, NULL);
+}
+
+static void register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, fork_child);
+}
+
 CUresult drv_load(void)
 {
+    static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
     if (FL_LIKELY(atomic_load_explicit(&drv.state, memory_order_acquire)))
         return drv.result;
     if (loading)
         return CUDA_ERROR_NOT_INITIALIZED;
+    pthread_once(&fork_once, register_fork_handler);
     pthread_mutex_lock(&drv.lock);
     if (!atomic_load_explicit(&drv.state, memory_order_relaxed)) {
         loading = true;
@@ -326,8 +345,11 @@ void *drv_real_proc(const char *symbol, int cuda_version, cuuint64_t flags,
 CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
                               CUdriverProcAddressQueryResult *status)
 {
-    if (!drv_has(DRV_FEATURE_PROC_ADDRESS))
-        return drv_load() == CUDA_SUCCESS ? CUDA_ERROR_NOT_SUPPORTED : drv.result;
+    CUresult r = drv_load();
+    if (r != CUDA_SUCCESS)
+        return r;
+    if (!drv.has[DRV_FEATURE_PROC_ADDRESS])
+        return CUDA_ERROR_NOT_SUPPORTED;
     return proc_address(symbol, pfn, cuda_version, flags, status);
 }
 
@@ -446,6 +468,11 @@ CUresult drv_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr)
 CUresult drv_stream_is_capturing(CUstream stream, CUstreamCaptureStatus *status)
 {
     CALL(stream_is_capturing, stream, status);
+}
+
+CUresult drv_stream_get_ctx(CUstream stream, CUcontext *ctx)
+{
+    CALL(stream_get_ctx, stream, ctx);
 }
 
 CUresult drv_stream_synchronize(CUstream stream)

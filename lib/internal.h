@@ -180,6 +180,8 @@ CUresult drv_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr 
 CUresult drv_pointer_get_attribute(void *data, CUpointer_attribute attr, CUdeviceptr ptr);
 CUresult drv_ipc_get_mem_handle(CUipcMemHandle *handle, CUdeviceptr ptr);
 CUresult drv_stream_is_capturing(CUstream stream, CUstreamCaptureStatus *status);
+/* The context of a created stream (not of the legacy or per-thread default stream). */
+CUresult drv_stream_get_ctx(CUstream stream, CUcontext *ctx);
 CUresult drv_stream_synchronize(CUstream stream);
 CUresult drv_event_create(CUevent *event, unsigned int flags);
 CUresult drv_event_destroy(CUevent event);
@@ -200,6 +202,12 @@ CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device);
 
 /* The C library's dlsym, found once with dlvsym. RTLD_NEXT searches after libfragless. */
 void *dl_sym(void *handle, const char *name);
+
+/* ---- api.c: the public C API -------------------------------------------------------------- */
+
+/* Remembers that fragless served (or tried to serve) a request on `device`: the public API
+ * answers FRAGLESS_ENODEV for every other device. Called by interpose.c before heap_alloc. */
+void api_note_device(int device);
 
 /* ---- heap.c (and friends): the caching allocator ---------------------------------------- */
 

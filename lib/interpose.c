@@ -3,9 +3,11 @@
  *
  * Owns: the allocation entry points of the runtime and the driver API, the resolvers that
  * hand those entry points out at run time (cuGetProcAddress in both forms,
- * cudaGetDriverEntryPoint[ByVersion], dlsym), lazy one-time initialization, and the decision
- * of what goes to the heap and what goes to the real function. Each entry point checks its
- * arguments and then calls exactly one heap_* function; everything it does not serve goes to
+ * cudaGetDriverEntryPoint[ByVersion], dlsym), lazy one-time initialization, the process's
+ * fork handlers, and the decision of what goes to the heap and what goes to the real function.
+ * Stream-ordered calls run in their stream's context (a stream may belong to another device
+ * than the current one). Each entry point checks its arguments and then calls exactly one
+ * heap_* function; everything it does not serve goes to
  * the real function: frees of pointers fragless did not hand out, streams under graph
  * capture, contexts that are not their device's primary context, calls made while fragless
  * initializes or from inside a real runtime call, and everything under passthrough:true.
@@ -52,6 +54,7 @@ static _Thread_local bool in_init;
 static _Thread_local int in_real_runtime;
 
 static void build_hook_table(void);
+static void register_fork_handlers(void);
 
 static CUresult init_locked(void)
 {
@@ -63,7 +66,6 @@ static CUresult init_locked(void)
         return r;
     }
     build_hook_table();
-    pthread_atfork(heap_atfork_prepare, heap_atfork_parent, heap_atfork_child);
     return CUDA_SUCCESS;
 }
 
@@ -73,6 +75,7 @@ static CUresult init_once(void)
         return init.result;
     if (in_init)
         return CUDA_ERROR_NOT_INITIALIZED;
+    register_fork_handlers();
     pthread_mutex_lock(&init.lock);
     if (!atomic_load_explicit(&init.done, memory_order_relaxed)) {
         in_init = true;
@@ -391,6 +394,93 @@ static CUresult traced_free(CUdeviceptr p, CUstream stream, enum heap_mode mode,
     return heap_free(p, stream, mode, foreign);
 }
 
+/* Allocates through the heap on `dev`, remembering that fragless used the device. */
+static CUresult serve_alloc(int dev, size_t size, CUstream stream, enum heap_mode mode,
+                            CUdeviceptr *out)
+{
+    api_note_device(dev);
+    return traced_alloc(dev, size, stream, mode, out);
+}
+
+/* The legacy and per-thread default streams run in the calling thread's current context. */
+static bool default_stream(CUstream stream)
+{
+    return !stream || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
+}
+
+/* The context a stream-ordered call ran in before enter_stream_ctx switched it. */
+struct ctx_guard {
+    CUcontext prev;
+    bool switched;
+};
+
+/* Makes the context of `stream` current for a stream-ordered call: a created stream belongs to
+ * its own context (and device), which need not be the thread's current one. */
+static CUresult enter_stream_ctx(CUstream stream, struct ctx_guard *g)
+{
+    g->prev = NULL;
+    g->switched = false;
+    if (default_stream(stream))
+        return CUDA_SUCCESS;
+    CUcontext ctx = NULL;
+    CUresult r = drv_stream_get_ctx(stream, &ctx);
+    if (r == CUDA_SUCCESS)
+        r = drv_ctx_get_current(&g->prev);
+    if (r != CUDA_SUCCESS || ctx == g->prev)
+        return r;
+    r = drv_ctx_set_current(ctx);
+    g->switched = r == CUDA_SUCCESS;
+    return r;
+}
+
+static void leave_stream_ctx(const struct ctx_guard *g)
+{
+    if (!g->switched)
+        return;
+    CUresult r = drv_ctx_set_current(g->prev);
+    if (r != CUDA_SUCCESS)
+        log_error("cannot make the caller's context current again after a stream-ordered call "
+                  "(CUresult %d); the stream's context stays current",
+                  (int)r);
+}
+
+/* A stream-ordered allocation in the stream's context. *served is false when fragless leaves
+ * it to the real function: a stream under capture, or a context that is not its device's
+ * primary one. */
+static CUresult stream_alloc(CUdeviceptr *out, size_t size, CUstream stream, bool *served)
+{
+    *served = false;
+    CUresult r = CUDA_SUCCESS;
+    if (capturing(stream, &r) || r != CUDA_SUCCESS)
+        return r;
+    struct ctx_guard g;
+    r = enter_stream_ctx(stream, &g);
+    if (r != CUDA_SUCCESS)
+        return r;
+    int dev = 0;
+    bool primary = false;
+    r = current_device(&dev, &primary);
+    if (r == CUDA_SUCCESS && primary) {
+        *served = true;
+        r = serve_alloc(dev, size, stream, HEAP_ASYNC, out);
+    }
+    leave_stream_ctx(&g);
+    return r;
+}
+
+/* A stream-ordered free in the stream's context (the heap records its events there). */
+static CUresult stream_free(CUdeviceptr p, CUstream stream, bool *foreign)
+{
+    *foreign = false;
+    struct ctx_guard g;
+    CUresult r = enter_stream_ctx(stream, &g);
+    if (r != CUDA_SUCCESS)
+        return r;
+    r = traced_free(p, stream, HEAP_ASYNC, foreign);
+    leave_stream_ctx(&g);
+    return r;
+}
+
 /* ---- driver API: allocation ----------------------------------------------------------- */
 
 FL_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
@@ -404,7 +494,7 @@ FL_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size)
         return r;
     if (!primary)
         return drv_mem_alloc(dptr, size);
-    return traced_alloc(dev, size, NULL, HEAP_SYNC, dptr);
+    return serve_alloc(dev, size, NULL, HEAP_SYNC, dptr);
 }
 
 FL_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
@@ -420,17 +510,11 @@ static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUstream stream)
 {
     if (!serving() || !dptr || size == 0)
         return drv_mem_alloc_async(dptr, size, stream);
-    CUresult r = CUDA_SUCCESS;
-    if (capturing(stream, &r) || r != CUDA_SUCCESS)
-        return r == CUDA_SUCCESS ? drv_mem_alloc_async(dptr, size, stream) : r;
-    int dev = 0;
-    bool primary = false;
-    r = current_device(&dev, &primary);
-    if (r != CUDA_SUCCESS)
+    bool served = false;
+    CUresult r = stream_alloc(dptr, size, stream, &served);
+    if (served || r != CUDA_SUCCESS)
         return r;
-    if (!primary)
-        return drv_mem_alloc_async(dptr, size, stream);
-    return traced_alloc(dev, size, stream, HEAP_ASYNC, dptr);
+    return drv_mem_alloc_async(dptr, size, stream);
 }
 
 static CUresult free_async(CUdeviceptr dptr, CUstream stream)
@@ -444,7 +528,7 @@ static CUresult free_async(CUdeviceptr dptr, CUstream stream)
         return ours(dptr) ? refuse_capture_free() : drv_mem_free_async(dptr, stream);
     }
     bool foreign = false;
-    r = traced_free(dptr, stream, HEAP_ASYNC, &foreign);
+    r = stream_free(dptr, stream, &foreign);
     return foreign ? drv_mem_free_async(dptr, stream) : r;
 }
 
@@ -530,6 +614,35 @@ FL_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr dptr)
 
 /* ---- runtime API ---------------------------------------------------------------------- */
 
+/* The runtime remembers the error of its calls for cudaGetLastError/cudaPeekAtLastError, and
+ * a program (PyTorch's caching allocator, for one) clears the out-of-memory error of a failed
+ * cudaMalloc that way. fragless cannot write the runtime's per-thread record, so it makes the
+ * runtime record the error itself: a real cudaMalloc of twice the device's memory fails the
+ * same way (cudaErrorMemoryAllocation), allocates nothing and touches no other state. Should a
+ * driver ever grant it, it is freed at once. Only the out-of-memory error is recorded this
+ * way; any other error from the heap is a driver error the runtime meets itself. */
+static void record_oom(void)
+{
+    CUdevice dev = 0;
+    size_t total = 0;
+    if (drv_ctx_get_device(&dev) != CUDA_SUCCESS ||
+        drv_device_total_mem(&total, dev) != CUDA_SUCCESS || total > SIZE_MAX / 2)
+        return;
+    void *p = NULL;
+    if (real_malloc(&p, 2 * total) == cudaSuccess)
+        real_free(p);
+}
+
+/* The runtime's error for a request fragless served, recorded as the runtime would. */
+static cudaError_t rt_alloc_result(CUresult r, CUdeviceptr p, void **dev_ptr)
+{
+    if (r == CUDA_SUCCESS)
+        *dev_ptr = (void *)(uintptr_t)p;
+    else if (r == CUDA_ERROR_OUT_OF_MEMORY)
+        record_oom();
+    return rt_error(r);
+}
+
 FL_EXPORT cudaError_t cudaMalloc(void **dev_ptr, size_t size)
 {
     if (!serving() || !dev_ptr || size == 0)
@@ -542,10 +655,8 @@ FL_EXPORT cudaError_t cudaMalloc(void **dev_ptr, size_t size)
     if (!primary)
         return real_malloc(dev_ptr, size);
     CUdeviceptr p = 0;
-    CUresult r = traced_alloc(dev, size, NULL, HEAP_SYNC, &p);
-    if (r == CUDA_SUCCESS)
-        *dev_ptr = (void *)(uintptr_t)p;
-    return rt_error(r);
+    CUresult r = serve_alloc(dev, size, NULL, HEAP_SYNC, &p);
+    return rt_alloc_result(r, p, dev_ptr);
 }
 
 FL_EXPORT cudaError_t cudaFree(void *dev_ptr)
@@ -566,14 +677,12 @@ static cudaError_t malloc_async(enum rt_fn id, void **dev_ptr, size_t size, CUst
     cudaError_t e = runtime_device(&dev, &primary);
     if (e != cudaSuccess)
         return e;
-    CUresult r = CUDA_SUCCESS;
-    if (!primary || capturing(stream, &r) || r != CUDA_SUCCESS)
-        return r == CUDA_SUCCESS ? real_malloc_async(id, dev_ptr, size, stream) : rt_error(r);
+    bool served = false;
     CUdeviceptr p = 0;
-    r = traced_alloc(dev, size, stream, HEAP_ASYNC, &p);
-    if (r == CUDA_SUCCESS)
-        *dev_ptr = (void *)(uintptr_t)p;
-    return rt_error(r);
+    CUresult r = stream_alloc(&p, size, stream, &served);
+    if (!served && r == CUDA_SUCCESS)
+        return real_malloc_async(id, dev_ptr, size, stream);
+    return rt_alloc_result(r, p, dev_ptr);
 }
 
 static cudaError_t free_async_rt(enum rt_fn id, void *dev_ptr, CUstream stream)
@@ -588,7 +697,7 @@ static cudaError_t free_async_rt(enum rt_fn id, void *dev_ptr, CUstream stream)
         return ours(p) ? rt_error(refuse_capture_free()) : real_free_async(id, dev_ptr, stream);
     }
     bool foreign = false;
-    r = traced_free(p, stream, HEAP_ASYNC, &foreign);
+    r = stream_free(p, stream, &foreign);
     return foreign ? real_free_async(id, dev_ptr, stream) : rt_error(r);
 }
 
@@ -746,6 +855,7 @@ static void build_hook_table(void)
         return;
     if (drv_load() != CUDA_SUCCESS)
         return;
+    register_fork_handlers();
     pthread_mutex_lock(&table.lock);
     if (!atomic_load_explicit(&table.built, memory_order_relaxed)) {
         building = true;
@@ -754,6 +864,46 @@ static void build_hook_table(void)
         atomic_store_explicit(&table.built, true, memory_order_release);
     }
     pthread_mutex_unlock(&table.lock);
+}
+
+/* ---- fork ----------------------------------------------------------------------------- */
+
+/* The process's fork handlers (DESIGN §4 rule 5). The heap's locks (and the page layer's,
+ * which nest inside them) are taken around fork so that the child gets them free and
+ * consistent. The one-time initialization is not waited for: a child forked while another
+ * thread initializes inherits init.lock or table.lock held by a thread it does not have, so
+ * the child makes both free again and, finding init.done unset, initializes on its own. */
+static void fork_prepare(void)
+{
+    heap_atfork_prepare();
+    vmm_atfork_prepare();
+}
+
+static void fork_parent(void)
+{
+    vmm_atfork_parent();
+    heap_atfork_parent();
+}
+
+static void fork_child(void)
+{
+    vmm_atfork_child();
+    heap_atfork_child();
+    pthread_mutex_init(&table.lock, NULL);
+    pthread_mutex_init(&init.lock, NULL);
+}
+
+static void register_once(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* Registered before the first lock of initialization is taken, and only once (a child that
+ * initializes again must not register twice). */
+static void register_fork_handlers(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_once);
 }
 
 static bool is_upper(char c)

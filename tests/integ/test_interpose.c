@@ -84,6 +84,17 @@ Test(interpose, out_of_memory_comes_back_as_each_apis_error)
     run_expect("ip_faults", "oom", "FRAGLESS_EMU_MEM=256M", "out of memory");
 }
 
+Test(interpose, stream_context_failures_return_their_error)
+{
+    run_expect("ip_faults", "stream-ctx", "FRAGLESS_EMU_DEVICES=2",
+               "cannot make the caller's context current again");
+}
+
+Test(interpose, stream_ordered_calls_use_the_streams_device)
+{
+    run_expect("ip_devices", NULL, "FRAGLESS_EMU_DEVICES=2", NULL);
+}
+
 Test(interpose, failed_capture_query_returns_its_error)
 {
     run_prog("ip_faults", "capture-query", NULL);
@@ -132,6 +143,12 @@ Test(interpose, foreign_pointers_go_to_the_real_functions)
 Test(interpose, eight_threads_allocating_during_first_initialization)
 {
     run_prog("ip_threads", NULL, NULL);
+}
+
+Test(interpose, eight_threads_see_one_failed_initialization)
+{
+    run_expect("ip_threads", "init-fails", "FRAGLESS_EMU_FAIL=cuInit@1",
+               "cannot initialize the CUDA driver");
 }
 
 Test(interpose, fork_after_initialization)

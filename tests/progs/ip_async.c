@@ -2,7 +2,7 @@
  * ip_async.c — the stream-ordered calls reach fragless: cudaMallocAsync/cudaFreeAsync (and
  * their per-thread-stream _ptsz forms), cuMemAllocAsync/cuMemFreeAsync; a stream under graph
  * capture goes to the real stream-ordered allocator, and a fragless block freed on a
- * capturing stream is refused rather than freed out of order.
+ * capturing stream is refused (by either API) rather than freed out of order.
  */
 #include "ip_prog.h"
 
@@ -49,6 +49,12 @@ static void captured(cudaStream_t s)
     CHECK(cudaFreeAsync(g, s) == cudaSuccess, "cudaFreeAsync under capture");
     CHECK(cudaFreeAsync(mine, s) == cudaErrorStreamCaptureUnsupported,
           "a fragless block freed under capture is refused");
+    CUdeviceptr d = 0;
+    CHECK(cuMemAllocAsync(&d, 4096, (CUstream)s) == CUDA_SUCCESS, "cuMemAllocAsync under capture");
+    CHECK(cuMemFreeAsync(d, (CUstream)s) == CUDA_SUCCESS, "cuMemFreeAsync under capture");
+    CHECK(cuMemFreeAsync((CUdeviceptr)(uintptr_t)mine, (CUstream)s) ==
+              CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+          "the driver API refuses it too");
     cudaGraph_t graph = NULL;
     cudaStreamEndCapture(s, &graph);
     if (graph)

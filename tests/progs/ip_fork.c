@@ -31,15 +31,8 @@ int main(void)
         fflush(stdout);
         pid_t pid = fork();
         CHECK(pid >= 0, "fork");
-        if (pid == 0) {
-            void *q = NULL;
-            cudaError_t e = cudaMalloc(&q, 4096);
-            if (e == cudaSuccess)
-                e = cudaFree(q);
-            printf("child: %d\n", (int)e);
-            fflush(stdout);
-            _exit(0);
-        }
+        if (pid == 0)
+            ip_child_allocates_and_exits();
         int status = 0;
         CHECK(waitpid(pid, &status, 0) == pid, "wait");
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
@@ -99,6 +100,19 @@ static inline void ip_round_trip_drv(ip_alloc_fn alloc, ip_free_fn release, size
     CHECK(release(p) == CUDA_SUCCESS, "free");
     fragless_stats_t after = ip_stats0();
     ip_expect_served(&before, &after, 1, 1);
+}
+
+/* In a forked child: one allocation and free through the runtime; prints "child: <result>"
+ * (any valid code: the driver may refuse a forked child) and exits 0. */
+static inline void ip_child_allocates_and_exits(void)
+{
+    void *q = NULL;
+    cudaError_t e = cudaMalloc(&q, 4096);
+    if (e == cudaSuccess)
+        e = cudaFree(q);
+    printf("child: %d\n", (int)e);
+    fflush(stdout);
+    _exit(0);
 }
 
 #endif

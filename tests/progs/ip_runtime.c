@@ -48,6 +48,8 @@ static void null_out(void)
     CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
 }
 
+typedef uint64_t (*emu_calls_fn)(const char *);
+
 static void passthrough(void)
 {
     fragless_stats_t s;
@@ -56,6 +58,19 @@ static void passthrough(void)
     ip_touch_rt(p, 1 << 20);
     CHECK(ip_stats(0, &s) == FRAGLESS_EDISABLED, "stats say pass-through");
     CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
+    /* On the emulated device: every call reaches the driver (fragless would cache instead). */
+    emu_calls_fn calls = (emu_calls_fn)dlsym(RTLD_DEFAULT, "fragless_emu_calls");
+    if (!calls)
+        return;
+    uint64_t allocs = calls("cuMemAlloc_v2"), frees = calls("cuMemFree_v2");
+    for (int i = 0; i < 3; i++) {
+        CHECK(cudaMalloc(&p, 1 << 20) == cudaSuccess, "cudaMalloc");
+        CHECK(cudaFree(p) == cudaSuccess, "cudaFree");
+    }
+    CHECK(calls("cuMemAlloc_v2") == allocs + 3 && calls("cuMemFree_v2") == frees + 3,
+          "the driver saw %llu allocations and %llu frees, want 3 and 3",
+          (unsigned long long)(calls("cuMemAlloc_v2") - allocs),
+          (unsigned long long)(calls("cuMemFree_v2") - frees));
 }
 
 typedef CUresult (*ipc_fn)(CUipcMemHandle *, CUdeviceptr);
@@ -126,6 +141,9 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "alloc";
     if (strcmp(mode, "free-null-first") == 0) {
         CHECK(cudaFree(NULL) == cudaSuccess, "cudaFree(NULL) first");
+        CUcontext ctx = NULL;
+        CHECK(cuCtxGetCurrent(&ctx) == CUDA_SUCCESS && ctx,
+              "the real cudaFree(NULL) made the runtime's context current");
         alloc_and_free();
     } else if (strcmp(mode, "null-out") == 0) {
         null_out();

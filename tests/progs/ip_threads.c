@@ -1,6 +1,8 @@
 /*
  * ip_threads.c — 8 threads make their first CUDA call at the same moment (so fragless
  * initializes while all of them are allocating); every allocation goes through fragless.
+ * With argument "init-fails" (and cuInit@1 failing) fragless initializes once, fails, and
+ * serves nothing.
  */
 #include <pthread.h>
 
@@ -23,7 +25,16 @@ static void *worker(void *arg)
     return NULL;
 }
 
-int main(void)
+/* Run with FRAGLESS_EMU_FAIL=cuInit@1: exactly one initialization, which fails, so every call
+ * of every thread passes through to the real functions (whose own cuInit then succeeds). */
+static void init_fails(void)
+{
+    fragless_stats_t s;
+    CHECK(ip_stats(0, &s) == FRAGLESS_ENODEV, "fragless served nothing");
+    printf("ok threads init-fails\n");
+}
+
+int main(int argc, char **argv)
 {
     pthread_t t[THREADS];
     pthread_barrier_init(&start, NULL, THREADS);
@@ -31,6 +42,10 @@ int main(void)
         CHECK(pthread_create(&t[i], NULL, worker, NULL) == 0, "thread");
     for (int i = 0; i < THREADS; i++)
         pthread_join(t[i], NULL);
+    if (argc > 1 && strcmp(argv[1], "init-fails") == 0) {
+        init_fails();
+        return 0;
+    }
     fragless_stats_t s = ip_stats0();
     CHECK(s.num_allocs == THREADS * ROUNDS, "num_allocs %llu", (unsigned long long)s.num_allocs);
     CHECK(s.num_frees == THREADS * ROUNDS, "num_frees %llu", (unsigned long long)s.num_frees);

@@ -44,6 +44,8 @@ static char *read_stderr(void)
 
 Test(driver, loads_once_and_offers_its_features, .init = cr_redirect_stderr)
 {
+    config_get(); /* sets the verbosity from FRAGLESS_CONF: raise it after */
+    log_set_level(LOG_INFO);
     cr_assert_eq(drv_load(), CUDA_SUCCESS);
     cr_assert_eq(drv_init(), CUDA_SUCCESS);
     cr_assert(drv_has(DRV_FEATURE_ASYNC));
@@ -60,6 +62,15 @@ Test(driver, loads_once_and_offers_its_features, .init = cr_redirect_stderr)
     char *first = strstr(err, "lacks cuIpcGetMemHandle");
     cr_assert(drv_has(DRV_FEATURE_IPC) || first, "a missing feature is logged: %s", err);
     cr_assert(!first || !strstr(first + 1, "lacks cuIpcGetMemHandle"), "once: %s", err);
+}
+
+/* A feature the user did not ask for is an info line (verbose 2), not noise in every log. */
+Test(driver, a_missing_optional_feature_is_quiet_by_default, .init = cr_redirect_stderr)
+{
+    cr_assert_eq(drv_init(), CUDA_SUCCESS);
+    char *err = read_stderr();
+    cr_assert_null(strstr(err, "lacks"), "nothing about missing features: %s", err);
+    cr_assert_str_empty(err, "a default run prints nothing: %s", err);
 }
 
 Test(driver, counts_every_call_and_its_time)
