@@ -9,8 +9,9 @@
  *                         sizes in the same run
  *   bench_heap threads    the same pairs on 1 and 2 threads: operations per second
  *   bench_heap train      a 1,000-step synthetic training loop (plain and stream-ordered API),
- *                         with fragless and again with FRAGLESS_CONF=passthrough:true (a child
- *                         run of this program): driver calls and wall time
+ *                         with fragless's classic and expandable segments and again with
+ *                         FRAGLESS_CONF=passthrough:true (child runs of this program): driver
+ *                         calls (memory ones: alloc/free/sync/event and VMM) and wall time
  *
  * Timings are medians of REPS repetitions; ratios are taken within one run.
  */
@@ -226,9 +227,10 @@ static const size_t step_sizes[] = {
 /* Calls of the driver entry points that allocate, free or wait for memory. */
 static uint64_t memory_calls(emu_calls_fn calls)
 {
-    static const char *const names[] = {"cuMemAlloc_v2",  "cuMemFree_v2",     "cuMemAllocAsync",
-                                        "cuMemFreeAsync", "cuCtxSynchronize", "cuEventRecord",
-                                        "cuEventQuery",   "cuEventCreate",    "cuEventDestroy"};
+    static const char *const names[] = {
+        "cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemFreeAsync", "cuCtxSynchronize",
+        "cuEventRecord", "cuEventQuery", "cuEventCreate",   "cuEventDestroy", "cuMemAddressReserve",
+        "cuMemCreate",   "cuMemMap",     "cuMemSetAccess",  "cuMemUnmap",     "cuMemRelease"};
     uint64_t n = 0;
     for (size_t i = 0; calls && i < sizeof names / sizeof names[0]; i++)
         n += calls(names[i]);
@@ -302,12 +304,12 @@ static void train_one(void)
     }
 }
 
-static void bench_train(const char *self)
+/* One configuration's rows against pass-through. */
+static void bench_train_conf(const char *self, const char *conf, const char *pass)
 {
-    char mine[256], pass[256];
-    train_child_output(self, "", mine, sizeof mine);
-    train_child_output(self, "passthrough:true", pass, sizeof pass);
-    char *ms = mine, *ps = pass;
+    char mine[256];
+    train_child_output(self, conf, mine, sizeof mine);
+    const char *ms = mine, *ps = pass;
     for (int row = 0; row < 2; row++) {
         char api[16] = "", api2[16] = "";
         unsigned long long c = 0, m = 0, t = 0, c2 = 0, m2 = 0, t2 = 0;
@@ -318,11 +320,19 @@ static void bench_train(const char *self)
             return;
         }
         ms += n1, ps += n2;
-        printf("train %d steps, %s API: fragless %llu driver calls (%llu alloc/free/sync/event), "
+        printf("train %d steps, %s API, %s: fragless %llu driver calls (%llu memory), "
                "%.1f ms | passthrough %llu calls (%llu), %.1f ms | time x%.2f\n",
-               STEPS, api, c, m, (double)t / 1e6, c2, m2, (double)t2 / 1e6,
+               STEPS, api, conf, c, m, (double)t / 1e6, c2, m2, (double)t2 / 1e6,
                t ? (double)t2 / (double)t : 0.0);
     }
+}
+
+static void bench_train(const char *self)
+{
+    char pass[256];
+    train_child_output(self, "passthrough:true", pass, sizeof pass);
+    bench_train_conf(self, "expandable_segments:false", pass);
+    bench_train_conf(self, "expandable_segments:true", pass);
 }
 
 int main(int argc, char **argv)

@@ -67,7 +67,8 @@ typedef struct fragless_stat {
     C(pages_released, "physical pages released (VMM)")                                         \
     C(pages_moved, "physical pages moved from a free range to where they were needed (VMM)")   \
     C(driver_calls, "calls into the CUDA driver made by fragless")                             \
-    C(driver_ns, "nanoseconds spent in CUDA driver calls made by fragless")
+    C(driver_ns, "nanoseconds spent in those driver calls that can be slow (allocation, free, "  \
+                 "VMM, synchronization, context retain/release); cheap queries are not timed")
 
 /*
  * A snapshot of one device's statistics. The caller sets `size` to sizeof(fragless_stats_t)

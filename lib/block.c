@@ -86,7 +86,7 @@ void block_take(struct heap *h, struct block *b, size_t rounded, size_t requeste
 {
     struct freeindex *fi = b->index;
     block_detach(h, b);
-    if (size_should_split(b->size, rounded, b->seg->pool, h->cfg->max_split_size) &&
+    if (size_should_split(b->size, rounded, b->seg->pool, h->max_split) &&
         split_tail(h, b, rounded)) {
         fi_insert(fi, b->next);
         block_account(h, b->next, +1);

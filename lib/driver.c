@@ -4,7 +4,8 @@
  * Owns: loading the driver (dlopen of config's `driver` path or libcuda.so.1, once, on first
  * use), the table of real entry points resolved from it (versioned names preferred, older
  * names as fallback), which optional features the driver offers, and one thin wrapper per
- * entry point that counts calls and nanoseconds and returns the CUresult unchanged.
+ * entry point that counts the call, times it when the call can be slow, and returns the
+ * CUresult unchanged.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -33,6 +34,7 @@ struct drv_fns {
     CUresult (*ctx_synchronize)(void);
     CUresult (*primary_ctx_retain)(CUcontext *, CUdevice);
     CUresult (*primary_ctx_release)(CUdevice);
+    CUresult (*primary_ctx_reset)(CUdevice);
     CUresult (*primary_ctx_get_state)(CUdevice, unsigned int *, int *);
     CUresult (*device_get_count)(int *);
     CUresult (*device_get_attribute)(int *, CUdevice_attribute, CUdevice);
@@ -87,6 +89,7 @@ static const struct drv_entry entries[] = {
     ENTRY(primary_ctx_retain, REQUIRED, "cuDevicePrimaryCtxRetain"),
     ENTRY(primary_ctx_release, REQUIRED, "cuDevicePrimaryCtxRelease_v2",
           "cuDevicePrimaryCtxRelease"),
+    ENTRY(primary_ctx_reset, OPTIONAL, "cuDevicePrimaryCtxReset_v2", "cuDevicePrimaryCtxReset"),
     ENTRY(primary_ctx_get_state, OPTIONAL, "cuDevicePrimaryCtxGetState"),
     ENTRY(device_get_count, REQUIRED, "cuDeviceGetCount"),
     ENTRY(device_get_attribute, REQUIRED, "cuDeviceGetAttribute"),
@@ -269,11 +272,16 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static CUresult account(uint64_t start, CUresult r)
+static CUresult counted(CUresult r)
 {
     atomic_fetch_add_explicit(&drv.calls, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&drv.ns, now_ns() - start, memory_order_relaxed);
     return r;
+}
+
+static CUresult account(uint64_t start, CUresult r)
+{
+    atomic_fetch_add_explicit(&drv.ns, now_ns() - start, memory_order_relaxed);
+    return counted(r);
 }
 
 uint64_t drv_call_count(void)
@@ -286,15 +294,30 @@ uint64_t drv_call_ns(void)
     return atomic_load_explicit(&drv.ns, memory_order_relaxed);
 }
 
-/* Loads the driver if needed, fails with CUDA_ERROR_NOT_SUPPORTED when the entry point is
- * missing, and otherwise calls it, counting the call and its time. */
-#define CALL(member, ...)                                   \
+/* Loads the driver if needed and fails with CUDA_ERROR_NOT_SUPPORTED when the entry point is
+ * missing. */
+#define CALL_PREPARE(member)                 \
+    do {                                     \
+        CUresult load_ = drv_load();         \
+        if (load_ != CUDA_SUCCESS)           \
+            return load_;                    \
+        if (!drv.fn.member)                  \
+            return CUDA_ERROR_NOT_SUPPORTED; \
+    } while (0)
+
+/* Calls a cheap entry point (a query the driver answers from host state), counting the call.
+ * Its time is not measured: two clock reads would cost more than such a call. */
+#define CALL(member, ...)                           \
+    do {                                            \
+        CALL_PREPARE(member);                       \
+        return counted(drv.fn.member(__VA_ARGS__)); \
+    } while (0)
+
+/* Calls an entry point that can be slow (it allocates, frees, maps, creates or destroys a
+ * context, or waits for the device), counting the call and its time (driver_ns). */
+#define TIMED(member, ...)                                  \
     do {                                                    \
-        CUresult load_ = drv_load();                        \
-        if (load_ != CUDA_SUCCESS)                          \
-            return load_;                                   \
-        if (!drv.fn.member)                                 \
-            return CUDA_ERROR_NOT_SUPPORTED;                \
+        CALL_PREPARE(member);                               \
         uint64_t start_ = now_ns();                         \
         return account(start_, drv.fn.member(__VA_ARGS__)); \
     } while (0)
@@ -318,11 +341,10 @@ CUresult drv_init(void)
 static CUresult proc_address(const char *symbol, void **pfn, int cuda_version, cuuint64_t flags,
                              CUdriverProcAddressQueryResult *status)
 {
-    uint64_t start = now_ns();
     if (drv.fn.get_proc_address_v2)
-        return account(start, drv.fn.get_proc_address_v2(symbol, pfn, cuda_version, flags, status));
+        return counted(drv.fn.get_proc_address_v2(symbol, pfn, cuda_version, flags, status));
     /* The 4-argument form cannot tell "too old a version" from "unknown". */
-    CUresult r = account(start, drv.fn.get_proc_address_v1(symbol, pfn, cuda_version, flags));
+    CUresult r = counted(drv.fn.get_proc_address_v1(symbol, pfn, cuda_version, flags));
     if (status)
         *status =
             r == CUDA_SUCCESS ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
@@ -388,17 +410,22 @@ CUresult drv_ctx_get_device(CUdevice *dev)
 
 CUresult drv_ctx_synchronize(void)
 {
-    CALL(ctx_synchronize);
+    TIMED(ctx_synchronize);
 }
 
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev)
 {
-    CALL(primary_ctx_retain, ctx, dev);
+    TIMED(primary_ctx_retain, ctx, dev);
 }
 
 CUresult drv_primary_ctx_release(CUdevice dev)
 {
-    CALL(primary_ctx_release, dev);
+    TIMED(primary_ctx_release, dev);
+}
+
+CUresult drv_primary_ctx_reset(CUdevice dev)
+{
+    TIMED(primary_ctx_reset, dev);
 }
 
 CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active)
@@ -425,27 +452,27 @@ CUresult drv_device_total_mem(size_t *bytes, CUdevice dev)
 
 CUresult drv_mem_get_info(size_t *free_bytes, size_t *total_bytes)
 {
-    CALL(mem_get_info, free_bytes, total_bytes);
+    TIMED(mem_get_info, free_bytes, total_bytes);
 }
 
 CUresult drv_mem_alloc(CUdeviceptr *ptr, size_t size)
 {
-    CALL(mem_alloc, ptr, size);
+    TIMED(mem_alloc, ptr, size);
 }
 
 CUresult drv_mem_free(CUdeviceptr ptr)
 {
-    CALL(mem_free, ptr);
+    TIMED(mem_free, ptr);
 }
 
 CUresult drv_mem_alloc_async(CUdeviceptr *ptr, size_t size, CUstream stream)
 {
-    CALL(mem_alloc_async, ptr, size, stream);
+    TIMED(mem_alloc_async, ptr, size, stream);
 }
 
 CUresult drv_mem_free_async(CUdeviceptr ptr, CUstream stream)
 {
-    CALL(mem_free_async, ptr, stream);
+    TIMED(mem_free_async, ptr, stream);
 }
 
 CUresult drv_mem_get_address_range(CUdeviceptr *base, size_t *size, CUdeviceptr ptr)
@@ -477,7 +504,7 @@ CUresult drv_stream_get_ctx(CUstream stream, CUcontext *ctx)
 
 CUresult drv_stream_synchronize(CUstream stream)
 {
-    CALL(stream_synchronize, stream);
+    TIMED(stream_synchronize, stream);
 }
 
 CUresult drv_event_create(CUevent *event, unsigned int flags)
@@ -502,7 +529,7 @@ CUresult drv_event_query(CUevent event)
 
 CUresult drv_event_synchronize(CUevent event)
 {
-    CALL(event_synchronize, event);
+    TIMED(event_synchronize, event);
 }
 
 /* ---- virtual memory management -------------------------------------------------------- */
@@ -525,33 +552,33 @@ CUresult drv_mem_get_granularity(size_t *granularity, int device)
 
 CUresult drv_mem_address_reserve(CUdeviceptr *ptr, size_t size, size_t alignment)
 {
-    CALL(mem_address_reserve, ptr, size, alignment, 0, 0);
+    TIMED(mem_address_reserve, ptr, size, alignment, 0, 0);
 }
 
 CUresult drv_mem_address_free(CUdeviceptr ptr, size_t size)
 {
-    CALL(mem_address_free, ptr, size);
+    TIMED(mem_address_free, ptr, size);
 }
 
 CUresult drv_mem_create(CUmemGenericAllocationHandle *handle, size_t size, int device)
 {
     CUmemAllocationProp prop = device_prop(device);
-    CALL(mem_create, handle, size, &prop, 0);
+    TIMED(mem_create, handle, size, &prop, 0);
 }
 
 CUresult drv_mem_release(CUmemGenericAllocationHandle handle)
 {
-    CALL(mem_release, handle);
+    TIMED(mem_release, handle);
 }
 
 CUresult drv_mem_map(CUdeviceptr ptr, size_t size, CUmemGenericAllocationHandle handle)
 {
-    CALL(mem_map, ptr, size, 0, handle, 0);
+    TIMED(mem_map, ptr, size, 0, handle, 0);
 }
 
 CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size)
 {
-    CALL(mem_unmap, ptr, size);
+    TIMED(mem_unmap, ptr, size);
 }
 
 CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device)
@@ -561,5 +588,5 @@ CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device)
     desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     desc.location.id = device;
     desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    CALL(mem_set_access, ptr, size, &desc, 1);
+    TIMED(mem_set_access, ptr, size, &desc, 1);
 }

@@ -117,6 +117,25 @@ struct block *fi_best_fit(const struct freeindex *fi, size_t size)
     return closest_in(fi->heads[c.fl][c.sl], size);
 }
 
+struct block *fi_fit_cheapest(const struct freeindex *fi, size_t size,
+                              size_t (*cost)(const struct block *b, size_t size), unsigned limit)
+{
+    struct block *best = NULL;
+    size_t best_cost = SIZE_MAX;
+    unsigned seen = 0;
+    for (struct fi_class c = class_of(size); c.fl < FI_FL && seen < limit; c = next_class(fi, c))
+        for (struct block *b = fi->heads[c.fl][c.sl]; b && seen < limit; b = b->lnext, seen++) {
+            size_t k = b->size >= size ? cost(b, size) : SIZE_MAX;
+            if (k < best_cost) {
+                best = b;
+                best_cost = k;
+            }
+            if (best_cost == 0)
+                return best;
+        }
+    return best;
+}
+
 size_t fi_largest(const struct freeindex *fi)
 {
     if (!fi->fl_bitmap)

@@ -26,6 +26,34 @@ static bool device_in_range(int device)
     return device >= 0 && device < FL_MAX_DEVICES;
 }
 
+/* Whether device supports VMM (then expandable segments are its default). */
+static bool device_has_vmm(int device, size_t *mem)
+{
+    int vmm = 0;
+    return drv_init() == CUDA_SUCCESS && drv_has(DRV_FEATURE_VMM) &&
+           drv_device_get_attribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+                                    (CUdevice)device) == CUDA_SUCCESS &&
+           vmm && drv_device_total_mem(mem, (CUdevice)device) == CUDA_SUCCESS;
+}
+
+/* expandable_segments: auto and true mean expandable where the device supports VMM; else
+ * classic, said once (a warning if the user asked for expandable). */
+static void pick_segments(struct heap *h)
+{
+    int want = h->cfg->expandable_segments;
+    h->expandable = want != 0 && device_has_vmm(h->device, &h->device_mem);
+    h->max_split = h->expandable ? SIZE_MAX : h->cfg->max_split_size;
+    if (h->expandable && h->cfg->garbage_collection_threshold > 0)
+        h->gc_limit = (size_t)(h->cfg->garbage_collection_threshold * (double)h->device_mem);
+    if (want == 1 && !h->expandable)
+        log_warn("expandable_segments:true: device %d has no virtual memory management; it "
+                 "uses classic (cuMemAlloc) segments",
+                 h->device);
+    else if (want == -1 && !h->expandable)
+        log_info("device %d has no virtual memory management: classic (cuMemAlloc) segments",
+                 h->device);
+}
+
 static struct heap *heap_create(int device)
 {
     struct heap *h = calloc(1, sizeof *h);
@@ -34,10 +62,7 @@ static struct heap *heap_create(int device)
     pthread_mutex_init(&h->lock, NULL);
     h->device = device;
     h->cfg = config_get();
-    if (h->cfg->expandable_segments == 1)
-        log_error("expandable_segments:true is not available yet; device %d uses classic "
-                  "(cuMemAlloc) segments",
-                  device);
+    pick_segments(h);
     for (int k = 0; k < POOL_KINDS; k++)
         fi_init(&h->global[k]);
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *h);
@@ -102,10 +127,19 @@ void heap_settle(struct heap *h)
 
 /* ---- allocation ----------------------------------------------------------------------- */
 
-static struct block *fit_in(struct heap *h, struct freeindex *fi, size_t rounded)
+/* Free blocks looked at for one that needs fewer new pages than a best fit that needs some. */
+#define FIT_MAPPED_LIMIT 16
+
+static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t rounded)
 {
     struct block *b = fi_best_fit(fi, rounded);
-    if (b && !size_block_fits(b->size, rounded, h->cfg->max_split_size))
+    if (b && h->expandable && expand_needs_pages(b, rounded)) {
+        struct block *cheaper = fi_fit_cheapest(fi, rounded, expand_pages_needed, FIT_MAPPED_LIMIT);
+        return cheaper && expand_pages_needed(cheaper, rounded) < expand_pages_needed(b, rounded)
+                   ? cheaper
+                   : b;
+    }
+    if (b && !size_block_fits(b->size, rounded, h->max_split))
         return NULL;
     return b;
 }
@@ -124,30 +158,47 @@ static struct block *find_cached(struct heap *h, size_t rounded, CUstream stream
     return fit_in(h, &h->global[k], rounded);
 }
 
-/* Hands out free block b; lock held. */
-static CUdeviceptr serve(struct heap *h, struct block *b, size_t rounded, size_t size)
+/* Hands out free block b (an expandable segment's once it is wholly mapped); lock held. On
+ * failure b is free again where it was. */
+static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t size,
+                      CUdeviceptr *out)
 {
+    struct freeindex *fi = b->index;
     block_take(h, b, rounded, size);
+    if (b->seg->kind == SEGMENT_EXPANDABLE) {
+        CUresult r = expand_back(h, b);
+        if (r != CUDA_SUCCESS) {
+            block_unlive(h, b);
+            block_release_to(h, b, fi);
+            heap_settle(h);
+            return r;
+        }
+    }
     HASH_ADD(hh, h->live, ptr, sizeof b->ptr, b);
     h->st.num_allocs++;
     heap_settle(h);
-    return b->ptr;
+    *out = b->ptr;
+    return CUDA_SUCCESS;
 }
 
 /* The cache's answer, trying what costs no blocking driver call first, then a device sync
- * when enough is pending for it to pay. Lock held (dropped around a sync). */
+ * when enough is pending for it to pay. An expandable segment's block that would need new
+ * pages counts as a miss here: frees that completed may hold pages to use or move. Lock held
+ * (dropped around a sync). */
 static struct block *cached_block(struct heap *h, size_t rounded, CUstream stream,
                                   enum heap_mode mode)
 {
     struct block *b = find_cached(h, rounded, stream, mode);
-    if (b)
+    if (b && !expand_needs_pages(b, rounded))
         return b;
     reuse_collect(h);
     b = find_cached(h, rounded, stream, mode);
-    if (b || !reuse_sync_pays(h, rounded))
+    /* an expandable heap's sync pays once enough is pending to move its pages */
+    size_t want = h->expandable ? 0 : rounded;
+    if ((b && !expand_needs_pages(b, rounded)) || !reuse_sync_pays(h, want))
         return b;
     if (reuse_device_sync(h) != CUDA_SUCCESS)
-        return NULL;
+        return b;
     return find_cached(h, rounded, stream, mode);
 }
 
@@ -171,7 +222,12 @@ bool heap_add_segment(struct heap *h, struct segment *s)
     if (h->segments)
         h->segments->prev = s;
     h->segments = s;
-    stat_add(&h->st.reserved_bytes, (int64_t)s->size);
+    size_t held = segment_reserved(s);
+    stat_add(&h->st.reserved_bytes, (int64_t)held);
+    if (s->kind == SEGMENT_EXPANDABLE) {
+        stat_add(&h->st.mapped_bytes, (int64_t)held);
+        stat_add(&h->st.unmapped_reserved_va_bytes, (int64_t)(s->size - held));
+    }
     stat_add(&h->st.segments, 1);
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *s);
     h->st.num_device_alloc++;
@@ -202,16 +258,14 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     h->st.num_alloc_retries++;
     pthread_mutex_unlock(&h->lock);
     release_free_segments(h, SIZE_MAX);
-    CUresult r =
-        segment_create(size_segment(rounded, h->cfg->max_split_size), size_pool(rounded), seg);
+    CUresult r = segment_create(size_segment(rounded, h->max_split), size_pool(rounded), seg);
     if (r != CUDA_ERROR_OUT_OF_MEMORY)
         return r;
     pthread_mutex_lock(&h->lock);
     struct block *b = NULL;
     if (reuse_has_pending(h) && reuse_device_sync(h) == CUDA_SUCCESS)
         b = find_cached(h, rounded, stream, mode);
-    if (b) {
-        *ptr = serve(h, b, rounded, size);
+    if (b && serve(h, b, rounded, size, ptr) == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
         r = CUDA_SUCCESS;
     } else {
@@ -222,13 +276,65 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     return r;
 }
 
+/* Backing a block of an expandable segment failed: release every cached page, make pending
+ * frees reusable (a device sync) and try once more. Lock held. */
+static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUstream stream,
+                               enum heap_mode mode, CUdeviceptr *out)
+{
+    h->st.num_alloc_retries++;
+    size_t released = expand_release(h, SIZE_MAX, NULL);
+    if (released) {
+        h->st.num_empty_cache++;
+        h->st.empty_cache_released_bytes += released;
+    }
+    if (reuse_has_pending(h))
+        reuse_device_sync(h);
+    reuse_collect(h);
+    struct block *b = find_cached(h, rounded, stream, mode);
+    CUresult r = b ? serve(h, b, rounded, size, out) : CUDA_ERROR_OUT_OF_MEMORY;
+    if (r == CUDA_SUCCESS) {
+        h->st.num_cache_hits++;
+    } else if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+        h->st.num_ooms++;
+        log_oom(h, size);
+    }
+    return r;
+}
+
+/* An expandable heap's request that no free block fits (its first, or the ranges are full):
+ * another range. Lock not held. */
+static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstream stream,
+                            enum heap_mode mode, CUdeviceptr *out)
+{
+    struct segment *s = NULL;
+    CUresult r = expand_segment_create(h, size_pool(rounded), rounded, &s);
+    if (r != CUDA_SUCCESS)
+        return r;
+    pthread_mutex_lock(&h->lock);
+    if (!heap_add_segment(h, s)) {
+        pthread_mutex_unlock(&h->lock);
+        log_error("out of host memory for a segment record");
+        segment_destroy(s);
+        free(s);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    h->st.num_cache_misses++;
+    r = serve(h, s->first, rounded, size, out);
+    if (r != CUDA_SUCCESS)
+        r = expand_recover(h, rounded, size, stream, mode, out);
+    pthread_mutex_unlock(&h->lock);
+    return r;
+}
+
 /* No cached block fits: a new segment from the driver. Lock not held. */
 static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstream stream,
                               enum heap_mode mode, CUdeviceptr *out)
 {
+    if (h->expandable)
+        return alloc_range(h, rounded, size, stream, mode, out);
     struct segment *s = NULL;
     CUdeviceptr ptr = 0;
-    size_t seg_size = size_segment(rounded, h->cfg->max_split_size);
+    size_t seg_size = size_segment(rounded, h->max_split);
     release_before_growing(h, seg_size);
     CUresult r = segment_create(seg_size, size_pool(rounded), &s);
     if (r == CUDA_ERROR_OUT_OF_MEMORY)
@@ -248,7 +354,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     h->st.num_cache_misses++;
-    *out = serve(h, s->first, rounded, size);
+    serve(h, s->first, rounded, size, out); /* classic: cannot fail */
     pthread_mutex_unlock(&h->lock);
     release_to_threshold(h);
     return CUDA_SUCCESS;
@@ -270,12 +376,14 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     struct block *b = cached_block(h, rounded, stream, mode);
-    if (b) {
-        *out = serve(h, b, rounded, size);
+    CUresult r = b ? serve(h, b, rounded, size, out) : CUDA_SUCCESS;
+    if (b && r != CUDA_SUCCESS)
+        r = expand_recover(h, rounded, size, stream, mode, out);
+    else if (b)
         h->st.num_cache_hits++;
-    }
     pthread_mutex_unlock(&h->lock);
-    CUresult r = b ? CUDA_SUCCESS : alloc_segment(h, rounded, size, stream, mode, out);
+    if (!b)
+        r = alloc_segment(h, rounded, size, stream, mode, out);
     check();
     if (FL_UNLIKELY(r == CUDA_ERROR_OUT_OF_MEMORY))
         report_oom(device, size);
@@ -421,6 +529,7 @@ int heap_get_stats(int device, fragless_stats_t *out)
     pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
+    vmm_page_counters(device, &snap.pages_created, &snap.pages_released, &snap.pages_moved);
     return stats_copy_out(&snap, device, out);
 }
 
@@ -458,7 +567,9 @@ static void fill_map(const struct segment *s, char *map)
     }
     for (int i = 0; i < HEAP_SEG_MAP_CHARS; i++) {
         size_t width = s->size - (size_t)i * slice < slice ? s->size - (size_t)i * slice : slice;
-        map[i] = live[i] == 0 ? '.' : live[i] >= width ? '#' : '+';
+        bool unmapped =
+            s->kind == SEGMENT_EXPANDABLE && vrange_mapped_in(s->vr, (size_t)i * slice, width) == 0;
+        map[i] = live[i] ? (live[i] >= width ? '#' : '+') : unmapped ? ' ' : '.';
     }
     map[HEAP_SEG_MAP_CHARS] = '\0';
 }
@@ -474,11 +585,15 @@ int heap_segment_info(int device, struct heap_segment_info *out, int max)
         if (!out || n >= max)
             continue;
         struct heap_segment_info *i = &out[n];
+        size_t held = segment_reserved(s);
         *i = (struct heap_segment_info){.base = s->base,
                                         .size = s->size,
                                         .allocated = s->live_bytes,
-                                        .free_mapped = s->size - s->live_bytes,
-                                        .blocks = s->nblocks};
+                                        .free_mapped =
+                                            held > s->live_bytes ? held - s->live_bytes : 0,
+                                        .unmapped = s->size - held,
+                                        .blocks = s->nblocks,
+                                        .expandable = s->kind == SEGMENT_EXPANDABLE};
         fill_map(s, i->map);
     }
     pthread_mutex_unlock(&h->lock);

@@ -6,12 +6,14 @@
  * blocks are free in the same index (they would have been merged); every free block sits in a
  * well-formed index of this heap, every pending block on the pending list, every live block in
  * the live map; per-segment counts; and every level statistic equals the sum over the blocks.
+ * Expandable segments: the page layer's own walker, and every block that is live, pending or
+ * in a stream pool wholly mapped (pages move or go back only from ready free blocks).
  */
 #include "internal.h"
 
 /* Sums over the blocks, compared with the heap's statistics at the end. */
 struct tally {
-    uint64_t reserved, segments, blocks, allocated, requested, active, inactive_split;
+    uint64_t reserved, mapped, segments, blocks, allocated, requested, active, inactive_split;
     uint64_t live, free_in_index, pending, pending_bytes;
 };
 
@@ -90,7 +92,11 @@ static bool check_segment(const struct heap *h, const struct segment *s, struct 
     if (at != s->base + s->size || n != s->nblocks || live != s->nlive ||
         live_bytes != s->live_bytes)
         FAIL("segment %#llx: blocks do not add up", (unsigned long long)s->base);
-    t->reserved += s->size;
+    if (s->kind == SEGMENT_EXPANDABLE && !expand_segment_is_valid(h, s))
+        FAIL("expandable segment %#llx: range invalid, or a block not ready is not wholly mapped",
+             (unsigned long long)s->base);
+    t->reserved += segment_reserved(s);
+    t->mapped += s->kind == SEGMENT_EXPANDABLE ? segment_reserved(s) : 0;
     t->segments++;
     return true;
 }
@@ -132,7 +138,8 @@ static bool check_stats(const struct heap *h, const struct tally *t)
         s->blocks.current != t->blocks || s->allocated_bytes.current != t->allocated ||
         s->requested_bytes.current != t->requested || s->active_bytes.current != t->active ||
         s->inactive_split_bytes.current != t->inactive_split ||
-        s->reserved_unallocated_bytes.current != t->reserved - t->allocated)
+        s->reserved_unallocated_bytes.current != t->reserved - t->allocated ||
+        s->mapped_bytes.current != t->mapped)
         FAIL("statistics differ from the sum over blocks");
     return true;
 }

@@ -19,10 +19,10 @@
 
 #include "fragless.h"
 
-#define FL_EXPORT __attribute__((visibility("default")))
-#define FL_UNUSED __attribute__((unused))
-#define FL_LIKELY(x) __builtin_expect(!!(x), 1)
-#define FL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FL_EXPORT        __attribute__((visibility("default")))
+#define FL_UNUSED        __attribute__((unused))
+#define FL_LIKELY(x)     __builtin_expect(!!(x), 1)
+#define FL_UNLIKELY(x)   __builtin_expect(!!(x), 0)
 #define FL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #define FL_KiB ((size_t)1 << 10)
@@ -39,12 +39,12 @@ enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
 /* One message is at most this many bytes including "fragless: " and the newline; longer
  * messages end in "...". */
-#define LOG_LINE_MAX 1024
+#define LOG_LINE_MAX     1024
 /* Default limits: at most LOG_SITE_LIMIT messages per call site and LOG_GLOBAL_LIMIT from all
  * sites together per LOG_WINDOW_MS; the rest are counted and reported as suppressed. */
-#define LOG_SITE_LIMIT 10
+#define LOG_SITE_LIMIT   10
 #define LOG_GLOBAL_LIMIT 100
-#define LOG_WINDOW_MS 10000
+#define LOG_WINDOW_MS    10000
 
 /* Per call-site rate limiter state; zero-initialized static storage is ready to use. */
 struct log_site {
@@ -71,25 +71,25 @@ void log_text(const char *text);
 /* Async-signal-safe: one write(2) of "fragless: <msg>\n", no formatting, locks or limits. */
 void log_signal_safe(const char *msg);
 
-#define LOG_AT(level, ...)                                                                     \
-    do {                                                                                       \
-        static struct log_site log_site_;                                                      \
-        if (log_enabled(level))                                                                \
-            log_site_printf(&log_site_, (level), __VA_ARGS__);                                 \
+#define LOG_AT(level, ...)                                     \
+    do {                                                       \
+        static struct log_site log_site_;                      \
+        if (log_enabled(level))                                \
+            log_site_printf(&log_site_, (level), __VA_ARGS__); \
     } while (0)
 #define log_error(...) LOG_AT(LOG_ERROR, __VA_ARGS__)
-#define log_warn(...) LOG_AT(LOG_WARN, __VA_ARGS__)
-#define log_info(...) LOG_AT(LOG_INFO, __VA_ARGS__)
+#define log_warn(...)  LOG_AT(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  LOG_AT(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) LOG_AT(LOG_DEBUG, __VA_ARGS__)
 
 /* ---- config.c: FRAGLESS_CONF ------------------------------------------------------------ */
 
-#define CONF_PATH_MAX 512
+#define CONF_PATH_MAX        512
 /* roundup_power2_divisions is kept per power-of-two size interval: interval i covers sizes in
  * [2^(i+CONF_RP2_FIRST_SHIFT-1), 2^(i+CONF_RP2_FIRST_SHIFT)), i.e. i = floor(log2(size));
  * config_rp2_divisions() does the lookup. */
 #define CONF_RP2_FIRST_SHIFT 1
-#define CONF_RP2_INTERVALS 64
+#define CONF_RP2_INTERVALS   64
 
 struct config {
     bool passthrough;                /* passthrough: everything straight to the driver */
@@ -99,13 +99,15 @@ struct config {
     int expandable_segments;         /* expandable_segments: -1 auto (VMM if supported), 0, 1 */
     size_t max_split_size;           /* max_split_size_mb, bytes; SIZE_MAX = unlimited */
     uint32_t roundup_power2_divisions[CONF_RP2_INTERVALS]; /* 0 = no rounding beyond 512 B */
-    double garbage_collection_threshold; /* fraction of device memory; 0 = off */
-    size_t release_threshold;        /* release_threshold_mb, bytes; SIZE_MAX = keep all */
-    size_t page_size;                /* page_size_mb, bytes; multiple of the granularity */
-    char trace_path[CONF_PATH_MAX];  /* trace: record events to PATH.devN ("" = off) */
-    bool trace_extensions;           /* trace_extensions: record actions beyond RMM's */
-    char report[CONF_PATH_MAX];      /* report: "stderr" or PATH ("" = off) */
-    bool stats_page;                 /* stats_page: publish /dev/shm page for fragstat */
+    double garbage_collection_threshold;                   /* fraction of device memory; 0 = off */
+    size_t release_threshold;       /* release_threshold_mb, bytes; SIZE_MAX = keep all */
+    size_t page_size;               /* page_size_mb, bytes; multiple of the granularity */
+    bool page_moving;               /* page_moving: free blocks' pages move before creating */
+    size_t free_mapped_keep;        /* free_mapped_keep_mb, bytes kept mapped before moving */
+    char trace_path[CONF_PATH_MAX]; /* trace: record events to PATH.devN ("" = off) */
+    bool trace_extensions;          /* trace_extensions: record actions beyond RMM's */
+    char report[CONF_PATH_MAX];     /* report: "stderr" or PATH ("" = off) */
+    bool stats_page;                /* stats_page: publish /dev/shm page for fragstat */
 };
 
 /* One rejected key:value pair, with the message that names what is accepted. */
@@ -130,10 +132,10 @@ uint32_t config_rp2_divisions(const struct config *c, size_t size);
 /* ---- driver.c: the only file that calls libcuda ---------------------------------------- */
 
 enum drv_feature {
-    DRV_FEATURE_ASYNC, /* cuMemAllocAsync / cuMemFreeAsync */
-    DRV_FEATURE_VMM,   /* cuMemAddressReserve ... cuMemSetAccess */
+    DRV_FEATURE_ASYNC,        /* cuMemAllocAsync / cuMemFreeAsync */
+    DRV_FEATURE_VMM,          /* cuMemAddressReserve ... cuMemSetAccess */
     DRV_FEATURE_PROC_ADDRESS, /* cuGetProcAddress_v2 or the 4-argument cuGetProcAddress */
-    DRV_FEATURE_IPC,   /* cuIpcGetMemHandle */
+    DRV_FEATURE_IPC,          /* cuIpcGetMemHandle */
     DRV_FEATURE_COUNT
 };
 
@@ -156,7 +158,8 @@ CUresult drv_get_proc_address(const char *symbol, void **pfn, int cuda_version, 
 /* The driver's 4-argument cuGetProcAddress (CUDA_ERROR_NOT_FOUND for what it cannot give). */
 CUresult drv_get_proc_address_v1(const char *symbol, void **pfn, int cuda_version,
                                  cuuint64_t flags);
-/* Driver calls and nanoseconds spent in them, counted by every wrapper below. */
+/* Driver calls (every wrapper below counts them) and nanoseconds spent in the calls that can
+ * be slow (allocation, free, VMM, synchronization, context retain/release: driver.c's TIMED). */
 uint64_t drv_call_count(void);
 uint64_t drv_call_ns(void);
 
@@ -167,6 +170,7 @@ CUresult drv_ctx_get_device(CUdevice *dev);
 CUresult drv_ctx_synchronize(void);
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev);
 CUresult drv_primary_ctx_release(CUdevice dev);
+CUresult drv_primary_ctx_reset(CUdevice dev);
 CUresult drv_primary_ctx_get_state(CUdevice dev, unsigned int *flags, int *active);
 CUresult drv_device_get_count(int *count);
 CUresult drv_device_get_attribute(int *value, CUdevice_attribute attr, CUdevice dev);
@@ -282,13 +286,13 @@ struct block {
 };
 
 /* ---- size.c: rounding, pools, segment sizes ---- */
-#define SIZE_MIN_BLOCK ((size_t)512)
-#define SIZE_SMALL_MAX FL_MiB           /* requests up to this go to the small pool */
-#define SIZE_SMALL_SEGMENT (2 * FL_MiB) /* small-pool segments */
-#define SIZE_LARGE_SEGMENT (20 * FL_MiB)
+#define SIZE_MIN_BLOCK       ((size_t)512)
+#define SIZE_SMALL_MAX       FL_MiB       /* requests up to this go to the small pool */
+#define SIZE_SMALL_SEGMENT   (2 * FL_MiB) /* small-pool segments */
+#define SIZE_LARGE_SEGMENT   (20 * FL_MiB)
 #define SIZE_MIN_LARGE_ALLOC (10 * FL_MiB) /* below this, large requests share 20 MiB segments */
-#define SIZE_SEGMENT_ROUND (2 * FL_MiB)
-#define SIZE_LARGE_BUFFER (20 * FL_MiB) /* oversize requests take blocks at most this larger */
+#define SIZE_SEGMENT_ROUND   (2 * FL_MiB)
+#define SIZE_LARGE_BUFFER    (20 * FL_MiB) /* oversize requests take blocks at most this larger */
 /* The size a request occupies (0 if it cannot be represented). */
 size_t size_round(size_t size, const struct config *c);
 /* PyTorch's next division of the power-of-two interval holding size. */
@@ -304,8 +308,8 @@ bool size_should_split(size_t block_size, size_t rounded, enum heap_pool_kind po
 
 /* ---- freeindex.c: segregated-fit index of free blocks (two-level bitmaps, O(1)) ---- */
 #define FI_SL_LOG2 5
-#define FI_SL (1u << FI_SL_LOG2)
-#define FI_FL 48
+#define FI_SL      (1u << FI_SL_LOG2)
+#define FI_FL      48
 struct freeindex {
     uint64_t fl_bitmap;
     uint32_t sl_bitmap[FI_FL];
@@ -319,18 +323,24 @@ void fi_remove(struct freeindex *fi, struct block *b);
 /* A free block of at least `size` bytes, the smallest the index can find in O(1); NULL if
  * none. */
 struct block *fi_best_fit(const struct freeindex *fi, size_t size);
+/* Of the first `limit` blocks of at least `size` bytes in class order from the size's own
+ * class up, the one of least cost() (the first of cost 0 ends the look); NULL if none. */
+struct block *fi_fit_cheapest(const struct freeindex *fi, size_t size,
+                              size_t (*cost)(const struct block *b, size_t size), unsigned limit);
 /* Size of the largest block held (scans one class list). */
 size_t fi_largest(const struct freeindex *fi);
 /* Moves every block with free_seq <= seq onto the list *out (linked by lnext). */
 void fi_take_upto(struct freeindex *fi, uint64_t seq, struct block **out);
 bool fi_is_valid(const struct freeindex *fi);
 
-/* ---- segment.c: where memory comes from (classic cuMemAlloc segments; VMM: issue 5) ---- */
-enum segment_kind { SEGMENT_CLASSIC = 0 };
+/* ---- segment.c: where memory comes from (classic cuMemAlloc segments, or expand.c's) ---- */
+enum segment_kind { SEGMENT_CLASSIC = 0, SEGMENT_EXPANDABLE = 1 };
 struct segment {
     CUdeviceptr base;
-    size_t size;
+    size_t size; /* bytes of address space (expandable: the whole reservation) */
     enum segment_kind kind;
+    struct vrange *vr; /* expandable: the reserved range */
+    size_t mapped_end; /* expandable: no page at or beyond this offset has been mapped */
     enum heap_pool_kind pool;
     struct block *first; /* lowest block */
     uint32_t nblocks;
@@ -343,6 +353,8 @@ CUresult segment_create(size_t size, enum heap_pool_kind pool, struct segment **
 /* Returns the memory to the driver (which waits for the work that may touch it); the caller
  * frees the record (malloc'd) once this succeeded. */
 CUresult segment_destroy(struct segment *s);
+/* Device memory s holds: its size (classic) or its mapped bytes (expandable). */
+size_t segment_reserved(const struct segment *s);
 
 /* ---- segmap.c: which device's heap owns an address (all devices, read-mostly) ---- */
 bool segmap_insert(struct segment *seg, int device);
@@ -357,13 +369,13 @@ void segmap_atfork_child(void);
 /* Free blocks of one stream, reusable on it at once and on other streams once `event`
  * (recorded after they were freed) has completed. */
 struct stream_pool {
-    CUstream stream;  /* the pool's key: the stream, or for a per-thread default stream its
-                         thread's token */
-    bool per_thread;  /* CU_STREAM_PER_THREAD of one thread: events only from that thread */
+    CUstream stream; /* the pool's key: the stream, or for a per-thread default stream its
+                        thread's token */
+    bool per_thread; /* CU_STREAM_PER_THREAD of one thread: events only from that thread */
     struct freeindex index[POOL_KINDS];
-    CUevent event;       /* NULL until first needed */
-    uint64_t event_seq;  /* free_seq covered by the recorded event */
-    bool event_pending;  /* recorded and not yet seen complete */
+    CUevent event;      /* NULL until first needed */
+    uint64_t event_seq; /* free_seq covered by the recorded event */
+    bool event_pending; /* recorded and not yet seen complete */
 };
 struct heap {
     pthread_mutex_t lock;
@@ -379,6 +391,9 @@ struct heap {
     struct block *live;  /* uthash by ptr */
     struct block *spare; /* recycled block structs */
     size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
+    bool expandable;     /* segments are expand.c's (decided when the heap is created) */
+    size_t device_mem;   /* the device's memory (expandable heaps) */
+    size_t max_split;    /* max_split_size_mb as it applies (unlimited for expandable) */
     fragless_stats_t st;
 };
 
@@ -399,6 +414,25 @@ size_t release_free_segments(struct heap *h, size_t want);
 void release_before_growing(struct heap *h, size_t seg_size);
 /* release_threshold_mb, after a miss or a free. Lock not held. */
 void release_to_threshold(struct heap *h);
+
+/* ---- expand.c: expandable segments — backing blocks with pages, moving and releasing ---- */
+/* A new expandable segment of `pool`: a range at least as large as the device and `min`. */
+CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t min,
+                               struct segment **out);
+/* Makes live block b wholly mapped: pages of ready free blocks move first (page_moving,
+ * free_mapped_keep_mb), then new ones are created. On failure the mapping is as before except
+ * for pages moved (which stay where they went). Lock held. */
+CUresult expand_back(struct heap *h, struct block *b);
+/* Whether serving `rounded` bytes from free block b would need new pages, and how many bytes
+ * of them. */
+bool expand_needs_pages(const struct block *b, size_t rounded);
+size_t expand_pages_needed(const struct block *b, size_t rounded);
+/* Unmaps and releases up to `want` bytes (SIZE_MAX: all, and the device's spare pages) of
+ * pages lying wholly inside ready free blocks. Lock held. Returns the bytes released; the
+ * first driver error, if any, goes to *err (may be NULL) and those pages stay cached. */
+size_t expand_release(struct heap *h, size_t want, CUresult *err);
+/* Expandable segment s: its range is valid, and every block not ready is wholly mapped. */
+bool expand_segment_is_valid(const struct heap *h, const struct segment *s);
 
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
@@ -462,6 +496,9 @@ struct vrange;
 CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vrange **out);
 /* Unmaps and releases every page, then frees the address range. */
 void vrange_destroy(struct vrange *r);
+/* The same, but on a failure (of an unmap or of freeing the address range) returns it and
+ * keeps the range, valid, with what could not be given back. */
+CUresult vrange_release(struct vrange *r);
 CUdeviceptr vrange_base(const struct vrange *r);
 size_t vrange_size(const struct vrange *r);
 size_t vrange_page_size(const struct vrange *r);
@@ -479,6 +516,9 @@ CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, siz
 size_t vrange_mapped_bytes(const struct vrange *r);
 /* Bytes of [off, off+len) (rounded out to pages) already mapped. */
 size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len);
+/* The first run of whole pages inside [off, end) that are all ready (mapped) or all empty
+ * (!mapped): returns its offset and sets *len to its bytes; returns end (*len 0) if none. */
+size_t vrange_next_run(const struct vrange *r, size_t off, size_t end, bool mapped, size_t *len);
 bool vrange_is_valid(const struct vrange *r);
 /* Host memory the range's bookkeeping takes (for the stats' host_metadata_bytes). */
 size_t vrange_host_bytes(const struct vrange *r);
@@ -529,8 +569,7 @@ enum trace_action {
 bool trace_enabled(void);
 /* Records one event of `device` (no-op when not recording). Thread-safe, no CUDA calls.
  * Record a free before the block can be reused, an allocation after it succeeded. */
-void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size,
-                  CUstream stream);
+void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size, CUstream stream);
 /* Starts recording to `path` (what config_get() does at first use; for tests and tools).
  * Returns 0, or -1 if already recording or the path is empty or too long. */
 int trace_start(const char *path, bool extensions);

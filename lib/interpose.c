@@ -47,11 +47,15 @@ static struct {
     CUresult result;
 } init = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* Read on every hooked call: the initial-exec model makes each read one load, not a call to
+ * __tls_get_addr (libfragless is preloaded, so its thread-local storage is static). */
+#define HOT_TLS __attribute__((tls_model("initial-exec")))
+
 /* This thread is initializing fragless: hooked calls it makes go to the real function. */
-static _Thread_local bool in_init;
+static _Thread_local bool in_init HOT_TLS;
 /* This thread is inside a real runtime function fragless called: driver entry points the
  * runtime calls from there go to the real driver (the runtime does its own bookkeeping). */
-static _Thread_local int in_real_runtime;
+static _Thread_local int in_real_runtime HOT_TLS;
 
 static void build_hook_table(void);
 static void register_fork_handlers(void);
@@ -92,10 +96,27 @@ static bool passthrough(void)
     return config_get()->passthrough;
 }
 
+enum serve_mode { MODE_UNDECIDED, MODE_SERVE, MODE_PASS };
+
+/* Whether fragless serves calls at all, decided once: not under passthrough:true, nor when
+ * it cannot initialize (both are final: the configuration is read once and a failed
+ * initialization is not retried). */
+static _Atomic int serve_mode;
+
+static bool decide_serving(void)
+{
+    int mode = passthrough() || init_once() != CUDA_SUCCESS ? MODE_PASS : MODE_SERVE;
+    atomic_store_explicit(&serve_mode, mode, memory_order_relaxed);
+    return mode == MODE_SERVE;
+}
+
 /* True when this call is fragless's to serve; false sends it to the real function. */
 static bool serving(void)
 {
-    if (in_init || in_real_runtime || passthrough() || init_once() != CUDA_SUCCESS)
+    if (in_init || in_real_runtime)
+        return false;
+    int mode = atomic_load_explicit(&serve_mode, memory_order_relaxed);
+    if (FL_UNLIKELY(mode == MODE_UNDECIDED) ? !decide_serving() : mode != MODE_SERVE)
         return false;
     shm_ensure();
     return true;
@@ -280,13 +301,45 @@ static cudaError_t real_entry_point_by_version(enum rt_fn id, const char *symbol
 
 /* ---- the current device --------------------------------------------------------------- */
 
+/* Each device's primary context once fragless has seen it, so that a call made in a primary
+ * context needs no driver query beyond cuCtxGetCurrent to learn its device. A destroyed
+ * context's handle may be reused for another context, so an entry is forgotten before and
+ * after every call that can destroy that context (cuDevicePrimaryCtxRelease and
+ * cuDevicePrimaryCtxReset, hooked below), and learned again from the driver afterwards. */
 static _Atomic(CUcontext) primary_ctx[FL_MAX_DEVICES];
+/* One past the highest device that ever had an entry: how far the lookup looks. */
+static _Atomic int primary_limit;
 
-/* Whether `ctx` is `dev`'s primary context; the answer is cached per device. */
+static void remember_primary(CUdevice dev, CUcontext ctx)
+{
+    atomic_store_explicit(&primary_ctx[dev], ctx, memory_order_release);
+    int limit = atomic_load_explicit(&primary_limit, memory_order_relaxed);
+    while (limit <= dev &&
+           !atomic_compare_exchange_weak_explicit(&primary_limit, &limit, dev + 1,
+                                                  memory_order_release, memory_order_relaxed))
+        ;
+}
+
+static void forget_primary(CUdevice dev)
+{
+    if (dev >= 0 && dev < FL_MAX_DEVICES)
+        atomic_store_explicit(&primary_ctx[dev], NULL, memory_order_release);
+}
+
+/* The device whose primary context `ctx` is, as remembered; -1 when it is none of them. */
+static int remembered_device(CUcontext ctx)
+{
+    int limit = atomic_load_explicit(&primary_limit, memory_order_acquire);
+    for (int d = 0; d < limit; d++) {
+        if (atomic_load_explicit(&primary_ctx[d], memory_order_acquire) == ctx)
+            return d;
+    }
+    return -1;
+}
+
+/* Whether `ctx` is `dev`'s primary context, asking the driver (and remembering the answer). */
 static bool is_primary(CUcontext ctx, CUdevice dev)
 {
-    if (atomic_load_explicit(&primary_ctx[dev], memory_order_relaxed) == ctx)
-        return true;
     unsigned int flags = 0;
     int active = 1;
     CUresult r = drv_primary_ctx_get_state(dev, &flags, &active);
@@ -297,12 +350,30 @@ static bool is_primary(CUcontext ctx, CUdevice dev)
     if (drv_primary_ctx_retain(&p, dev) != CUDA_SUCCESS)
         return false;
     drv_primary_ctx_release(dev);
-    atomic_store_explicit(&primary_ctx[dev], p, memory_order_relaxed);
+    remember_primary(dev, p);
     return p == ctx;
 }
 
-/* The device of this thread's current context. *primary is false when that context is not
- * its device's primary context (fragless leaves such contexts to the driver).
+/* The device of `ctx`, which must be this thread's current context. *primary is false when
+ * it is not its device's primary context (fragless leaves such contexts to the driver). */
+static CUresult context_device(CUcontext ctx, int *dev, bool *primary)
+{
+    int known = remembered_device(ctx);
+    if (FL_LIKELY(known >= 0)) {
+        *dev = known;
+        *primary = true;
+        return CUDA_SUCCESS;
+    }
+    CUdevice d = 0;
+    CUresult r = drv_ctx_get_device(&d);
+    if (r != CUDA_SUCCESS)
+        return r;
+    *dev = d;
+    *primary = d >= 0 && d < FL_MAX_DEVICES && is_primary(ctx, d);
+    return CUDA_SUCCESS;
+}
+
+/* The device of this thread's current context, as context_device.
  * CUDA_ERROR_INVALID_CONTEXT when no context is current, as the driver answers. */
 static CUresult current_device(int *dev, bool *primary)
 {
@@ -312,13 +383,23 @@ static CUresult current_device(int *dev, bool *primary)
         return r;
     if (!ctx)
         return CUDA_ERROR_INVALID_CONTEXT;
-    CUdevice d = 0;
-    r = drv_ctx_get_device(&d);
-    if (r != CUDA_SUCCESS)
-        return r;
-    *dev = d;
-    *primary = d >= 0 && d < FL_MAX_DEVICES && is_primary(ctx, d);
-    return CUDA_SUCCESS;
+    return context_device(ctx, dev, primary);
+}
+
+FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    forget_primary(dev);
+    CUresult r = drv_primary_ctx_release(dev);
+    forget_primary(dev);
+    return r;
+}
+
+FL_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
+{
+    forget_primary(dev);
+    CUresult r = drv_primary_ctx_reset(dev);
+    forget_primary(dev);
+    return r;
 }
 
 /* As current_device, but first initializes the runtime the way the program's own call
@@ -333,6 +414,19 @@ static cudaError_t runtime_device(int *dev, bool *primary)
     if (e != cudaSuccess)
         return e;
     return rt_error(current_device(dev, primary));
+}
+
+/* This thread's current context (NULL when none), first initializing the runtime as
+ * runtime_device does. */
+static cudaError_t runtime_context(CUcontext *ctx)
+{
+    CUresult r = drv_ctx_get_current(ctx);
+    if (r != CUDA_SUCCESS || *ctx)
+        return rt_error(r);
+    cudaError_t e = real_free(NULL);
+    if (e != cudaSuccess)
+        return e;
+    return rt_error(drv_ctx_get_current(ctx));
 }
 
 /* Whether `stream` is capturing a graph; errors of the query come back in *r. */
@@ -408,27 +502,27 @@ static bool default_stream(CUstream stream)
     return !stream || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD;
 }
 
-/* The context a stream-ordered call ran in before enter_stream_ctx switched it. */
+/* The contexts of a stream-ordered call: the caller's, and the stream's, current while the
+ * call runs. */
 struct ctx_guard {
     CUcontext prev;
+    CUcontext ctx;
     bool switched;
 };
 
 /* Makes the context of `stream` current for a stream-ordered call: a created stream belongs to
- * its own context (and device), which need not be the thread's current one. */
-static CUresult enter_stream_ctx(CUstream stream, struct ctx_guard *g)
+ * its own context (and device), which need not be the thread's current one, `cur`. */
+static CUresult enter_stream_ctx(CUstream stream, CUcontext cur, struct ctx_guard *g)
 {
-    g->prev = NULL;
+    g->prev = cur;
+    g->ctx = cur;
     g->switched = false;
     if (default_stream(stream))
         return CUDA_SUCCESS;
-    CUcontext ctx = NULL;
-    CUresult r = drv_stream_get_ctx(stream, &ctx);
-    if (r == CUDA_SUCCESS)
-        r = drv_ctx_get_current(&g->prev);
-    if (r != CUDA_SUCCESS || ctx == g->prev)
+    CUresult r = drv_stream_get_ctx(stream, &g->ctx);
+    if (r != CUDA_SUCCESS || g->ctx == cur)
         return r;
-    r = drv_ctx_set_current(ctx);
+    r = drv_ctx_set_current(g->ctx);
     g->switched = r == CUDA_SUCCESS;
     return r;
 }
@@ -444,22 +538,23 @@ static void leave_stream_ctx(const struct ctx_guard *g)
                   (int)r);
 }
 
-/* A stream-ordered allocation in the stream's context. *served is false when fragless leaves
- * it to the real function: a stream under capture, or a context that is not its device's
- * primary one. */
-static CUresult stream_alloc(CUdeviceptr *out, size_t size, CUstream stream, bool *served)
+/* A stream-ordered allocation in the stream's context; `cur` is the thread's current context.
+ * *served is false when fragless leaves it to the real function: a stream under capture, or a
+ * context that is not its device's primary one. */
+static CUresult stream_alloc(CUcontext cur, CUdeviceptr *out, size_t size, CUstream stream,
+                             bool *served)
 {
     *served = false;
     CUresult r = CUDA_SUCCESS;
     if (capturing(stream, &r) || r != CUDA_SUCCESS)
         return r;
     struct ctx_guard g;
-    r = enter_stream_ctx(stream, &g);
+    r = enter_stream_ctx(stream, cur, &g);
     if (r != CUDA_SUCCESS)
         return r;
     int dev = 0;
     bool primary = false;
-    r = current_device(&dev, &primary);
+    r = g.ctx ? context_device(g.ctx, &dev, &primary) : CUDA_ERROR_INVALID_CONTEXT;
     if (r == CUDA_SUCCESS && primary) {
         *served = true;
         r = serve_alloc(dev, size, stream, HEAP_ASYNC, out);
@@ -472,8 +567,12 @@ static CUresult stream_alloc(CUdeviceptr *out, size_t size, CUstream stream, boo
 static CUresult stream_free(CUdeviceptr p, CUstream stream, bool *foreign)
 {
     *foreign = false;
+    CUcontext cur = NULL;
+    CUresult r = default_stream(stream) ? CUDA_SUCCESS : drv_ctx_get_current(&cur);
+    if (r != CUDA_SUCCESS)
+        return r;
     struct ctx_guard g;
-    CUresult r = enter_stream_ctx(stream, &g);
+    r = enter_stream_ctx(stream, cur, &g);
     if (r != CUDA_SUCCESS)
         return r;
     r = traced_free(p, stream, HEAP_ASYNC, foreign);
@@ -510,8 +609,12 @@ static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUstream stream)
 {
     if (!serving() || !dptr || size == 0)
         return drv_mem_alloc_async(dptr, size, stream);
+    CUcontext cur = NULL;
+    CUresult r = drv_ctx_get_current(&cur);
+    if (r != CUDA_SUCCESS)
+        return r;
     bool served = false;
-    CUresult r = stream_alloc(dptr, size, stream, &served);
+    r = stream_alloc(cur, dptr, size, stream, &served);
     if (served || r != CUDA_SUCCESS)
         return r;
     return drv_mem_alloc_async(dptr, size, stream);
@@ -672,14 +775,13 @@ static cudaError_t malloc_async(enum rt_fn id, void **dev_ptr, size_t size, CUst
 {
     if (!serving() || !dev_ptr || size == 0)
         return real_malloc_async(id, dev_ptr, size, stream);
-    int dev = 0;
-    bool primary = false;
-    cudaError_t e = runtime_device(&dev, &primary);
+    CUcontext cur = NULL;
+    cudaError_t e = runtime_context(&cur);
     if (e != cudaSuccess)
         return e;
     bool served = false;
     CUdeviceptr p = 0;
-    CUresult r = stream_alloc(&p, size, stream, &served);
+    CUresult r = stream_alloc(cur, &p, size, stream, &served);
     if (!served && r == CUDA_SUCCESS)
         return real_malloc_async(id, dev_ptr, size, stream);
     return rt_alloc_result(r, p, dev_ptr);
@@ -768,6 +870,8 @@ static const struct {
     {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle},
     {"cuGetProcAddress", (void *)cuGetProcAddress},
     {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2},
+    {"cuDevicePrimaryCtxRelease_v2", (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuDevicePrimaryCtxReset_v2", (void *)cuDevicePrimaryCtxReset_v2},
 };
 
 /* The names cuGetProcAddress is asked for, and our hook for each stream semantics. */
@@ -785,6 +889,10 @@ static const struct {
     {"cuPointerGetAttribute", (void *)cuPointerGetAttribute, (void *)cuPointerGetAttribute},
     {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle, (void *)cuIpcGetMemHandle},
     {"cuGetProcAddress", (void *)cuGetProcAddress_v2, (void *)cuGetProcAddress_v2},
+    {"cuDevicePrimaryCtxRelease", (void *)cuDevicePrimaryCtxRelease_v2,
+     (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuDevicePrimaryCtxReset", (void *)cuDevicePrimaryCtxReset_v2,
+     (void *)cuDevicePrimaryCtxReset_v2},
 };
 
 /* Every runtime entry point we export, by enum rt_fn. (CUDA 13 deprecates

@@ -27,7 +27,12 @@ static void unlink_segment(struct heap *h, struct segment *s, struct segment **o
         h->segments = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    stat_add(&h->st.reserved_bytes, -(int64_t)s->size);
+    size_t held = segment_reserved(s);
+    stat_add(&h->st.reserved_bytes, -(int64_t)held);
+    if (s->kind == SEGMENT_EXPANDABLE) {
+        stat_add(&h->st.mapped_bytes, -(int64_t)held);
+        stat_add(&h->st.unmapped_reserved_va_bytes, -(int64_t)(s->size - held));
+    }
     stat_add(&h->st.segments, -1);
     stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
     h->st.num_device_free++;
@@ -66,7 +71,7 @@ static void take_free_segments(struct heap *h, struct segment **out, size_t want
 {
     for (struct segment *s = h->segments, *next; want == SIZE_MAX && s; s = next) {
         next = s->next;
-        if (s->nlive == 0)
+        if (s->nlive == 0 && (s->kind == SEGMENT_CLASSIC || segment_is_idle(h, s)))
             unlink_segment(h, s, out);
     }
     for (size_t taken = 0; want != SIZE_MAX && taken < want;) {
@@ -83,7 +88,12 @@ static void take_free_segments(struct heap *h, struct segment **out, size_t want
 static void readd_segment(struct heap *h, struct segment *s)
 {
     pthread_mutex_lock(&h->lock);
-    *s = (struct segment){.base = s->base, .size = s->size, .kind = s->kind, .pool = s->pool};
+    *s = (struct segment){.base = s->base,
+                          .size = s->size,
+                          .kind = s->kind,
+                          .vr = s->vr,
+                          .mapped_end = s->size,
+                          .pool = s->pool};
     if (heap_add_segment(h, s)) {
         h->st.num_device_alloc--;
         h->st.num_device_free--;
@@ -103,14 +113,15 @@ static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
     size_t bytes = 0;
     while (s) {
         struct segment *next = s->next;
+        size_t held = segment_reserved(s);
         CUresult r = segment_destroy(s);
         if (r == CUDA_SUCCESS) {
-            bytes += s->size;
+            bytes += held;
             free(s);
         } else {
             if (err && *err == CUDA_SUCCESS)
                 *err = r;
-            log_error("cuMemFree of segment %#llx failed (%d); keeping it cached",
+            log_error("giving back segment %#llx failed (%d); keeping it cached",
                       (unsigned long long)s->base, (int)r);
             readd_segment(h, s);
         }
@@ -124,10 +135,14 @@ static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
 size_t release_free_segments(struct heap *h, size_t want)
 {
     struct segment *list = NULL;
+    size_t bytes = 0;
     pthread_mutex_lock(&h->lock);
-    take_free_segments(h, &list, want);
+    if (!h->expandable || want == SIZE_MAX)
+        take_free_segments(h, &list, want);
+    if (h->expandable)
+        bytes = expand_release(h, want, NULL);
     pthread_mutex_unlock(&h->lock);
-    return destroy_segments(h, list, NULL);
+    return bytes + destroy_segments(h, list, NULL);
 }
 
 /* garbage_collection_threshold in bytes of the device (0: off), found on first use. */
@@ -165,6 +180,8 @@ static void count_automatic(struct heap *h, size_t released)
  * that are one idle free block (counted as an automatic empty-cache). Lock not held. */
 void release_before_growing(struct heap *h, size_t seg_size)
 {
+    if (h->expandable)
+        return; /* expand.c collects before it maps */
     size_t limit = gc_limit(h);
     if (!limit)
         return;
@@ -192,6 +209,20 @@ void release_to_threshold(struct heap *h)
 
 #define EMPTY_MAX_EVENTS 64
 
+/* Expandable segments unmap only pages of ready free blocks: before empty-cache, wait for the
+ * work that could touch the pending and stream-ordered frees (one device sync), then make
+ * them ready. Lock held (dropped around the sync). */
+static void settle_frees(struct heap *h)
+{
+    bool streams_hold = false;
+    for (int i = 0; i < h->nstreams; i++)
+        for (int k = 0; k < POOL_KINDS; k++)
+            streams_hold |= h->streams[i]->index[k].count != 0;
+    if (reuse_has_pending(h) || streams_hold)
+        reuse_device_sync(h);
+    reuse_collect(h);
+}
+
 /* Releases h's cached segments and idle events with the device's primary context current
  * (any thread may ask), restoring the caller's context after. */
 static CUresult empty_one(struct heap *h, size_t *released)
@@ -209,11 +240,16 @@ static CUresult empty_one(struct heap *h, size_t *released)
         goto release_primary;
 
     struct segment *list = NULL;
+    size_t bytes = 0;
     pthread_mutex_lock(&h->lock);
+    if (h->expandable)
+        settle_frees(h);
     take_free_segments(h, &list, SIZE_MAX);
+    if (h->expandable)
+        bytes = expand_release(h, SIZE_MAX, &r);
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
     pthread_mutex_unlock(&h->lock);
-    size_t bytes = destroy_segments(h, list, &r);
+    bytes += destroy_segments(h, list, &r);
     pthread_mutex_lock(&h->lock);
     h->st.num_empty_cache++;
     h->st.empty_cache_released_bytes += bytes;

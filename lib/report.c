@@ -166,12 +166,20 @@ static void gather(struct oom_facts *f, int device, size_t size)
 static void advise(const struct oom_facts *f, char *buf, size_t len)
 {
     uint64_t unallocated = f->st.reserved_unallocated_bytes.current;
+    /* expandable (VMM) segments already hold address space beyond what is mapped */
+    bool expandable = f->st.unmapped_reserved_va_bytes.current > 0;
     if (f->total_bytes && f->size > f->total_bytes) {
         snprintf(buf, len,
                  "a single request of %s is larger than the whole GPU (%s): no allocator "
                  "setting can serve it; make the batch (or this tensor) smaller, or split the "
                  "work into chunks",
                  PIO_HUMAN(f->size), PIO_HUMAN(f->total_bytes));
+    } else if (unallocated >= f->size && expandable) {
+        snprintf(buf, len,
+                 "%s is reserved but unallocated in this process, more than the request, but it "
+                 "lies in pages shared with live blocks (fragmentation inside pages): a smaller "
+                 "page_size_mb in FRAGLESS_CONF helps; `fragstat --segments %d` shows the map",
+                 PIO_HUMAN(unallocated), (int)getpid());
     } else if (unallocated >= f->size) {
         snprintf(buf, len,
                  "%s is reserved but unallocated in this process, more than the request, but "

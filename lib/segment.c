@@ -3,9 +3,9 @@
  *
  * Owns: creating and destroying segments. A classic segment is one cuMemAlloc allocation,
  * released with cuMemFree (which itself waits for the device work that may still touch it).
- * The heap sees only struct segment and these two calls, so the expandable (VMM) segments of
- * issue 5 slot in here as a second kind: a reserved range whose mapped part grows and shrinks
- * under the blocks, with the same create/destroy and an added grow/shrink.
+ * The heap sees only struct segment and these calls; expandable (VMM) segments are the second
+ * kind: a reserved range (expand.c creates them) whose mapped part grows and shrinks under the
+ * blocks; destroying one unmaps and releases its pages and frees the range.
  */
 #include <stdlib.h>
 
@@ -32,5 +32,15 @@ free_record:
 
 CUresult segment_destroy(struct segment *s)
 {
-    return drv_mem_free(s->base);
+    if (s->kind == SEGMENT_CLASSIC)
+        return drv_mem_free(s->base);
+    CUresult r = vrange_release(s->vr);
+    if (r == CUDA_SUCCESS)
+        s->vr = NULL;
+    return r;
+}
+
+size_t segment_reserved(const struct segment *s)
+{
+    return s->kind == SEGMENT_CLASSIC ? s->size : vrange_mapped_bytes(s->vr);
 }

@@ -41,6 +41,7 @@ struct vrange {
     size_t npages;
     size_t mapped_pages; /* pages with PG_MAPPED */
     struct vpage *pages;
+    uint64_t *ready; /* one bit per page: flags == PG_READY (finds mapped runs fast) */
 };
 
 static CUdeviceptr page_addr(const struct vrange *r, size_t i)
@@ -91,6 +92,29 @@ static void set_flags(struct vrange *r, size_t i, size_t j, uint8_t set, uint8_t
 {
     for (size_t k = i; k < j; k++)
         r->pages[k].flags = (uint8_t)((r->pages[k].flags & ~clear) | set);
+}
+
+/* Brings the ready bits of pages [first, end) up to date with their flags. */
+static void bits_refresh(struct vrange *r, size_t first, size_t end)
+{
+    for (size_t i = first; i < end; i++) {
+        uint64_t bit = (uint64_t)1 << (i % 64);
+        if (r->pages[i].flags == PG_READY)
+            r->ready[i / 64] |= bit;
+        else
+            r->ready[i / 64] &= ~bit;
+    }
+}
+
+static void bits_refresh_span(struct vrange *r, size_t off, size_t len)
+{
+    if (span_ok(r, off, len) && len)
+        bits_refresh(r, off / r->page_size, (off + len - 1) / r->page_size + 1);
+}
+
+static bool bit_ready(const struct vrange *r, size_t i)
+{
+    return (r->ready[i / 64] >> (i % 64)) & 1;
 }
 
 static void count_mapped(struct vrange *r, int64_t pages)
@@ -163,9 +187,10 @@ CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vra
     r->npages = (va_size + page_size - 1) / page_size;
     r->size = r->npages * page_size;
     r->pages = calloc(r->npages, sizeof(*r->pages));
+    r->ready = calloc((r->npages + 63) / 64, sizeof(*r->ready));
     err = CUDA_ERROR_OUT_OF_MEMORY;
-    if (!r->pages)
-        goto free_range;
+    if (!r->pages || !r->ready)
+        goto free_pages;
     err = drv_mem_address_reserve(&r->base, r->size, reserve_alignment(page_size, gran));
     if (err != CUDA_SUCCESS)
         goto free_pages;
@@ -174,8 +199,8 @@ CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vra
     return CUDA_SUCCESS;
 
 free_pages:
+    free(r->ready);
     free(r->pages);
-free_range:
     free(r);
     return err;
 }
@@ -292,7 +317,7 @@ static void pages_commit(struct vrange *r, size_t first, size_t end)
     count_mapped(r, (int64_t)added);
 }
 
-CUresult vrange_map(struct vrange *r, size_t off, size_t len)
+static CUresult map_span(struct vrange *r, size_t off, size_t len)
 {
     struct vmm_spare *used = NULL;
     CUresult err;
@@ -346,7 +371,14 @@ static CUresult run_unmap(struct vrange *r, size_t i, size_t j, void *arg)
     return CUDA_SUCCESS;
 }
 
-CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep)
+CUresult vrange_map(struct vrange *r, size_t off, size_t len)
+{
+    CUresult err = map_span(r, off, len);
+    bits_refresh_span(r, off, len);
+    return err;
+}
+
+static CUresult unmap_span(struct vrange *r, size_t off, size_t len, bool keep)
 {
     if (!span_ok(r, off, len))
         return CUDA_ERROR_INVALID_VALUE;
@@ -355,6 +387,13 @@ CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep)
     if (first >= end)
         return CUDA_SUCCESS;
     return for_runs(r, first, end, PG_MAPPED, PG_MAPPED, run_unmap, &keep);
+}
+
+CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep)
+{
+    CUresult err = unmap_span(r, off, len, keep);
+    bits_refresh_span(r, off, len);
+    return err;
 }
 
 /* Unmaps one run for vrange_destroy: a failure is remembered and the other runs still go. */
@@ -382,8 +421,25 @@ void vrange_destroy(struct vrange *r)
                   r->size, (unsigned long long)r->base, r->device, (int)err,
                   r->mapped_pages * r->page_size);
     vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
+    free(r->ready);
     free(r->pages);
     free(r);
+}
+
+CUresult vrange_release(struct vrange *r)
+{
+    if (!r)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult err = vrange_unmap(r, 0, r->size, false);
+    if (err == CUDA_SUCCESS)
+        err = drv_mem_address_free(r->base, r->size);
+    if (err != CUDA_SUCCESS)
+        return err;
+    vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
+    free(r->ready);
+    free(r->pages);
+    free(r);
+    return CUDA_SUCCESS;
 }
 
 /* ---- move ------------------------------------------------------------------------------------ */
@@ -511,8 +567,8 @@ static void move_commit(struct move *m, size_t moving)
     vmm_account(m->src->device, 0, 0, moving);
 }
 
-CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, size_t dst_off,
-                     size_t len)
+static CUresult move_span(struct vrange *src, size_t src_off, struct vrange *dst, size_t dst_off,
+                          size_t len)
 {
     struct move m = {.src = src, .dst = dst};
     CUresult err;
@@ -554,6 +610,17 @@ undo_src_unmap:
     return err;
 }
 
+CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, size_t dst_off,
+                     size_t len)
+{
+    CUresult err = move_span(src, src_off, dst, dst_off, len);
+    if (src && dst) {
+        bits_refresh_span(src, src_off, len);
+        bits_refresh_span(dst, dst_off, len);
+    }
+    return err;
+}
+
 /* ---- queries and the walker ------------------------------------------------------------------ */
 
 size_t vrange_mapped_bytes(const struct vrange *r)
@@ -570,9 +637,31 @@ size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
     return count_flags(r, first, end, 0xff, PG_READY) * r->page_size;
 }
 
+size_t vrange_next_run(const struct vrange *r, size_t off, size_t end, bool mapped, size_t *len)
+{
+    *len = 0;
+    if (!r || end > r->size)
+        end = r ? r->size : 0;
+    size_t ps = r ? r->page_size : 1;
+    size_t i = (off + ps - 1) / ps, stop = end / ps;
+    uint8_t want = mapped ? PG_READY : 0;
+    while (mapped && i < stop && !bit_ready(r, i)) {
+        uint64_t w = r->ready[i / 64] >> (i % 64);
+        i = w ? i + (size_t)__builtin_ctzll(w) : (i / 64 + 1) * 64;
+    }
+    while (!mapped && i < stop && r->pages[i].flags != want)
+        i++;
+    i = i < stop ? i : stop;
+    size_t j = i;
+    while (j < stop && r->pages[j].flags == want)
+        j++;
+    *len = (j - i) * ps;
+    return i < stop ? i * ps : end;
+}
+
 size_t vrange_host_bytes(const struct vrange *r)
 {
-    return sizeof(*r) + r->npages * sizeof(*r->pages);
+    return sizeof(*r) + r->npages * sizeof(*r->pages) + (r->npages + 63) / 64 * sizeof(*r->ready);
 }
 
 /* Collects the handles of the mapped pages into `out`; false (logged) on a bad page. */
@@ -628,6 +717,12 @@ bool vrange_is_valid(const struct vrange *r)
                   (unsigned long long)r->base, n, r->mapped_pages);
         ok = false;
     }
+    for (size_t i = 0; ok && i < r->npages; i++)
+        if (bit_ready(r, i) != (r->pages[i].flags == PG_READY)) {
+            log_error("vmm: range %#llx: page %zu's ready bit disagrees with its flags",
+                      (unsigned long long)r->base, i);
+            ok = false;
+        }
     vmm_sort_handles(handles, n);
     ok = ok && handles_unique(r, handles, n) && vmm_spare_is_valid(r->device, handles, n);
     free(handles);

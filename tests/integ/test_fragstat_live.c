@@ -337,13 +337,41 @@ Test(fragstat_live, oom_report_explains_fragmentation)
 {
     struct tu_result r;
     const char *argv[] = {tu_path("tests/progs/fs_oom"), "18", "72", NULL};
-    const char *env[] = {"FRAGLESS_EMU_MEM=256M", NULL};
+    /* Classic segments: expandable ones move free pages to the request instead. */
+    const char *env[] = {"FRAGLESS_EMU_MEM=256M", "FRAGLESS_CONF=expandable_segments:false", NULL};
     tu_emu_isolate();
     cr_assert_eq(tu_run(&r, true, argv, env, 30), 0, "%s", r.err);
     cr_expect_str_eq(r.out, "oom\n", "%s", r.err);
     cr_expect(strstr(r.err, "is reserved but unallocated in this process, more than the request"),
               "%s", r.err);
     cr_expect(strstr(r.err, "(fragmentation): set expandable_segments:true"), "%s", r.err);
+    tu_result_free(&r);
+}
+
+/* The same fragmenting program under the default (expandable segments) needs no report. */
+Test(fragstat_live, expandable_segments_serve_what_fragmentation_refused)
+{
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_oom"), "18", "72", NULL};
+    const char *env[] = {"FRAGLESS_EMU_MEM=256M", NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, env, 30), 0, "%s", r.err);
+    cr_expect_str_eq(r.out, "ok\n", "%s", r.err);
+    cr_expect_null(strstr(r.err, "CUDA out of memory"), "%s", r.err);
+    tu_result_free(&r);
+}
+
+/* Expandable segments: holes smaller than a page cannot be moved to the request. */
+Test(fragstat_live, oom_report_explains_fragmentation_inside_pages)
+{
+    struct tu_result r;
+    const char *argv[] = {tu_path("tests/progs/fs_oom"), "64", "72", NULL};
+    const char *env[] = {"FRAGLESS_EMU_MEM=256M", "FRAGLESS_CONF=page_size_mb:8", NULL};
+    tu_emu_isolate();
+    cr_assert_eq(tu_run(&r, true, argv, env, 30), 0, "%s", r.err);
+    cr_expect_str_eq(r.out, "oom\n", "%s", r.err);
+    cr_expect(strstr(r.err, "(fragmentation inside pages): a smaller page_size_mb"), "%s", r.err);
+    cr_expect_null(strstr(r.err, "set expandable_segments:true"), "%s", r.err);
     tu_result_free(&r);
 }
 
@@ -496,11 +524,13 @@ Test(fragstat_live, oom_report_lists_what_nvml_sees)
 /* ---- the driver refusing what the page and the reports ask of it ------------------------ */
 
 /* A holder whose driver refuses `spec` (FRAGLESS_EMU_FAIL), shown by fragstat. */
-static void hold_refusing(struct child *c, const char *spec, char *sp, size_t len)
+/* A held process whose driver refuses `spec`; `conf` (may be NULL) is its FRAGLESS_CONF. */
+static void hold_refusing(struct child *c, const char *spec, const char *conf, char *sp, size_t len)
 {
-    static char fail[128];
+    static char fail[128], cf[128];
     snprintf(fail, sizeof fail, "FRAGLESS_EMU_FAIL=%s", spec);
-    const char *env[] = {fail, NULL};
+    snprintf(cf, sizeof cf, "FRAGLESS_CONF=%s", conf ? conf : "");
+    const char *env[] = {fail, cf, NULL};
     tu_emu_isolate();
     spawn_shown(c, hold(), env);
     snprintf(sp, len, "%d", (int)c->pid);
@@ -511,7 +541,7 @@ Test(fragstat_live, page_without_pci_location_or_capacity)
     struct child c;
     struct tu_result r;
     char sp[16];
-    hold_refusing(&c, "cuDeviceGetAttribute@*,cuDeviceTotalMem_v2@*", sp, sizeof sp);
+    hold_refusing(&c, "cuDeviceGetAttribute@*,cuDeviceTotalMem_v2@*", NULL, sp, sizeof sp);
     cr_assert_eq(fragstat(&r, "--json", "--pid", sp), 0, "%s", r.err);
     cr_expect(strstr(r.out, "\"pci_bus_id\":null,\"total_bytes\":0,"), "%s", r.out);
     tu_result_free(&r);
@@ -521,12 +551,13 @@ Test(fragstat_live, page_without_pci_location_or_capacity)
     cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
 }
 
+/* Classic segments go back with cuMemFree. */
 Test(fragstat_live, empty_cache_the_driver_refuses)
 {
     struct child c;
     struct tu_result r;
     char sp[16];
-    hold_refusing(&c, "cuMemFree_v2@*", sp, sizeof sp);
+    hold_refusing(&c, "cuMemFree_v2@*", "expandable_segments:false", sp, sizeof sp);
     cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 4, "%s", r.out);
     cr_expect(strstr(r.err, "could not empty its cache (error -3)"), "%s", r.err);
     tu_result_free(&r);
@@ -544,4 +575,17 @@ Test(fragstat_live, oom_report_without_free_memory_figure)
               "%s", r.err);
     cr_expect(strstr(r.err, "larger than the whole GPU"), "%s", r.err);
     tu_result_free(&r);
+}
+
+/* Expandable segments give pages back with cuMemUnmap and cuMemRelease. */
+Test(fragstat_live, empty_cache_the_driver_refuses_unmap)
+{
+    struct child c;
+    struct tu_result r;
+    char sp[16];
+    hold_refusing(&c, "cuMemUnmap@*", "expandable_segments:true", sp, sizeof sp);
+    cr_expect_eq(fragstat(&r, "--empty-cache", sp, NULL), 4, "%s", r.out);
+    cr_expect(strstr(r.err, "could not empty its cache (error -3)"), "%s", r.err);
+    tu_result_free(&r);
+    cr_expect_eq(finish(&c, NULL, 0, NULL, 0), 0);
 }

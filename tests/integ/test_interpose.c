@@ -95,6 +95,23 @@ Test(interpose, stream_ordered_calls_use_the_streams_device)
     run_expect("ip_devices", NULL, "FRAGLESS_EMU_DEVICES=2", NULL);
 }
 
+Test(interpose, a_primary_context_is_remembered_between_calls)
+{
+    run_prog("ip_ctxcache", "steady", NULL);
+}
+
+Test(interpose, a_reset_or_released_primary_context_is_forgotten)
+{
+    static const char *const ways[] = {"runtime", "driver", "procaddr", "release"};
+    for (size_t i = 0; i < 4; i++)
+        run_prog("ip_ctxcache", "forget", ways[i]);
+}
+
+Test(interpose, context_hooks_pass_the_drivers_error)
+{
+    run_prog("ip_ctxcache", "bad-device", NULL);
+}
+
 Test(interpose, failed_capture_query_returns_its_error)
 {
     run_prog("ip_faults", "capture-query", NULL);
@@ -180,7 +197,9 @@ Test(interpose, a_program_that_never_uses_cuda_loads_nothing)
 }
 
 /* The exported CUDA names and dlsym, as `LC_ALL=C sort` orders them. */
-static const char expected_hooks[] = "cuGetProcAddress\n"
+static const char expected_hooks[] = "cuDevicePrimaryCtxRelease_v2\n"
+                                     "cuDevicePrimaryCtxReset_v2\n"
+                                     "cuGetProcAddress\n"
                                      "cuGetProcAddress_v2\n"
                                      "cuIpcGetMemHandle\n"
                                      "cuMemAllocAsync\n"

@@ -25,11 +25,19 @@ static inline void *ht_sym(const char *name)
     return f;
 }
 
+/* The segment kind the heap's suites test (a suite may define it before including this):
+ * classic by default; the expandable suites set "expandable_segments:true". */
+#ifndef HT_SEGMENTS
+#define HT_SEGMENTS "expandable_segments:false"
+#endif
+
 /* A device of this test's own (capacity `mem`, e.g. "256M"; NULL = default), driver
- * initialized, device 0's primary context current. */
+ * initialized, device 0's primary context current. FRAGLESS_CONF, unless the test set it,
+ * is HT_SEGMENTS. */
 static inline void ht_setup(const char *mem)
 {
     tu_emu_isolate();
+    setenv("FRAGLESS_CONF", HT_SEGMENTS, 0);
     if (mem)
         setenv("FRAGLESS_EMU_MEM", mem, 1);
     cr_assert_eq(drv_init(), CUDA_SUCCESS);

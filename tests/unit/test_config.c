@@ -83,7 +83,7 @@ Test(config, defaults)
         cr_assert_eq(c.roundup_power2_divisions[i], 0);
     cr_assert_eq(c.garbage_collection_threshold, 0);
     cr_assert_eq(c.release_threshold, SIZE_MAX);
-    cr_assert_eq(c.page_size, 2 * FL_MiB);
+    cr_assert_eq(c.page_size, 8 * FL_MiB);
     cr_assert_str_eq(c.trace_path, "");
     cr_assert(c.trace_extensions);
     cr_assert_str_eq(c.report, "");
@@ -274,7 +274,8 @@ Test(config, unknown_key_and_missing_separator)
                      "FRAGLESS_CONF: unknown key \"colour\" (value \"blue\"): expected one of "
                      "passthrough, strict, verbose, driver, expandable_segments, "
                      "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                     "release_threshold_mb, page_size_mb, trace, trace_extensions, report, "
+                     "release_threshold_mb, page_size_mb, page_moving, free_mapped_keep_mb, trace, "
+                     "trace_extensions, report, "
                      "stats_page");
     cr_assert_eq(parse("Verbose:1"), 1, "keys are case-sensitive");
     cr_assert_eq(parse("verbose,strict:yes"), 1);
@@ -429,7 +430,8 @@ Test(config, format_of_defaults_parses_back)
     cr_assert_str_eq(text, "passthrough:false\nstrict:false\nverbose:0\ndriver:\n"
                            "expandable_segments:auto\nmax_split_size_mb:unlimited\n"
                            "roundup_power2_divisions:0\ngarbage_collection_threshold:0\n"
-                           "release_threshold_mb:unlimited\npage_size_mb:2\ntrace:\n"
+                           "release_threshold_mb:unlimited\npage_size_mb:8\npage_moving:true\n"
+                           "free_mapped_keep_mb:0\ntrace:\n"
                            "trace_extensions:true\nreport:\nstats_page:true\n");
     for (char *p = text; *p; p++)
         *p = *p == '\n' ? ',' : *p;
@@ -587,7 +589,7 @@ static void check_child(const char *conf, int (*body)(void), int status, const c
 static int get_twice(void)
 {
     const struct config *a = config_get();
-    setenv("FRAGLESS_CONF", "verbose:0,page_size_mb:8", 1);
+    setenv("FRAGLESS_CONF", "verbose:0,page_size_mb:6", 1);
     const struct config *b = config_get();
     if (a != b)
         return 99;
@@ -611,7 +613,7 @@ Test(config_get, verbose_prints_the_configuration_once)
 
 Test(config_get, quiet_by_default)
 {
-    check_child("", get_twice, 20, "");
+    check_child("", get_twice, 80, "");
     cr_assert_str_eq(last.err, "");
 }
 
@@ -630,7 +632,7 @@ Test(config_get, sets_the_log_level)
 Test(config_get, many_errors_are_summarized)
 {
     char *conf = repeat("bad:1,", 20);
-    check_child(conf, get_twice, 20, "");
+    check_child(conf, get_twice, 80, "");
     cr_assert(strstr(last.err, "fragless: FRAGLESS_CONF: unknown key \"bad\" (value \"1\")"));
     cr_assert(strstr(last.err, "fragless: FRAGLESS_CONF: 12 more bad pairs not shown\n"));
     free(conf);

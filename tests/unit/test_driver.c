@@ -73,7 +73,7 @@ Test(driver, a_missing_optional_feature_is_quiet_by_default, .init = cr_redirect
     cr_assert_str_empty(err, "a default run prints nothing: %s", err);
 }
 
-Test(driver, counts_every_call_and_its_time)
+Test(driver, counts_every_call_and_times_the_slow_ones)
 {
     use_primary_context();
     uint64_t calls = drv_call_count(), ns = drv_call_ns();
@@ -82,9 +82,17 @@ Test(driver, counts_every_call_and_its_time)
     cr_assert_gt(total_b, 0);
     cr_assert_leq(free_b, total_b);
     cr_assert_eq(drv_call_count(), calls + 1);
-    cr_assert_gt(drv_call_ns(), ns);
+    cr_assert_gt(drv_call_ns(), ns, "a call that can be slow is timed");
+    ns = drv_call_ns();
+    CUcontext ctx = NULL;
+    CUdevice dev = -1;
+    cr_assert_eq(drv_ctx_get_current(&ctx), CUDA_SUCCESS);
+    cr_assert_eq(drv_ctx_get_device(&dev), CUDA_SUCCESS);
+    cr_assert_eq(drv_call_count(), calls + 3, "cheap queries are counted");
+    cr_assert_eq(drv_call_ns(), ns, "but not timed");
     cr_assert_eq(drv_primary_ctx_release(0), CUDA_SUCCESS);
-    cr_assert_eq(drv_call_count(), calls + 2);
+    cr_assert_eq(drv_call_count(), calls + 4);
+    cr_assert_gt(drv_call_ns(), ns, "a context release is timed");
 }
 
 Test(driver, returns_the_drivers_error_unchanged)

@@ -124,3 +124,23 @@ Test(freeindex, take_upto_moves_only_older_frees)
     cr_assert_eq(fi_best_fit(&fi, 512), &blocks[1]);
     cr_assert(fi_is_valid(&fi));
 }
+
+static size_t cost_by_ptr(const struct block *b, size_t size)
+{
+    (void)size;
+    return (size_t)(b->ptr >> 24) % 3; /* blocks 0, 3, 6 ... cost 0 */
+}
+
+Test(freeindex, cheapest_fit_looks_at_a_bounded_number_of_blocks)
+{
+    add(1, 4 * FL_MiB);  /* cost 1 */
+    add(2, 8 * FL_MiB);  /* cost 2 */
+    add(4, 16 * FL_MiB); /* cost 1 */
+    add(5, 2 * FL_MiB);  /* too small */
+    cr_assert_eq(fi_fit_cheapest(&fi, 3 * FL_MiB, cost_by_ptr, 8), &blocks[1]);
+    add(3, 64 * FL_MiB); /* cost 0: found when enough blocks are looked at */
+    cr_assert_eq(fi_fit_cheapest(&fi, 3 * FL_MiB, cost_by_ptr, 8), &blocks[3]);
+    cr_assert_eq(fi_fit_cheapest(&fi, 3 * FL_MiB, cost_by_ptr, 2), &blocks[1]);
+    cr_assert_null(fi_fit_cheapest(&fi, 65 * FL_MiB, cost_by_ptr, 8));
+    cr_assert(fi_is_valid(&fi));
+}

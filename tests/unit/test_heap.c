@@ -221,7 +221,7 @@ TestSuite(heap_env, .timeout = 60);
 
 Test(heap_env, max_split_size_keeps_oversize_blocks_whole)
 {
-    setenv("FRAGLESS_CONF", "max_split_size_mb:32", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",max_split_size_mb:32", 1);
     ht_setup("1G");
     CUdeviceptr big = ht_alloc(64 * FL_MiB, NULL, HEAP_SYNC);
     ht_free(big, NULL, HEAP_ASYNC);
@@ -367,7 +367,7 @@ static fragless_stats_t grow_past_idle_segment(void)
 
 Test(heap_env, garbage_collection_threshold_releases_idle_segments_before_growing)
 {
-    setenv("FRAGLESS_CONF", "garbage_collection_threshold:0.5", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",garbage_collection_threshold:0.5", 1);
     ht_setup("256M");
     fragless_stats_t st = grow_past_idle_segment();
     cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "128 MiB limit kept");
@@ -388,7 +388,7 @@ Test(heap_env, without_a_threshold_the_cache_is_kept)
 
 Test(heap_env, release_threshold_gives_back_idle_cache)
 {
-    setenv("FRAGLESS_CONF", "release_threshold_mb:16", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",release_threshold_mb:16", 1);
     ht_setup("1G");
     fragless_stats_t st = grow_past_idle_segment();
     cr_assert_eq(st.reserved_bytes.current, 120 * FL_MiB, "the idle 100 MiB went back");
@@ -401,7 +401,7 @@ Test(heap_env, release_threshold_gives_back_idle_cache)
 
 Test(heap_env, roundup_power2_divisions_from_the_configuration)
 {
-    setenv("FRAGLESS_CONF", "roundup_power2_divisions:4", 1);
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",roundup_power2_divisions:4", 1);
     ht_setup("1G");
     CUdeviceptr p = ht_alloc(5 * FL_MiB + 1, NULL, HEAP_SYNC);
     fragless_stats_t s = ht_stats(0);

@@ -130,6 +130,52 @@ Test(vmm, unmap_takes_pages_wholly_inside_one_call_per_run)
     vt_finish(r, NULL);
 }
 
+Test(vmm, next_run_finds_whole_ready_or_empty_pages)
+{
+    struct vrange *r = vt_reserve(200);
+    /* pages 1-2 and 130-131 ready: the ready bits are scanned a word at a time */
+    cr_assert_eq(vrange_map(r, VT_PAGE, 2 * VT_PAGE), CUDA_SUCCESS);
+    cr_assert_eq(vrange_map(r, 130 * VT_PAGE, 2 * VT_PAGE), CUDA_SUCCESS);
+    size_t len = 0, end = 200 * VT_PAGE;
+    cr_assert_eq(vrange_next_run(r, 0, end, true, &len), VT_PAGE);
+    cr_assert_eq(len, 2 * VT_PAGE);
+    /* a start inside a page rounds up to the next whole page */
+    cr_assert_eq(vrange_next_run(r, VT_PAGE + 1, end, true, &len), 2 * VT_PAGE);
+    cr_assert_eq(len, VT_PAGE);
+    cr_assert_eq(vrange_next_run(r, 3 * VT_PAGE, end, true, &len), 130 * VT_PAGE);
+    cr_assert_eq(len, 2 * VT_PAGE);
+    /* an end inside a page cuts the run to whole pages */
+    cr_assert_eq(vrange_next_run(r, 3 * VT_PAGE, 131 * VT_PAGE + 1, true, &len), 130 * VT_PAGE);
+    cr_assert_eq(len, VT_PAGE);
+    cr_assert_eq(vrange_next_run(r, 132 * VT_PAGE, end, true, &len), end);
+    cr_assert_eq(len, 0);
+    cr_assert_eq(vrange_next_run(r, 0, end, false, &len), 0);
+    cr_assert_eq(len, VT_PAGE);
+    cr_assert_eq(vrange_next_run(r, VT_PAGE, end, false, &len), 3 * VT_PAGE);
+    cr_assert_eq(len, 127 * VT_PAGE);
+    cr_assert_eq(vrange_unmap(r, VT_PAGE, VT_PAGE, false), CUDA_SUCCESS);
+    cr_assert_eq(vrange_next_run(r, 0, end, true, &len), 2 * VT_PAGE);
+    cr_assert(vrange_is_valid(r));
+    vt_finish(r, NULL);
+}
+
+Test(vmm, release_keeps_the_range_when_the_driver_refuses)
+{
+    struct vrange *r = vt_reserve(4);
+    cr_assert_eq(vrange_map(r, 0, 3 * VT_PAGE), CUDA_SUCCESS);
+    vt_fail("cuMemAddressFree@1=CUDA_ERROR_UNKNOWN");
+    cr_assert_eq(vrange_release(r), CUDA_ERROR_UNKNOWN);
+    cr_assert(vrange_is_valid(r));
+    cr_assert_eq(vrange_mapped_bytes(r), 0, "the pages went back; the range stays");
+    vt_fail("cuMemUnmap@1=CUDA_ERROR_UNKNOWN");
+    cr_assert_eq(vrange_map(r, 0, VT_PAGE), CUDA_SUCCESS);
+    cr_assert_eq(vrange_release(r), CUDA_ERROR_UNKNOWN);
+    cr_assert_eq(vrange_mapped_bytes(r), VT_PAGE);
+    vt_fail(NULL);
+    cr_assert_eq(vrange_release(r), CUDA_SUCCESS);
+    vt_finish(NULL, NULL);
+}
+
 Test(vmm, spare_pages_are_reused_before_creating)
 {
     struct vrange *a = vt_reserve(4), *b = vt_reserve(4);
