@@ -168,40 +168,42 @@ void shm_snapshot(struct fragless_shm_page *out)
 
 /* ---- the page thread ---------------------------------------------------------------------- */
 
-/* The slot of `device` in the page, giving it one if it has none; -1 when the page is full. */
-static int device_slot(fragless_shm_page_t *p, int device)
+/* The slot of `device` in the page (a new one past device_count if it has none yet); -1 when
+ * the page is full. */
+static int device_slot(const fragless_shm_page_t *p, int device, bool *fresh)
 {
-    if (shm.slot[device] >= 0)
+    *fresh = shm.slot[device] < 0;
+    if (!*fresh)
         return shm.slot[device];
-    if (p->device_count >= FRAGLESS_SHM_MAX_DEVICES)
-        return -1;
-    int s = (int)p->device_count;
-    fragless_shm_device_t *d = &p->devices[s];
-    seq_begin(&d->seq);
-    fill_device_identity(d, device);
-    seq_end(&d->seq);
-    seq_begin(&p->seq);
-    p->device_count++;
-    seq_end(&p->seq);
-    shm.slot[device] = (int8_t)s;
-    return s;
+    return p->device_count < FRAGLESS_SHM_MAX_DEVICES ? (int)p->device_count : -1;
 }
 
 static void publish_device(fragless_shm_page_t *p, int device)
 {
     fragless_stats_t st;
+    bool fresh;
     if (!device_stats(device, &st))
         return;
-    int s = device_slot(p, device);
+    int s = device_slot(p, device, &fresh);
     if (s < 0)
         return;
     int n = heap_segment_info(device, seg_scratch, FRAGLESS_SHM_MAX_SEGMENTS);
     fragless_shm_device_t *d = &p->devices[s];
     seq_begin(&d->seq);
+    if (fresh)
+        fill_device_identity(d, device);
     d->stats = st;
     fill_segments(d, seg_scratch, n);
     d->updated_ns = realtime_ns();
     seq_end(&d->seq);
+    if (!fresh)
+        return;
+    /* counted only once its identity and statistics are in place, so a reader never sees a
+     * device slot that is still empty */
+    seq_begin(&p->seq);
+    p->device_count++;
+    seq_end(&p->seq);
+    shm.slot[device] = (int8_t)s;
 }
 
 static uint64_t thread_cpu_ns(void)
