@@ -7,6 +7,8 @@
  *   bench_heap pairs      cached cudaMalloc+cudaFree pairs of mixed sizes (512 B … 32 MiB),
  *                         1 thread: median ns per pair, and glibc malloc+free of the same
  *                         sizes in the same run
+ *   bench_heap pairs-async  only the stream-ordered pairs row, in a process that has made no
+ *                         other allocation (a program using only cudaMallocAsync)
  *   bench_heap threads    the same pairs on 1 and 2 threads: operations per second
  *   bench_heap train      a 1,000-step synthetic training loop (plain and stream-ordered API),
  *                         with fragless's classic and expandable segments and again with
@@ -140,7 +142,8 @@ static void pairs_row(const char *label, bool async, cudaStream_t s, uint64_t gl
            (double)o / (double)glibc, calls);
 }
 
-static void bench_pairs(void)
+/* The pairs rows: the plain one first (unless only_async), then the stream-ordered one. */
+static void bench_pairs(bool only_async)
 {
     uint64_t libc[REPS];
     cudaStream_t s;
@@ -150,7 +153,8 @@ static void bench_pairs(void)
         libc[r] = glibc_pass();
     uint64_t g = median(libc, REPS);
     printf("%-40s %8llu ns/pair\n", "pairs: glibc malloc+free", (unsigned long long)g);
-    pairs_row("pairs: cudaMalloc+cudaFree", false, NULL, g);
+    if (!only_async)
+        pairs_row("pairs: cudaMalloc+cudaFree", false, NULL, g);
     pairs_row("pairs: cudaMallocAsync+cudaFreeAsync", true, s, g);
     check(cudaStreamDestroy(s), "cudaStreamDestroy");
 }
@@ -348,8 +352,8 @@ int main(int argc, char **argv)
     gethostname(host, sizeof host - 1);
     printf("bench_heap on %s (%ld cores), %s\n", host, sysconf(_SC_NPROCESSORS_ONLN),
            emu_sym("fragless_emu_calls") ? "emulated device" : "GPU");
-    if (!strcmp(what, "all") || !strcmp(what, "pairs"))
-        bench_pairs();
+    if (!strcmp(what, "all") || !strcmp(what, "pairs") || !strcmp(what, "pairs-async"))
+        bench_pairs(!strcmp(what, "pairs-async"));
     if (!strcmp(what, "all") || !strcmp(what, "threads"))
         bench_threads();
     if (!strcmp(what, "all") || !strcmp(what, "train"))

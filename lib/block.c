@@ -18,9 +18,15 @@ struct block *block_new(struct heap *h)
     if (b) {
         h->spare = b->lnext;
     } else {
+        /* the live map keeps room for every record: inserting a live block never fails */
+        int64_t grown;
+        if (!livemap_reserve(&h->live, h->records + 1, &grown))
+            return NULL;
+        stat_add(&h->st.host_metadata_bytes, grown);
         b = malloc(sizeof *b);
         if (!b)
             return NULL;
+        h->records++;
         stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *b);
     }
     *b = (struct block){0};

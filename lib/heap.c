@@ -130,42 +130,51 @@ void heap_settle(struct heap *h)
 /* Free blocks looked at for one that needs fewer new pages than a best fit that needs some. */
 #define FIT_MAPPED_LIMIT 16
 
-static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t rounded)
+/* The best free block of fi for `rounded` bytes; *backed: whether its first `rounded` bytes
+ * are wholly mapped (always for classic segments). */
+static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t rounded,
+                            bool *backed)
 {
     struct block *b = fi_best_fit(fi, rounded);
-    if (b && h->expandable && expand_needs_pages(b, rounded)) {
+    size_t need = b ? expand_pages_needed(b, rounded) : 0;
+    if (need) {
         struct block *cheaper = fi_fit_cheapest(fi, rounded, expand_pages_needed, FIT_MAPPED_LIMIT);
-        return cheaper && expand_pages_needed(cheaper, rounded) < expand_pages_needed(b, rounded)
-                   ? cheaper
-                   : b;
+        size_t cheaper_need = cheaper ? expand_pages_needed(cheaper, rounded) : SIZE_MAX;
+        if (cheaper_need < need) {
+            b = cheaper;
+            need = cheaper_need;
+        }
     }
+    *backed = need == 0;
     if (b && !size_block_fits(b->size, rounded, h->max_split))
         return NULL;
     return b;
 }
 
-/* A free block this request may use now: the stream's own frees, then the global ones. */
+/* A free block this request may use now: the stream's own frees, then the global ones;
+ * *backed as fit_in says. */
 static struct block *find_cached(struct heap *h, size_t rounded, CUstream stream,
-                                 enum heap_mode mode)
+                                 enum heap_mode mode, bool *backed)
 {
     enum heap_pool_kind k = size_pool(rounded);
     if (mode == HEAP_ASYNC) {
         struct stream_pool *sp = reuse_stream_pool(h, stream, false);
-        struct block *b = sp ? fit_in(h, &sp->index[k], rounded) : NULL;
+        struct block *b = sp ? fit_in(h, &sp->index[k], rounded, backed) : NULL;
         if (b)
             return b;
     }
-    return fit_in(h, &h->global[k], rounded);
+    return fit_in(h, &h->global[k], rounded, backed);
 }
 
-/* Hands out free block b (an expandable segment's once it is wholly mapped); lock held. On
- * failure b is free again where it was. */
-static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t size,
+/* Hands out free block b (an expandable segment's once it is wholly mapped: `backed` says
+ * its first `rounded` bytes are, so a block taken at exactly that size needs no look at its
+ * pages); lock held. On failure b is free again where it was. */
+static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t size, bool backed,
                       CUdeviceptr *out)
 {
     struct freeindex *fi = b->index;
     block_take(h, b, rounded, size);
-    if (b->seg->kind == SEGMENT_EXPANDABLE) {
+    if (b->seg->kind == SEGMENT_EXPANDABLE && !(backed && b->size == rounded)) {
         CUresult r = expand_back(h, b);
         if (r != CUDA_SUCCESS) {
             block_unlive(h, b);
@@ -174,7 +183,7 @@ static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t si
             return r;
         }
     }
-    HASH_ADD(hh, h->live, ptr, sizeof b->ptr, b);
+    livemap_insert(&h->live, b);
     h->st.num_allocs++;
     heap_settle(h);
     *out = b->ptr;
@@ -186,20 +195,20 @@ static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t si
  * pages counts as a miss here: frees that completed may hold pages to use or move. Lock held
  * (dropped around a sync). */
 static struct block *cached_block(struct heap *h, size_t rounded, CUstream stream,
-                                  enum heap_mode mode)
+                                  enum heap_mode mode, bool *backed)
 {
-    struct block *b = find_cached(h, rounded, stream, mode);
-    if (b && !expand_needs_pages(b, rounded))
+    struct block *b = find_cached(h, rounded, stream, mode, backed);
+    if (b && *backed)
         return b;
     reuse_collect(h);
-    b = find_cached(h, rounded, stream, mode);
+    b = find_cached(h, rounded, stream, mode, backed);
     /* an expandable heap's sync pays once enough is pending to move its pages */
     size_t want = h->expandable ? 0 : rounded;
-    if ((b && !expand_needs_pages(b, rounded)) || !reuse_sync_pays(h, want))
+    if ((b && *backed) || !reuse_sync_pays(h, want))
         return b;
-    if (reuse_device_sync(h) != CUDA_SUCCESS)
-        return b;
-    return find_cached(h, rounded, stream, mode);
+    /* the lock was dropped around the sync, even a failed one: look again */
+    reuse_device_sync(h);
+    return find_cached(h, rounded, stream, mode, backed);
 }
 
 /* Makes new segment s part of the heap with one free block; false if out of host memory. */
@@ -263,9 +272,10 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
         return r;
     pthread_mutex_lock(&h->lock);
     struct block *b = NULL;
+    bool backed;
     if (reuse_has_pending(h) && reuse_device_sync(h) == CUDA_SUCCESS)
-        b = find_cached(h, rounded, stream, mode);
-    if (b && serve(h, b, rounded, size, ptr) == CUDA_SUCCESS) {
+        b = find_cached(h, rounded, stream, mode, &backed);
+    if (b && serve(h, b, rounded, size, false, ptr) == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
         r = CUDA_SUCCESS;
     } else {
@@ -290,8 +300,9 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
     if (reuse_has_pending(h))
         reuse_device_sync(h);
     reuse_collect(h);
-    struct block *b = find_cached(h, rounded, stream, mode);
-    CUresult r = b ? serve(h, b, rounded, size, out) : CUDA_ERROR_OUT_OF_MEMORY;
+    bool backed;
+    struct block *b = find_cached(h, rounded, stream, mode, &backed);
+    CUresult r = b ? serve(h, b, rounded, size, false, out) : CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
     } else if (r == CUDA_ERROR_OUT_OF_MEMORY) {
@@ -319,7 +330,7 @@ static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstrea
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     h->st.num_cache_misses++;
-    r = serve(h, s->first, rounded, size, out);
+    r = serve(h, s->first, rounded, size, false, out);
     if (r != CUDA_SUCCESS)
         r = expand_recover(h, rounded, size, stream, mode, out);
     pthread_mutex_unlock(&h->lock);
@@ -354,7 +365,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     h->st.num_cache_misses++;
-    serve(h, s->first, rounded, size, out); /* classic: cannot fail */
+    serve(h, s->first, rounded, size, false, out); /* classic: cannot fail */
     pthread_mutex_unlock(&h->lock);
     release_to_threshold(h);
     return CUDA_SUCCESS;
@@ -375,8 +386,9 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
         pthread_mutex_unlock(&h->lock);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    struct block *b = cached_block(h, rounded, stream, mode);
-    CUresult r = b ? serve(h, b, rounded, size, out) : CUDA_SUCCESS;
+    bool backed;
+    struct block *b = cached_block(h, rounded, stream, mode, &backed);
+    CUresult r = b ? serve(h, b, rounded, size, backed, out) : CUDA_SUCCESS;
     if (b && r != CUDA_SUCCESS)
         r = expand_recover(h, rounded, size, stream, mode, out);
     else if (b)
@@ -419,29 +431,64 @@ static void put_freed(struct heap *h, struct block *b, CUstream stream, enum hea
         block_pend(h, b);
 }
 
+/* The device of the calling thread's last free: its heap's live map is looked in first. */
+static __attribute__((tls_model("initial-exec"))) _Thread_local int free_hint;
+
+/* The live block at ptr in the heap of the calling thread's last free, with that heap locked
+ * (*hp); NULL, nothing locked, if it is not there. Spares most frees the segment map. */
+static struct block *find_hinted(CUdeviceptr ptr, struct heap **hp)
+{
+    struct heap *h = heap_of(free_hint, false);
+    if (!h)
+        return NULL;
+    pthread_mutex_lock(&h->lock);
+    struct block *b = livemap_find(&h->live, ptr);
+    if (!b) {
+        pthread_mutex_unlock(&h->lock);
+        return NULL;
+    }
+    *hp = h;
+    return b;
+}
+
+/* The live block at ptr in the heap the segment map names, that heap locked (*hp). NULL,
+ * nothing locked, with *hp NULL if no heap owns ptr, else *hp set (a double free?). */
+static struct block *find_mapped(CUdeviceptr ptr, struct heap **hp)
+{
+    int device;
+    *hp = segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
+    if (!*hp)
+        return NULL;
+    pthread_mutex_lock(&(*hp)->lock);
+    struct block *b = livemap_find(&(*hp)->live, ptr);
+    if (!b)
+        pthread_mutex_unlock(&(*hp)->lock);
+    else
+        free_hint = device;
+    return b;
+}
+
 CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *foreign)
 {
     bool ignored;
-    int device;
     foreign = foreign ? foreign : &ignored;
     *foreign = false;
-    struct heap *h = ptr && segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
+    struct heap *h = NULL;
+    struct block *b = ptr ? find_hinted(ptr, &h) : NULL;
+    if (!b && ptr)
+        b = find_mapped(ptr, &h);
     if (!h) {
         *foreign = true;
         if (ptr)
             count_foreign();
         return CUDA_SUCCESS;
     }
-    struct block *b;
-    pthread_mutex_lock(&h->lock);
-    HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
     if (!b) {
-        pthread_mutex_unlock(&h->lock);
         log_error("free of %#llx: not the start of a live fragless block (double free?)",
                   (unsigned long long)ptr);
         return CUDA_ERROR_INVALID_VALUE;
     }
-    HASH_DELETE(hh, h->live, b);
+    livemap_remove(&h->live, b);
     block_unlive(h, b);
     b->free_seq = ++h->free_seq;
     put_freed(h, b, stream, mode);
@@ -459,9 +506,8 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
  * the segment the segment map names (valid while the lock is held). */
 static struct block *block_containing(struct heap *h, CUdeviceptr ptr)
 {
-    struct block *b;
     struct segment *s;
-    HASH_FIND(hh, h->live, &ptr, sizeof ptr, b);
+    struct block *b = livemap_find(&h->live, ptr);
     if (b || !segmap_find(ptr, NULL, &s))
         return b;
     for (b = s->first; b; b = b->next)
@@ -524,8 +570,6 @@ int heap_get_stats(int device, fragless_stats_t *out)
     pthread_mutex_lock(&h->lock);
     stat_set(&h->st.largest_free_block_bytes, largest_free(h));
     fragless_stats_t snap = h->st;
-    /* the live map's table grows and shrinks on its own: counted at the snapshot */
-    snap.host_metadata_bytes.current += HASH_OVERHEAD(hh, h->live);
     pthread_mutex_unlock(&h->lock);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();

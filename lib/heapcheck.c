@@ -41,9 +41,7 @@ static bool check_block(const struct heap *h, const struct block *b, struct tall
     t->blocks++;
     switch (b->state) {
     case BLOCK_LIVE: {
-        struct block *found;
-        HASH_FIND(hh, h->live, &b->ptr, sizeof b->ptr, found);
-        if (found != b)
+        if (livemap_find(&h->live, b->ptr) != b)
             FAIL("live block %#llx not in the live map", (unsigned long long)b->ptr);
         t->live++;
         t->allocated += b->size;
@@ -125,8 +123,8 @@ static bool check_indexes(const struct heap *h, const struct tally *t)
     }
     if (n != t->pending || bytes != t->pending_bytes || bytes != h->pending_bytes)
         FAIL("pending list does not match the blocks");
-    if (HASH_COUNT(h->live) != t->live)
-        FAIL("live map holds %u blocks, segments %llu", HASH_COUNT(h->live),
+    if (h->live.count != t->live)
+        FAIL("live map holds %zu blocks, segments %llu", h->live.count,
              (unsigned long long)t->live);
     return true;
 }

@@ -258,7 +258,7 @@ void heap_atfork_parent(void);
 void heap_atfork_child(void);
 
 /* -- heap internals: shared by the heap's files only (heap.c, size.c, freeindex.c, block.c,
- *    reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
+ *    livemap.c, reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
 
 #include <pthread.h>
 #include <uthash.h>
@@ -282,8 +282,23 @@ struct block {
     struct freeindex *index;     /* the index holding a BLOCK_FREE block */
     uint64_t free_seq;           /* heap's free sequence number when it was freed */
     enum block_state state;
-    UT_hash_handle hh; /* heap's live map, keyed by ptr */
 };
+
+/* ---- livemap.c: a heap's live blocks by address (open addressing; never allocates on
+ *      insert or remove) ---- */
+struct livemap {
+    struct block **slots;
+    size_t mask; /* slots - 1 (a power of two less one) */
+    unsigned shift;
+    size_t count;
+};
+/* Makes room for `records` blocks (growing it when the heap makes a block record); false if
+ * out of host memory. *grown_bytes: what the table grew by. */
+bool livemap_reserve(struct livemap *m, size_t records, int64_t *grown_bytes);
+void livemap_insert(struct livemap *m, struct block *b);
+void livemap_remove(struct livemap *m, struct block *b);
+/* The live block starting at ptr; NULL if none. */
+struct block *livemap_find(const struct livemap *m, CUdeviceptr ptr);
 
 /* ---- size.c: rounding, pools, segment sizes ---- */
 #define SIZE_MIN_BLOCK       ((size_t)512)
@@ -388,8 +403,9 @@ struct heap {
     size_t pending_bytes;
     uint64_t free_seq;
     struct segment *segments;
-    struct block *live;  /* uthash by ptr */
+    struct livemap live; /* live blocks by ptr */
     struct block *spare; /* recycled block structs */
+    size_t records;      /* block structs made (in use or spare; never freed) */
     size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
     bool expandable;     /* segments are expand.c's (decided when the heap is created) */
     size_t device_mem;   /* the device's memory (expandable heaps) */

@@ -16,6 +16,52 @@
 
 #define SLOTS 24
 
+/* Allocates `size` on st (counting a refusal in *failures); 0 if refused. */
+static inline CUdeviceptr try_alloc(size_t size, CUstream st, enum heap_mode mode, size_t *failures)
+{
+    CUdeviceptr p = 0;
+    if (heap_alloc(0, size, st, mode, &p) != CUDA_SUCCESS) {
+        cr_assert_eq(p, 0);
+        (*failures)++;
+    }
+    cr_assert(heap_is_valid());
+    return p;
+}
+
+static inline void try_free(CUdeviceptr p, CUstream st, enum heap_mode mode)
+{
+    if (p)
+        cr_assert_eq(heap_free(p, st, mode, NULL), CUDA_SUCCESS);
+    cr_assert(heap_is_valid());
+}
+
+static inline void try_empty_cache(size_t *failures)
+{
+    size_t released;
+    if (heap_empty_cache(0, &released) != CUDA_SUCCESS)
+        (*failures)++;
+    cr_assert(heap_is_valid());
+}
+
+/* Frees that later allocations must wait for: a block freed on s wanted on t (the heap records
+ * an event on s's pool and queries it), then 80 MiB freed by plain frees and wanted again
+ * (enough pending to pay for a device sync). 40 MiB fits no block the rounds leave free (each
+ * round ends with an empty-cache); the empty-cache before the plain frees drops the first
+ * part's segment. */
+static inline void cross_and_sync(CUstream s, CUstream t, size_t *failures)
+{
+    const size_t big = 40 * FL_MiB;
+    try_free(try_alloc(big, s, HEAP_ASYNC, failures), s, HEAP_ASYNC);
+    try_free(try_alloc(big, t, HEAP_ASYNC, failures), t, HEAP_ASYNC);
+
+    try_empty_cache(failures);
+    CUdeviceptr a = try_alloc(big, NULL, HEAP_SYNC, failures);
+    CUdeviceptr b = try_alloc(big, NULL, HEAP_SYNC, failures);
+    try_free(a, NULL, HEAP_SYNC);
+    try_free(b, NULL, HEAP_SYNC);
+    try_free(try_alloc(big, NULL, HEAP_SYNC, failures), NULL, HEAP_SYNC);
+}
+
 static inline CUresult run_workload(CUstream s, CUstream t, CUdeviceptr *slot, size_t *failures)
 {
     static const size_t sizes[] = {512, 3000, FL_MiB, 2 * FL_MiB, 9 * FL_MiB, 24 * FL_MiB};
@@ -46,6 +92,7 @@ static inline CUresult run_workload(CUstream s, CUstream t, CUdeviceptr *slot, s
             (*failures)++;
         cr_assert(heap_is_valid());
     }
+    cross_and_sync(s, t, failures);
     return CUDA_SUCCESS;
 }
 

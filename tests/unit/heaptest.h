@@ -80,13 +80,15 @@ static inline uint64_t ht_faults(void)
     return faults();
 }
 
-/* Ends the test's use of the device (drops ht_setup's context) and returns the number of
- * objects the emulated device still holds. */
+/* Returns the number of objects the emulated device still holds, then ends the test's use of
+ * the device (drops ht_setup's context). The audit comes first: releasing the primary context
+ * frees the context's memory and would hide what the heap leaked in it. */
 static inline int ht_audit(void)
 {
-    drv_primary_ctx_release(0);
     int (*audit)(int) = (int (*)(int))(uintptr_t)ht_sym("fragless_emu_audit");
-    return audit(STDERR_FILENO);
+    int leaked = audit(STDERR_FILENO);
+    drv_primary_ctx_release(0);
+    return leaked;
 }
 
 static inline void ht_work(CUstream s, uint64_t usec)

@@ -52,7 +52,7 @@ static struct block *take(size_t size)
     struct block *b = fi_best_fit(&h.global[POOL_SMALL], size);
     cr_assert_not_null(b);
     block_take(&h, b, size, size - 10);
-    HASH_ADD(hh, h.live, ptr, sizeof b->ptr, b);
+    livemap_insert(&h.live, b);
     settle();
     cr_assert(heap_check(&h));
     return b;
@@ -60,7 +60,7 @@ static struct block *take(size_t size)
 
 static void give_back(struct block *b, struct freeindex *fi)
 {
-    HASH_DELETE(hh, h.live, b);
+    livemap_remove(&h.live, b);
     block_unlive(&h, b);
     if (fi)
         block_release_to(&h, b, fi);
@@ -146,7 +146,7 @@ Test(block, walker_catches_wrong_statistics)
 Test(block, walker_catches_unmerged_neighbours)
 {
     struct block *a = take(4096);
-    HASH_DELETE(hh, h.live, a);
+    livemap_remove(&h.live, a);
     block_unlive(&h, a);
     /* put it in the index by hand, without merging with its free neighbour */
     a->state = BLOCK_FREE;

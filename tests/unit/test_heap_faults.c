@@ -5,6 +5,7 @@
  * valid after each, and once the faults are cleared and everything freed the emulated
  * device's leak audit is clean.
  */
+#define HT_FAULTS_MUST_REACH 1
 #include "heapfaults.h"
 
 TestSuite(faults, .timeout = 120);
