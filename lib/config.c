@@ -77,7 +77,7 @@ static const struct conf_key KEYS[] = {
      .help = "physical page size of expandable segments"},
     {"page_moving", &T_BOOL, FIELD(page_moving), "true", .accepts = BOOL_WORDS,
      .help = "expandable segments take pages of free blocks before creating new ones"},
-    {"free_mapped_keep_mb", &T_SIZE, FIELD(free_mapped_keep), "0", .size_min = 0,
+    {"free_mapped_keep_mb", &T_SIZE, FIELD(free_mapped_keep), "16", .size_min = 0,
      .size_max = SIZE_MAX, .size_step = 1, .size_unit = FL_MiB, .unlimited_ok = true,
      .accepts = "a size (a bare number means MiB) or unlimited",
      .help = "free-but-mapped bytes expandable segments keep before pages move"},

@@ -5,7 +5,9 @@
  * use), the table of real entry points resolved from it (versioned names preferred, older
  * names as fallback), which optional features the driver offers, and one thin wrapper per
  * entry point that counts the call, times it when the call can be slow, and returns the
- * CUresult unchanged.
+ * CUresult unchanged. Also the process's peer-access pairs as fragless extends them to the
+ * memory it maps (which devices may read and write each device's VMM mappings): recorded by
+ * the page layer when a context enables peer access, granted by drv_mem_set_access.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -32,6 +34,8 @@ struct drv_fns {
     CUresult (*ctx_set_current)(CUcontext);
     CUresult (*ctx_get_device)(CUdevice *);
     CUresult (*ctx_synchronize)(void);
+    CUresult (*ctx_enable_peer_access)(CUcontext, unsigned int);
+    CUresult (*ctx_disable_peer_access)(CUcontext);
     CUresult (*primary_ctx_retain)(CUcontext *, CUdevice);
     CUresult (*primary_ctx_release)(CUdevice);
     CUresult (*primary_ctx_reset)(CUdevice);
@@ -86,6 +90,8 @@ static const struct drv_entry entries[] = {
     ENTRY(ctx_set_current, REQUIRED, "cuCtxSetCurrent"),
     ENTRY(ctx_get_device, REQUIRED, "cuCtxGetDevice"),
     ENTRY(ctx_synchronize, REQUIRED, "cuCtxSynchronize"),
+    ENTRY(ctx_enable_peer_access, OPTIONAL, "cuCtxEnablePeerAccess"),
+    ENTRY(ctx_disable_peer_access, OPTIONAL, "cuCtxDisablePeerAccess"),
     ENTRY(primary_ctx_retain, REQUIRED, "cuDevicePrimaryCtxRetain"),
     ENTRY(primary_ctx_release, REQUIRED, "cuDevicePrimaryCtxRelease_v2",
           "cuDevicePrimaryCtxRelease"),
@@ -139,6 +145,7 @@ static struct {
     _Atomic bool initialized; /* cuInit(0) succeeded */
     _Atomic uint64_t calls;
     _Atomic uint64_t ns;
+    _Atomic uint64_t peers[FL_MAX_DEVICES]; /* bit p of peers[d]: device p may access d's */
 } drv = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Set while this thread is inside drv_load: a call back into the driver layer from the
@@ -413,6 +420,16 @@ CUresult drv_ctx_synchronize(void)
     TIMED(ctx_synchronize);
 }
 
+CUresult drv_ctx_enable_peer_access(CUcontext peer, unsigned int flags)
+{
+    TIMED(ctx_enable_peer_access, peer, flags);
+}
+
+CUresult drv_ctx_disable_peer_access(CUcontext peer)
+{
+    TIMED(ctx_disable_peer_access, peer);
+}
+
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev)
 {
     TIMED(primary_ctx_retain, ctx, dev);
@@ -581,12 +598,55 @@ CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size)
     TIMED(mem_unmap, ptr, size);
 }
 
-CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device)
+/* ---- peer access to mapped memory ----------------------------------------------------- */
+
+static bool device_ok(int device)
+{
+    return device >= 0 && device < FL_MAX_DEVICES;
+}
+
+void drv_peer_set(int owner, int peer, bool on)
+{
+    if (!device_ok(owner) || !device_ok(peer) || owner == peer)
+        return;
+    uint64_t bit = (uint64_t)1 << peer;
+    if (on)
+        atomic_fetch_or_explicit(&drv.peers[owner], bit, memory_order_acq_rel);
+    else
+        atomic_fetch_and_explicit(&drv.peers[owner], ~bit, memory_order_acq_rel);
+}
+
+uint64_t drv_peers(int owner)
+{
+    return device_ok(owner) ? atomic_load_explicit(&drv.peers[owner], memory_order_acquire) : 0;
+}
+
+static CUmemAccessDesc access_desc(int device, CUmemAccess_flags flags)
 {
     CUmemAccessDesc desc;
     memset(&desc, 0, sizeof desc);
     desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     desc.location.id = device;
-    desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    desc.flags = flags;
+    return desc;
+}
+
+CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device)
+{
+    CUmemAccessDesc desc[FL_MAX_DEVICES];
+    size_t n = 0;
+    uint64_t peers = drv_peers(device);
+    desc[n++] = access_desc(device, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    for (int p = 0; peers && p < FL_MAX_DEVICES; p++, peers >>= 1) {
+        if (peers & 1)
+            desc[n++] = access_desc(p, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+    }
+    TIMED(mem_set_access, ptr, size, desc, n);
+}
+
+CUresult drv_mem_set_access_of(CUdeviceptr ptr, size_t size, int device, bool on)
+{
+    CUmemAccessDesc desc = access_desc(device, on ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                                                  : CU_MEM_ACCESS_FLAGS_PROT_NONE);
     TIMED(mem_set_access, ptr, size, &desc, 1);
 }

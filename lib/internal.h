@@ -168,6 +168,10 @@ CUresult drv_ctx_get_current(CUcontext *ctx);
 CUresult drv_ctx_set_current(CUcontext ctx);
 CUresult drv_ctx_get_device(CUdevice *dev);
 CUresult drv_ctx_synchronize(void);
+/* The current context may access the memory of `peer`'s device (and stops). Optional entry
+ * points: CUDA_ERROR_NOT_SUPPORTED without them. */
+CUresult drv_ctx_enable_peer_access(CUcontext peer, unsigned int flags);
+CUresult drv_ctx_disable_peer_access(CUcontext peer);
 CUresult drv_primary_ctx_retain(CUcontext *ctx, CUdevice dev);
 CUresult drv_primary_ctx_release(CUdevice dev);
 CUresult drv_primary_ctx_reset(CUdevice dev);
@@ -199,8 +203,16 @@ CUresult drv_mem_create(CUmemGenericAllocationHandle *handle, size_t size, int d
 CUresult drv_mem_release(CUmemGenericAllocationHandle handle);
 CUresult drv_mem_map(CUdeviceptr ptr, size_t size, CUmemGenericAllocationHandle handle);
 CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size);
-/* Read/write access for `device` (peers are not granted access yet; README "Known limits"). */
+/* Records (on) or forgets that device `peer` may read and write the memory `owner` maps
+ * (vmm.c keeps this consistent with the mappings; see vmm_peer_enable). */
+void drv_peer_set(int owner, int peer, bool on);
+/* Bit p set: device p is a recorded peer of `owner`. */
+uint64_t drv_peers(int owner);
+/* Read/write access to the mapping for `device` and every recorded peer of it, in one
+ * cuMemSetAccess call. */
 CUresult drv_mem_set_access(CUdeviceptr ptr, size_t size, int device);
+/* Read/write access (on) or none (off) for `device` alone, one cuMemSetAccess call. */
+CUresult drv_mem_set_access_of(CUdeviceptr ptr, size_t size, int device, bool on);
 
 /* ---- dl.c: the real dlsym (interpose.c exports a dlsym hook; call only this one) --------- */
 
@@ -550,6 +562,13 @@ void vmm_va_bytes(int device, size_t *reserved, size_t *mapped);
 void vmm_atfork_prepare(void);
 void vmm_atfork_parent(void);
 void vmm_atfork_child(void);
+/* Device `peer` may now access `owner`'s memory (a context of peer enabled peer access to
+ * owner): records the pair (drv_peer_set) so that every later mapping of owner grants peer
+ * read/write too, and grants it on every run of pages owner's ranges have mapped now. On a
+ * failure the grants made are taken back, the pair is forgotten and the error returned. */
+CUresult vmm_peer_enable(int owner, int peer);
+/* Forgets the pair: later mappings of owner no longer grant peer; grants made stay. */
+void vmm_peer_disable(int owner, int peer);
 
 /* vmm_spare.c, for vmm.c only: the per-device spare list, page creation/release, counters. */
 struct vmm_spare {
@@ -558,6 +577,10 @@ struct vmm_spare {
     size_t size;
 };
 bool vmm_device_ok(int device);
+/* Locks the list of `device`'s live ranges (and so every change to their mappings) and
+ * returns its head; vmm.c links the ranges through it. */
+struct vrange **vmm_ranges_lock(int device);
+void vmm_ranges_unlock(int device);
 /* Moves up to `max` spare pages of `page_size` bytes onto *chain; returns how many. */
 size_t vmm_spare_take(int device, size_t page_size, size_t max, struct vmm_spare **chain);
 void vmm_spare_put(int device, struct vmm_spare *node);

@@ -1,10 +1,12 @@
 /*
  * interpose.c — the CUDA entry points libfragless exports (the only file that exports any).
  *
- * Owns: the allocation entry points of the runtime and the driver API, the resolvers that
- * hand those entry points out at run time (cuGetProcAddress in both forms,
- * cudaGetDriverEntryPoint[ByVersion], dlsym), lazy one-time initialization, the process's
- * fork handlers, and the decision of what goes to the heap and what goes to the real function.
+ * Owns: the allocation entry points of the runtime and the driver API, the peer-access ones
+ * (cuCtxEnablePeerAccess/cuCtxDisablePeerAccess, passed through and extended by the page
+ * layer to the memory fragless maps), the resolvers that hand those entry points out at run
+ * time (cuGetProcAddress in both forms, cudaGetDriverEntryPoint[ByVersion], dlsym), lazy
+ * one-time initialization, the process's fork handlers, and the decision of what goes to the
+ * heap and what goes to the real function.
  * Stream-ordered calls run in their stream's context (a stream may belong to another device
  * than the current one). Each entry point checks its arguments and then calls exactly one
  * heap_* function; everything it does not serve goes to
@@ -399,6 +401,80 @@ FL_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
     forget_primary(dev);
     CUresult r = drv_primary_ctx_reset(dev);
     forget_primary(dev);
+    return r;
+}
+
+/* ---- peer access ---------------------------------------------------------------------- */
+
+/* The device of any context: remembered, or asked of the driver with `ctx` made current for
+ * the question (and the caller's context current again afterwards). */
+static CUresult device_of_ctx(CUcontext ctx, int *dev)
+{
+    CUcontext cur = NULL;
+    CUdevice d = 0;
+    int known = remembered_device(ctx);
+    if (known >= 0) {
+        *dev = known;
+        return CUDA_SUCCESS;
+    }
+    CUresult r = drv_ctx_get_current(&cur);
+    if (r == CUDA_SUCCESS && cur != ctx)
+        r = drv_ctx_set_current(ctx);
+    if (r != CUDA_SUCCESS)
+        return r;
+    r = drv_ctx_get_device(&d);
+    if (cur != ctx)
+        drv_ctx_set_current(cur);
+    *dev = d;
+    return r;
+}
+
+/* The pair a peer-access call in the current context names: the current context's device
+ * (the one gaining or losing access) and `peer`'s device (whose memory it is). */
+static CUresult peer_pair(CUcontext peer, int *accessor, int *owner)
+{
+    bool primary = false;
+    CUresult r = current_device(accessor, &primary);
+    if (r == CUDA_SUCCESS)
+        r = device_of_ctx(peer, owner);
+    return r;
+}
+
+/* The driver's peer access covers memory from cuMemAlloc, not VMM mappings: fragless grants
+ * the new peer access to what its expandable segments map (now and later). If that fails,
+ * peer access is disabled again and the call fails, so that nothing is half enabled. */
+FL_EXPORT CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags)
+{
+    int accessor = 0, owner = 0;
+    CUresult r = drv_ctx_enable_peer_access(peer, flags);
+    if (r != CUDA_SUCCESS || !serving())
+        return r;
+    r = peer_pair(peer, &accessor, &owner);
+    if (r == CUDA_SUCCESS)
+        r = vmm_peer_enable(owner, accessor);
+    if (r == CUDA_SUCCESS)
+        return CUDA_SUCCESS;
+    CUresult undo = drv_ctx_disable_peer_access(peer);
+    log_error("peer access was enabled but fragless could not extend it to the memory it "
+              "mapped (CUresult %d); %s",
+              (int)r,
+              undo == CUDA_SUCCESS ? "peer access is disabled again"
+                                   : "disabling peer access again failed too");
+    return r;
+}
+
+/* Later mappings no longer grant the peer access; mappings that have it keep it until they
+ * are unmapped (access set with cuMemSetAccess belongs to the mapping, not to the peer
+ * context, and fragless does not take it back: docs/vmm.md "Peer access"). */
+FL_EXPORT CUresult cuCtxDisablePeerAccess(CUcontext peer)
+{
+    int accessor = 0, owner = 0;
+    if (!serving())
+        return drv_ctx_disable_peer_access(peer);
+    bool known = peer_pair(peer, &accessor, &owner) == CUDA_SUCCESS;
+    CUresult r = drv_ctx_disable_peer_access(peer);
+    if (r == CUDA_SUCCESS && known)
+        vmm_peer_disable(owner, accessor);
     return r;
 }
 
@@ -872,6 +948,8 @@ static const struct {
     {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2},
     {"cuDevicePrimaryCtxRelease_v2", (void *)cuDevicePrimaryCtxRelease_v2},
     {"cuDevicePrimaryCtxReset_v2", (void *)cuDevicePrimaryCtxReset_v2},
+    {"cuCtxEnablePeerAccess", (void *)cuCtxEnablePeerAccess},
+    {"cuCtxDisablePeerAccess", (void *)cuCtxDisablePeerAccess},
 };
 
 /* The names cuGetProcAddress is asked for, and our hook for each stream semantics. */
@@ -893,6 +971,8 @@ static const struct {
      (void *)cuDevicePrimaryCtxRelease_v2},
     {"cuDevicePrimaryCtxReset", (void *)cuDevicePrimaryCtxReset_v2,
      (void *)cuDevicePrimaryCtxReset_v2},
+    {"cuCtxEnablePeerAccess", (void *)cuCtxEnablePeerAccess, (void *)cuCtxEnablePeerAccess},
+    {"cuCtxDisablePeerAccess", (void *)cuCtxDisablePeerAccess, (void *)cuCtxDisablePeerAccess},
 };
 
 /* Every runtime entry point we export, by enum rt_fn. (CUDA 13 deprecates

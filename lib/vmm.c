@@ -4,8 +4,10 @@
  * → set access (access once per contiguous run of new mappings); unmapping hands pages back
  * to the driver or to the device's spare list; moving takes mapped pages from one place to
  * another without creating or releasing anything. Each call either does all it says or undoes
- * what it did (DESIGN.md §4 rule 6). What the ranges of one device share (spare list,
- * counters) lives in vmm_spare.c; docs/vmm.md describes the states and the unwinding.
+ * what it did (DESIGN.md §4 rule 6). Peer access: a device that gains access to another's
+ * memory is granted it on every run the other's ranges have mapped, and on every later mapping
+ * (driver.c's access set names it). What the ranges of one device share (spare list, counters,
+ * the list of ranges) lives in vmm_spare.c; docs/vmm.md describes the states and the unwinding.
  */
 #include <stdlib.h>
 
@@ -34,6 +36,7 @@ struct vpage {
 };
 
 struct vrange {
+    struct vrange *next; /* the device's live ranges (vmm_ranges_lock) */
     int device;
     CUdeviceptr base;
     size_t size;
@@ -195,6 +198,10 @@ CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vra
     if (err != CUDA_SUCCESS)
         goto free_pages;
     vmm_account(device, (int64_t)r->size, 0, 0);
+    struct vrange **head = vmm_ranges_lock(device);
+    r->next = *head;
+    *head = r;
+    vmm_ranges_unlock(device);
     *out = r;
     return CUDA_SUCCESS;
 
@@ -373,8 +380,12 @@ static CUresult run_unmap(struct vrange *r, size_t i, size_t j, void *arg)
 
 CUresult vrange_map(struct vrange *r, size_t off, size_t len)
 {
+    if (!r)
+        return CUDA_ERROR_INVALID_VALUE;
+    vmm_ranges_lock(r->device);
     CUresult err = map_span(r, off, len);
     bits_refresh_span(r, off, len);
+    vmm_ranges_unlock(r->device);
     return err;
 }
 
@@ -389,11 +400,33 @@ static CUresult unmap_span(struct vrange *r, size_t off, size_t len, bool keep)
     return for_runs(r, first, end, PG_MAPPED, PG_MAPPED, run_unmap, &keep);
 }
 
-CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep)
+static CUresult unmap_locked(struct vrange *r, size_t off, size_t len, bool keep)
 {
     CUresult err = unmap_span(r, off, len, keep);
     bits_refresh_span(r, off, len);
     return err;
+}
+
+CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep)
+{
+    if (!r)
+        return CUDA_ERROR_INVALID_VALUE;
+    vmm_ranges_lock(r->device);
+    CUresult err = unmap_locked(r, off, len, keep);
+    vmm_ranges_unlock(r->device);
+    return err;
+}
+
+/* Takes r off its device's list (whose lock the caller holds) and frees it. */
+static void range_free(struct vrange *r, struct vrange **head)
+{
+    while (*head && *head != r)
+        head = &(*head)->next;
+    if (*head)
+        *head = r->next;
+    free(r->ready);
+    free(r->pages);
+    free(r);
 }
 
 /* Unmaps one run for vrange_destroy: a failure is remembered and the other runs still go. */
@@ -412,6 +445,8 @@ void vrange_destroy(struct vrange *r)
     CUresult err = CUDA_SUCCESS;
     if (!r)
         return;
+    int device = r->device;
+    struct vrange **head = vmm_ranges_lock(device);
     for_runs(r, 0, r->npages, PG_MAPPED, PG_MAPPED, run_unmap_all, &err);
     if (err == CUDA_SUCCESS)
         err = drv_mem_address_free(r->base, r->size);
@@ -421,25 +456,25 @@ void vrange_destroy(struct vrange *r)
                   r->size, (unsigned long long)r->base, r->device, (int)err,
                   r->mapped_pages * r->page_size);
     vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
-    free(r->ready);
-    free(r->pages);
-    free(r);
+    range_free(r, head);
+    vmm_ranges_unlock(device);
 }
 
 CUresult vrange_release(struct vrange *r)
 {
     if (!r)
         return CUDA_ERROR_INVALID_VALUE;
-    CUresult err = vrange_unmap(r, 0, r->size, false);
+    int device = r->device;
+    struct vrange **head = vmm_ranges_lock(device);
+    CUresult err = unmap_locked(r, 0, r->size, false);
     if (err == CUDA_SUCCESS)
         err = drv_mem_address_free(r->base, r->size);
-    if (err != CUDA_SUCCESS)
-        return err;
-    vmm_account(r->device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
-    free(r->ready);
-    free(r->pages);
-    free(r);
-    return CUDA_SUCCESS;
+    if (err == CUDA_SUCCESS) {
+        vmm_account(device, -(int64_t)r->size, -(int64_t)(r->mapped_pages * r->page_size), 0);
+        range_free(r, head);
+    }
+    vmm_ranges_unlock(device);
+    return err;
 }
 
 /* ---- move ------------------------------------------------------------------------------------ */
@@ -613,12 +648,88 @@ undo_src_unmap:
 CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, size_t dst_off,
                      size_t len)
 {
+    if (!src || !dst)
+        return CUDA_ERROR_INVALID_VALUE;
+    /* src's lock covers dst: a move between devices is refused before touching anything. */
+    vmm_ranges_lock(src->device);
     CUresult err = move_span(src, src_off, dst, dst_off, len);
-    if (src && dst) {
-        bits_refresh_span(src, src_off, len);
+    bits_refresh_span(src, src_off, len);
+    if (dst->device == src->device)
         bits_refresh_span(dst, dst_off, len);
-    }
+    vmm_ranges_unlock(src->device);
     return err;
+}
+
+/* ---- peer access ----------------------------------------------------------------------------- */
+
+/* A walk setting one device's access on the ready runs of a device's ranges. */
+struct peer_walk {
+    int peer;
+    bool on;
+    size_t limit; /* runs to set at most */
+    size_t done;  /* runs set so far */
+};
+
+static CUresult run_set_peer(struct vrange *r, size_t i, size_t j, void *arg)
+{
+    struct peer_walk *w = arg;
+    if (w->done == w->limit)
+        return CUDA_SUCCESS;
+    CUresult err = drv_mem_set_access_of(page_addr(r, i), (j - i) * r->page_size, w->peer, w->on);
+    if (err != CUDA_SUCCESS)
+        return err;
+    w->done++;
+    return CUDA_SUCCESS;
+}
+
+/* Visits the ready runs of every range in list order, each in address order: the same order
+ * every time while the list lock is held, so a second walk can take back what a first did. */
+static CUresult walk_ready(struct vrange *head, struct peer_walk *w)
+{
+    for (struct vrange *r = head; r; r = r->next) {
+        CUresult err = for_runs(r, 0, r->npages, 0xff, PG_READY, run_set_peer, w);
+        if (err != CUDA_SUCCESS)
+            return err;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult vmm_peer_enable(int owner, int peer)
+{
+    if (!vmm_device_ok(owner) || !vmm_device_ok(peer) || owner == peer)
+        return CUDA_ERROR_INVALID_DEVICE;
+    struct vrange **head = vmm_ranges_lock(owner);
+    struct peer_walk grant = {.peer = peer, .on = true, .limit = SIZE_MAX};
+    drv_peer_set(owner, peer, true);
+    CUresult err = walk_ready(*head, &grant);
+    if (err != CUDA_SUCCESS)
+        goto forget_peer;
+    vmm_ranges_unlock(owner);
+    log_debug("vmm: device %d may access device %d's mappings (%zu runs granted)", peer, owner,
+              grant.done);
+    return CUDA_SUCCESS;
+
+forget_peer:
+    drv_peer_set(owner, peer, false);
+    struct peer_walk revoke = {.peer = peer, .on = false, .limit = grant.done};
+    CUresult undo = walk_ready(*head, &revoke);
+    vmm_ranges_unlock(owner);
+    if (undo != CUDA_SUCCESS)
+        log_warn("vmm: taking back device %d's access to device %d's mappings failed (error "
+                 "%d); %zu of %zu runs keep it",
+                 peer, owner, (int)undo, grant.done - revoke.done, grant.done);
+    log_error("vmm: granting device %d access to device %d's mapped memory failed (error %d)", peer,
+              owner, (int)err);
+    return err;
+}
+
+void vmm_peer_disable(int owner, int peer)
+{
+    if (!vmm_device_ok(owner) || !vmm_device_ok(peer))
+        return;
+    vmm_ranges_lock(owner);
+    drv_peer_set(owner, peer, false);
+    vmm_ranges_unlock(owner);
 }
 
 /* ---- queries and the walker ------------------------------------------------------------------ */

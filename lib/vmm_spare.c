@@ -2,9 +2,10 @@
  * vmm_spare.c — what the VMM page layer keeps per device: the spare list (physical pages
  * unmapped from every range but kept for reuse), the creation and release of physical pages,
  * and the device's page counters (pages created, released and moved; bytes of address space
- * reserved and mapped by its ranges). One mutex per device guards all of it; the ranges
- * themselves (vmm.c) are serialized by their owner and come here only for what the ranges of
- * one device share.
+ * reserved and mapped by its ranges), and the list of its live ranges with the mutex that
+ * serializes changes to them against walks over all of them (granting a new peer access). One
+ * mutex per device guards the rest; the ranges themselves (vmm.c) are serialized by their
+ * owner and come here only for what the ranges of one device share.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -12,6 +13,8 @@
 #include "internal.h"
 
 struct vmm_device {
+    pthread_mutex_t ranges_lock; /* taken before lock, never while holding it */
+    struct vrange *ranges;       /* linked by vmm.c */
     pthread_mutex_t lock;
     struct vmm_spare *spare; /* last in, first out */
     size_t spare_pages;
@@ -28,8 +31,10 @@ static pthread_once_t devices_once = PTHREAD_ONCE_INIT;
 
 static void devices_init(void)
 {
-    for (size_t i = 0; i < FL_ARRAY_SIZE(devices); i++)
+    for (size_t i = 0; i < FL_ARRAY_SIZE(devices); i++) {
+        pthread_mutex_init(&devices[i].ranges_lock, NULL);
         pthread_mutex_init(&devices[i].lock, NULL);
+    }
 }
 
 static struct vmm_device *dev_get(int device)
@@ -43,6 +48,18 @@ static struct vmm_device *dev_get(int device)
 bool vmm_device_ok(int device)
 {
     return device >= 0 && device < FL_MAX_DEVICES;
+}
+
+struct vrange **vmm_ranges_lock(int device)
+{
+    struct vmm_device *d = dev_get(device);
+    pthread_mutex_lock(&d->ranges_lock);
+    return &d->ranges;
+}
+
+void vmm_ranges_unlock(int device)
+{
+    pthread_mutex_unlock(&dev_get(device)->ranges_lock);
 }
 
 static void spare_push_locked(struct vmm_device *d, struct vmm_spare *node)
@@ -318,6 +335,8 @@ void vmm_atfork_prepare(void)
 {
     pthread_once(&devices_once, devices_init);
     for (size_t i = 0; i < FL_ARRAY_SIZE(devices); i++)
+        pthread_mutex_lock(&devices[i].ranges_lock);
+    for (size_t i = 0; i < FL_ARRAY_SIZE(devices); i++)
         pthread_mutex_lock(&devices[i].lock);
 }
 
@@ -325,6 +344,8 @@ void vmm_atfork_parent(void)
 {
     for (size_t i = FL_ARRAY_SIZE(devices); i-- > 0;)
         pthread_mutex_unlock(&devices[i].lock);
+    for (size_t i = FL_ARRAY_SIZE(devices); i-- > 0;)
+        pthread_mutex_unlock(&devices[i].ranges_lock);
 }
 
 /* The child's only thread is the one that took the locks in prepare: it can unlock them. */

@@ -197,7 +197,9 @@ Test(interpose, a_program_that_never_uses_cuda_loads_nothing)
 }
 
 /* The exported CUDA names and dlsym, as `LC_ALL=C sort` orders them. */
-static const char expected_hooks[] = "cuDevicePrimaryCtxRelease_v2\n"
+static const char expected_hooks[] = "cuCtxDisablePeerAccess\n"
+                                     "cuCtxEnablePeerAccess\n"
+                                     "cuDevicePrimaryCtxRelease_v2\n"
                                      "cuDevicePrimaryCtxReset_v2\n"
                                      "cuGetProcAddress\n"
                                      "cuGetProcAddress_v2\n"

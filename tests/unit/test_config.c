@@ -431,7 +431,7 @@ Test(config, format_of_defaults_parses_back)
                            "expandable_segments:auto\nmax_split_size_mb:unlimited\n"
                            "roundup_power2_divisions:0\ngarbage_collection_threshold:0\n"
                            "release_threshold_mb:unlimited\npage_size_mb:8\npage_moving:true\n"
-                           "free_mapped_keep_mb:0\ntrace:\n"
+                           "free_mapped_keep_mb:16\ntrace:\n"
                            "trace_extensions:true\nreport:\nstats_page:true\n");
     for (char *p = text; *p; p++)
         *p = *p == '\n' ? ',' : *p;

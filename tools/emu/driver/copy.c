@@ -24,7 +24,7 @@ struct op {
 
 static CUresult device_range(struct emu_ctx *c, CUdeviceptr p, size_t n, bool unified)
 {
-    if (emu_range_accessible(p, n, emu_now()))
+    if (emu_range_accessible(p, n, emu_now(), -1))
         return CUDA_SUCCESS;
     if (emu_range_known(p, n)) {
         emu_device_fault(c);

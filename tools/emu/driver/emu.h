@@ -97,7 +97,8 @@ struct emu_mapping {
     size_t size;
     struct emu_handle *handle;
     struct emu_reservation *res;
-    unsigned long long access; /* CUmemAccess_flags for its device */
+    unsigned long long access;                       /* CUmemAccess_flags for its device */
+    unsigned long long peer_access[EMU_MAX_DEVICES]; /* for the other devices (0: none) */
 };
 
 struct emu_reservation {
@@ -281,8 +282,10 @@ void emu_cap_forget(void);
 CUresult emu_alloc_map(size_t size, struct emu_alloc **out, int device);
 void emu_alloc_unmap(struct emu_alloc *a);
 struct emu_alloc *emu_alloc_containing(CUdeviceptr p);
-/* Whether [p, p+n) is device memory a kernel may touch at simulated time `at`. */
-bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at);
+/* Whether [p, p+n) is device memory a kernel of `device` may touch at simulated time `at`
+ * (device -1: the memory's own device; another device needs read/write access set for it on
+ * VMM mappings, as cuMemSetAccess grants it). */
+bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at, int device);
 /* Whether [p, p+n) lies in device memory the emulator knows (accessible or not). */
 bool emu_range_known(CUdeviceptr p, size_t n);
 
@@ -297,7 +300,7 @@ void emu_arena_forget(void);
 
 struct emu_reservation *emu_reservation_containing(CUdeviceptr p, size_t n);
 struct emu_mapping *emu_mapping_containing(CUdeviceptr p);
-bool emu_vmm_range_accessible(CUdeviceptr p, size_t n);
+bool emu_vmm_range_accessible(CUdeviceptr p, size_t n, int device);
 
 /* ---- stream.c: the simulated time model ------------------------------------------------ */
 

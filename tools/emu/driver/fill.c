@@ -2,8 +2,9 @@
  * fill.c — simulated fill kernels: fragless_emu_stream_fill queues a write of one byte value
  * over a device range, to happen when the stream's work reaches it. Queued fills are applied
  * by the first emulator call that observes their time (every entry point and every
- * synchronization). A fill whose target is not allocated and accessible at that moment is a
- * device fault: counted, and the context's error becomes sticky CUDA_ERROR_ILLEGAL_ADDRESS.
+ * synchronization). A fill whose target is not allocated and accessible at that moment (by
+ * the stream's device: VMM memory of another device needs access granted to it) is a device
+ * fault: counted, and the context's error becomes sticky CUDA_ERROR_ILLEGAL_ADDRESS.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,7 @@ static void fill_run(const struct emu_fill *f)
 {
     if (f->ctx->sticky != CUDA_SUCCESS)
         return; /* a faulted context runs nothing more */
-    if (emu_range_accessible(f->ptr, f->n, f->at))
+    if (emu_range_accessible(f->ptr, f->n, f->at, f->ctx->device))
         memset((void *)(uintptr_t)f->ptr, f->byte, f->n);
     else
         emu_device_fault(f->ctx);

@@ -82,13 +82,13 @@ static bool alloc_usable(const struct emu_alloc *a, uint64_t at)
     return a->state == EMU_ASYNC_FREEING && at <= a->free_at;
 }
 
-bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at)
+bool emu_range_accessible(CUdeviceptr p, size_t n, uint64_t at, int device)
 {
     struct emu_alloc *a = emu_alloc_containing(p);
 
     if (a)
         return alloc_usable(a, at) && n <= a->base + a->size - p;
-    return emu_vmm_range_accessible(p, n);
+    return emu_vmm_range_accessible(p, n, device);
 }
 
 bool emu_range_known(CUdeviceptr p, size_t n)

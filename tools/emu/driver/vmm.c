@@ -81,14 +81,22 @@ static bool whole_mappings(const struct emu_reservation *res, CUdeviceptr p, siz
     return at == p + n;
 }
 
-bool emu_vmm_range_accessible(CUdeviceptr p, size_t n)
+/* The access `device` has to mapping m (-1: m's own device). */
+static unsigned long long access_of(const struct emu_mapping *m, int device)
+{
+    if (device < 0 || device == m->handle->device)
+        return m->access;
+    return device < EMU_MAX_DEVICES ? m->peer_access[device] : CU_MEM_ACCESS_FLAGS_PROT_NONE;
+}
+
+bool emu_vmm_range_accessible(CUdeviceptr p, size_t n, int device)
 {
     struct emu_reservation *res = emu_reservation_containing(p, n);
     CUdeviceptr at = p;
 
     for (size_t i = res ? map_lower(res, p) : 0; res && at < p + n; i++) {
         if (i >= res->nmaps || res->maps[i]->va > at ||
-            res->maps[i]->access != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            access_of(res->maps[i], device) != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
             return false;
         at = res->maps[i]->va + res->maps[i]->size;
     }
@@ -466,12 +474,15 @@ static CUresult access_desc_check(const CUmemAccessDesc *desc, size_t count)
     return CUDA_SUCCESS;
 }
 
-/* Host protection follows the access of the device that owns the memory. */
+/* Each descriptor sets the access of its device; host protection follows the access of the
+ * device that owns the memory, the other devices' access is recorded for their kernels. */
 static void mapping_set_access(struct emu_mapping *m, const CUmemAccessDesc *desc, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
-        if (desc[i].location.id != m->handle->device)
+        if (desc[i].location.id != m->handle->device) {
+            m->peer_access[desc[i].location.id] = desc[i].flags;
             continue;
+        }
         m->access = desc[i].flags;
         mprotect((void *)(uintptr_t)m->va, m->size, access_prot(desc[i].flags));
     }
@@ -512,8 +523,10 @@ EMU_API CUresult cuMemGetAccess(unsigned long long *flags, const CUmemLocation *
         (!flags || !location || location->type != CU_MEM_LOCATION_TYPE_DEVICE ||
          !(m = emu_mapping_containing(ptr))))
         r = CUDA_ERROR_INVALID_VALUE;
+    else if (r == CUDA_SUCCESS && (location->id < 0 || location->id >= emu.cfg.devices))
+        r = CUDA_ERROR_INVALID_DEVICE;
     if (r == CUDA_SUCCESS)
-        *flags = location->id == m->handle->device ? m->access : CU_MEM_ACCESS_FLAGS_PROT_NONE;
+        *flags = access_of(m, location->id);
     emu_unlock();
     return r;
 }
