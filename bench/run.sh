@@ -110,6 +110,6 @@ for line in open(os.path.join(tmp, "list")):
             r["seconds"]))
 print("(reserved: peak bytes held from the driver - fragless's count, or for pass-through the "
       "device's used memory;\n unalloc@pk: reserved minus allocated at that peak; allocs: "
-      "driver allocations and releases;\n drv calls: every driver call fragless made; for "
+      "driver allocations and releases (segments, VMM pages);\n drv calls: every driver call fragless made; for "
       "pass-through both are the trace's allocations and frees)")
 EOF

@@ -60,7 +60,11 @@ static const char *const action_names[] = {
     [TRACE_EMPTY_CACHE] = "empty cache",
 };
 
-static __thread unsigned long thread_id;
+/* This thread's "<tid>," as the line starts, formatted once per thread. */
+static __thread struct {
+    char text[24];
+    uint8_t len;
+} thread_field;
 
 /* ---- formatting without stdio: this runs inside every allocation ----------------------- */
 
@@ -71,17 +75,28 @@ static char *put_str(char *p, const char *s)
     return p;
 }
 
+static const char digit_pairs[] = "00010203040506070809101112131415161718192021222324"
+                                  "25262728293031323334353637383940414243444546474849"
+                                  "50515253545556575859606162636465666768697071727374"
+                                  "75767778798081828384858687888990919293949596979899";
+
 static char *put_dec(char *p, uint64_t v)
 {
     char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
+    int n = 20;
+    while (v >= 100) {
+        n -= 2;
+        memcpy(tmp + n, digit_pairs + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        n -= 2;
+        memcpy(tmp + n, digit_pairs + 2 * v, 2);
+    } else {
+        tmp[--n] = (char)('0' + v);
+    }
+    memcpy(p, tmp + n, (size_t)(20 - n));
+    return p + 20 - n;
 }
 
 static char *put_hex(char *p, uint64_t v)
@@ -239,7 +254,7 @@ static void atfork_child(void)
         d->len = 0;
         d->failed = !tr.per_pid;
     }
-    thread_id = 0;
+    thread_field.len = 0; /* the child's thread has another id */
 }
 
 int trace_start(const char *path, bool extensions)
@@ -276,8 +291,11 @@ void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size,
     if (!trace_enabled() || device < 0 || device >= FL_MAX_DEVICES ||
         (a == TRACE_EMPTY_CACHE && !tr.extensions))
         return;
-    if (FL_UNLIKELY(!thread_id))
-        thread_id = (unsigned long)syscall(SYS_gettid);
+    if (FL_UNLIKELY(!thread_field.len)) {
+        char *e = put_dec(thread_field.text, (uint64_t)syscall(SYS_gettid));
+        *e++ = ',';
+        thread_field.len = (uint8_t)(e - thread_field.text);
+    }
     struct tdev *d = &tr.dev[device];
     pthread_mutex_lock(&d->lock);
     if (d->failed || (d->fd < 0 && !open_device(d, device)))
@@ -285,9 +303,8 @@ void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size,
     if (d->len + TRACE_LINE_MAX > TRACE_BUF)
         flush_device(d, device);
     char *p = d->buf + d->len;
-    p = put_dec(p, thread_id);
-    *p++ = ',';
-    p = put_time(d, p);
+    memcpy(p, thread_field.text, thread_field.len);
+    p = put_time(d, p + thread_field.len);
     *p++ = ',';
     p = put_str(p, action_names[a]);
     *p++ = ',';

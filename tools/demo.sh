@@ -43,7 +43,7 @@ names = ["pass-through (cudaMalloc)", "classic caching", "fragless default (expa
 G = float(1 << 30)
 p, c, f = runs
 print("fragless demo: a %s-layer transformer training job whose sequence length changes every "
-      "step\n(%s steps, %s cudaMalloc/cudaFree calls), run three times under LD_PRELOAD %s:\n"
+      "step\n(%s steps, %s cudaMalloc/cudaFree calls), run three times under LD_PRELOAD\n%s:\n"
       % (layers, steps, p["alloc_calls"], where))
 row = "%-30s %10s %10s %10s %21s %13s"
 print(row % ("", "peak", "peak", "reserved/", "reserved-unallocated", "driver alloc"))
@@ -56,10 +56,11 @@ for name, r in zip(names, runs):
 cres, fres = int(c["reserved_peak"]), int(f["reserved_peak"])
 calls_p, calls_f = int(p["alloc_calls"]), int(f["alloc_calls"])
 diff = (cres - fres) / G
-print("\nfragless vs classic caching: peak reserved %.2f GiB %s (%+.0f%%); "
-      "idle reserved-unallocated %.2f vs %.2f GiB."
+print("\nfragless vs classic caching: peak reserved %.2f GiB %s (%+.0f%%),\n"
+      "  reserved-unallocated when the job idles %.2f vs %.2f GiB."
       % (abs(diff), "lower" if diff >= 0 else "higher", 100.0 * (fres - cres) / cres if cres else 0,
          int(f["unallocated_end"]) / G, int(c["unallocated_end"]) / G))
-print("fragless vs pass-through: %d driver allocation/free calls instead of %d (%.0fx fewer)."
+print("fragless vs pass-through: %d driver allocation/free calls instead of %d\n"
+      "  (%.0fx fewer)."
       % (calls_f, calls_p, calls_p / calls_f if calls_f else float("inf")))
 EOF

@@ -13,9 +13,10 @@
  * With libfragless preloaded (and not in pass-through) the numbers come from
  * fragless_get_stats(): reserved is what fragless holds from the driver, unallocated_end what
  * it holds beyond live blocks at the end of the last step, alloc_calls the allocations and
- * releases it made in the driver. Otherwise reserved is the device's used memory above what
- * was used at start (cudaMemGetInfo, sampled after every allocation), unallocated_end 0 and
- * alloc_calls the program's own cudaMalloc/cudaFree calls — each one a driver call.
+ * releases it made in the driver (segments, and physical pages of expandable segments). Otherwise
+ * reserved is the device's used memory above what was used at start (cudaMemGetInfo, sampled after
+ * every allocation), unallocated_end 0 and alloc_calls the program's own cudaMalloc/cudaFree calls
+ * — each one a driver call.
  */
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -155,7 +156,8 @@ int main(int argc, char **argv)
                "driver_calls=%llu source=fragless\n",
                job.peak, (unsigned long long)st.reserved_bytes.peak,
                (unsigned long long)st.reserved_unallocated_bytes.current,
-               (unsigned long long)(st.num_device_alloc + st.num_device_free),
+               (unsigned long long)(st.num_device_alloc + st.num_device_free + st.pages_created +
+                                    st.pages_released),
                (unsigned long long)st.driver_calls);
     } else {
         printf("requested_peak=%zu reserved_peak=%zu unallocated_end=0 alloc_calls=%lu "

@@ -47,8 +47,8 @@ void report_table(const struct replay_setup *s, const struct rtrace *t, char *co
                (unsigned long long)r->alloc_calls, (unsigned long long)r->driver_calls, r->seconds);
     }
     printf("(peaks; unalloc@pk and largest: reserved-but-unallocated and the largest free block "
-           "at the reserved peak;\n allocs: driver allocations and releases; drv calls: all "
-           "driver calls fragless made)\n");
+           "at the reserved peak;\n allocs: driver allocations and releases (segments, VMM "
+           "pages); drv calls: all driver calls fragless made)\n");
 }
 
 static void json_string(const char *s)

@@ -254,6 +254,13 @@ static bool fragless_stats(struct run *s, fragless_stats_t *st)
     return fragless_get_stats(s->device, st) == FRAGLESS_OK;
 }
 
+/* Allocations and releases fragless made in the driver: segments, and the physical pages of
+ * expandable segments. */
+static uint64_t device_allocs(const fragless_stats_t *st)
+{
+    return st->num_device_alloc + st->num_device_free + st->pages_created + st->pages_released;
+}
+
 static int replay_events(struct run *s)
 {
     fragless_stats_t st0, st;
@@ -273,8 +280,7 @@ static int replay_events(struct run *s)
     if (!before)
         memset(&st0, 0, sizeof st0);
     s->r->driver_calls = st.driver_calls - st0.driver_calls;
-    s->r->alloc_calls =
-        st.num_device_alloc + st.num_device_free - st0.num_device_alloc - st0.num_device_free;
+    s->r->alloc_calls = device_allocs(&st) - device_allocs(&st0);
     s->r->peak_allocated_bytes = st.allocated_bytes.peak;
     if (st.reserved_bytes.peak > s->r->peak_reserved_bytes)
         s->r->peak_reserved_bytes = st.reserved_bytes.peak;
