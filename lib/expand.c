@@ -34,14 +34,16 @@ static size_t heap_mapped(const struct heap *h)
     return bytes;
 }
 
-/* Brings the levels up to date after mapping changed from `before` bytes. */
+/* Brings the mapping levels up to date after mapping changed from `before` bytes. The derived
+ * reserved-but-unallocated level is left to the end of the operation (heap_settle): in the
+ * middle of an allocation the block already counts as allocated while its pages are not all
+ * mapped yet. */
 static void account_mapped(struct heap *h, size_t before)
 {
     int64_t delta = (int64_t)heap_mapped(h) - (int64_t)before;
     stat_add(&h->st.reserved_bytes, delta);
     stat_add(&h->st.mapped_bytes, delta);
     stat_add(&h->st.unmapped_reserved_va_bytes, -delta);
-    heap_settle(h);
 }
 
 CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t min,

@@ -293,6 +293,7 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
 {
     h->st.num_alloc_retries++;
     size_t released = expand_release(h, SIZE_MAX, NULL);
+    heap_settle(h);
     if (released) {
         h->st.num_empty_cache++;
         h->st.empty_cache_released_bytes += released;

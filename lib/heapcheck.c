@@ -132,6 +132,10 @@ static bool check_indexes(const struct heap *h, const struct tally *t)
 static bool check_stats(const struct heap *h, const struct tally *t)
 {
     const fragless_stats_t *s = &h->st;
+    if (t->allocated > t->reserved)
+        FAIL("more bytes allocated than reserved");
+    if (s->reserved_unallocated_bytes.peak > s->reserved_bytes.peak)
+        FAIL("reserved-but-unallocated peaked above reserved");
     if (s->reserved_bytes.current != t->reserved || s->segments.current != t->segments ||
         s->blocks.current != t->blocks || s->allocated_bytes.current != t->allocated ||
         s->requested_bytes.current != t->requested || s->active_bytes.current != t->active ||

@@ -456,7 +456,8 @@ CUresult expand_back(struct heap *h, struct block *b);
 bool expand_needs_pages(const struct block *b, size_t rounded);
 size_t expand_pages_needed(const struct block *b, size_t rounded);
 /* Unmaps and releases up to `want` bytes (SIZE_MAX: all, and the device's spare pages) of
- * pages lying wholly inside ready free blocks. Lock held. Returns the bytes released; the
+ * pages lying wholly inside ready free blocks. Lock held; the caller settles the derived
+ * levels (heap_settle) once its operation is consistent. Returns the bytes released; the
  * first driver error, if any, goes to *err (may be NULL) and those pages stay cached. */
 size_t expand_release(struct heap *h, size_t want, CUresult *err);
 /* Expandable segment s: its range is valid, and every block not ready is wholly mapped. */

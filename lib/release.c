@@ -139,8 +139,10 @@ size_t release_free_segments(struct heap *h, size_t want)
     pthread_mutex_lock(&h->lock);
     if (!h->expandable || want == SIZE_MAX)
         take_free_segments(h, &list, want);
-    if (h->expandable)
+    if (h->expandable) {
         bytes = expand_release(h, want, NULL);
+        heap_settle(h);
+    }
     pthread_mutex_unlock(&h->lock);
     return bytes + destroy_segments(h, list, NULL);
 }
@@ -245,8 +247,10 @@ static CUresult empty_one(struct heap *h, size_t *released)
     if (h->expandable)
         settle_frees(h);
     take_free_segments(h, &list, SIZE_MAX);
-    if (h->expandable)
+    if (h->expandable) {
         bytes = expand_release(h, SIZE_MAX, &r);
+        heap_settle(h);
+    }
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
     pthread_mutex_unlock(&h->lock);
     bytes += destroy_segments(h, list, &r);
