@@ -83,7 +83,6 @@ static int empty_one(int device, size_t *released)
 {
     size_t n = 0;
     CUresult r = heap_empty_cache(device, &n);
-    trace_record(device, TRACE_EMPTY_CACHE, 0, n, NULL);
     *released += n;
     return r == CUDA_SUCCESS ? FRAGLESS_OK : FRAGLESS_EDRIVER;
 }

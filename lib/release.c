@@ -278,7 +278,11 @@ CUresult heap_empty_cache(int device, size_t *released)
         struct heap *h = heap_find(d);
         if (!h || (device != -1 && d != device))
             continue;
-        CUresult rd = empty_one(h, &bytes);
+        size_t one = 0;
+        CUresult rd = empty_one(h, &one);
+        /* recorded here, so the C API, fragstat's requests and every caller appear in a trace */
+        trace_record(d, TRACE_EMPTY_CACHE, 0, one, NULL);
+        bytes += one;
         if (rd != CUDA_SUCCESS && r == CUDA_SUCCESS)
             r = rd;
     }
