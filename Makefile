@@ -175,6 +175,7 @@ install: all
 	install -m 0755 $(BUILD)/libfragless.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/*.h $(DESTDIR)$(PREFIX)/include/
 	$(if $(TOOL_BINS),install -m 0755 $(TOOL_BINS) $(DESTDIR)$(PREFIX)/bin/)
+	install -m 0755 tools/torch_snapshot_to_csv.py $(DESTDIR)$(PREFIX)/bin/
 	$(if $(EMU_LIBS),cp -P $(EMU_LIBS) $(DESTDIR)$(PREFIX)/lib/fragless/emu/)
 	@if ls docs/*.1 >/dev/null 2>&1; then install -d $(DESTDIR)$(PREFIX)/share/man/man1 && \
 	  install -m 0644 docs/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
