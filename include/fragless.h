@@ -18,9 +18,9 @@
 extern "C" {
 #endif
 
-#define FRAGLESS_VERSION_MAJOR 0
-#define FRAGLESS_VERSION_MINOR 1
-#define FRAGLESS_VERSION_PATCH 0
+#define FRAGLESS_VERSION_MAJOR  0
+#define FRAGLESS_VERSION_MINOR  1
+#define FRAGLESS_VERSION_PATCH  0
 #define FRAGLESS_VERSION_STRING "0.1.0"
 
 /* Version of fragless_stats_t's layout; bumped when fields are appended. */
@@ -37,37 +37,37 @@ typedef struct fragless_stat {
  * peak), C(name, help) a counter (uint64_t, only ever grows). Names follow PyTorch's
  * torch.cuda.memory_stats() where the meaning is the same.
  */
-#define FRAGLESS_STATS_FIELDS(G, C)                                                            \
-    G(allocated_bytes, "bytes in blocks handed out, as rounded by the allocator")              \
-    G(reserved_bytes, "bytes of device memory held from the driver (mapped, for VMM)")        \
-    G(active_bytes, "bytes in blocks handed out or freed but not yet reusable")               \
-    G(inactive_split_bytes, "free bytes inside segments that also hold live blocks")          \
-    G(requested_bytes, "bytes the program asked for, before rounding")                        \
-    G(reserved_unallocated_bytes, "reserved minus allocated bytes")                            \
-    G(largest_free_block_bytes, "largest free block that a request could use without the "    \
-                                "driver")                                                      \
-    G(mapped_bytes, "physical bytes mapped into expandable (VMM) segments")                    \
-    G(unmapped_reserved_va_bytes, "virtual address space reserved but not backed")            \
-    G(segments, "segments held (classic allocations or VMM ranges)")                          \
-    G(blocks, "blocks (live and free) in all segments")                                       \
-    G(host_metadata_bytes, "host memory used by fragless's own bookkeeping")                  \
-    C(num_allocs, "allocations served by fragless")                                            \
-    C(num_frees, "frees of fragless blocks")                                                   \
-    C(num_cache_hits, "allocations served without a driver call")                             \
-    C(num_cache_misses, "allocations that needed the driver")                                  \
-    C(num_alloc_retries, "allocations retried after releasing cached memory")                 \
-    C(num_ooms, "allocations that failed for lack of memory")                                 \
-    C(num_device_alloc, "segment or page allocations from the driver")                        \
-    C(num_device_free, "segment or page releases to the driver")                              \
-    C(num_device_syncs, "device synchronizations done to make freed memory reusable")          \
-    C(num_empty_cache, "empty-cache operations (API, fragstat, automatic)")                    \
-    C(empty_cache_released_bytes, "bytes returned to the driver by empty-cache and GC")       \
-    C(num_foreign_frees, "frees of pointers fragless did not hand out (passed through)")       \
-    C(pages_created, "physical pages created (VMM)")                                           \
-    C(pages_released, "physical pages released (VMM)")                                         \
-    C(pages_moved, "physical pages moved from a free range to where they were needed (VMM)")   \
-    C(driver_calls, "calls into the CUDA driver made by fragless")                             \
-    C(driver_ns, "nanoseconds spent in those driver calls that can be slow (allocation, free, "  \
+#define FRAGLESS_STATS_FIELDS(G, C)                                                             \
+    G(allocated_bytes, "bytes in blocks handed out, as rounded by the allocator")               \
+    G(reserved_bytes, "bytes of device memory held from the driver (mapped, for VMM)")          \
+    G(active_bytes, "bytes in blocks handed out or freed but not yet reusable")                 \
+    G(inactive_split_bytes, "free bytes inside segments that also hold live blocks")            \
+    G(requested_bytes, "bytes the program asked for, before rounding")                          \
+    G(reserved_unallocated_bytes, "reserved minus allocated bytes")                             \
+    G(largest_free_block_bytes, "largest free block (classic segments: usable without the "     \
+                                "driver; expandable: address space, mapped or not)")            \
+    G(mapped_bytes, "physical bytes mapped into expandable (VMM) segments")                     \
+    G(unmapped_reserved_va_bytes, "virtual address space reserved but not backed")              \
+    G(segments, "segments held (classic allocations or VMM ranges)")                            \
+    G(blocks, "blocks (live and free) in all segments")                                         \
+    G(host_metadata_bytes, "host memory used by fragless's own bookkeeping")                    \
+    C(num_allocs, "allocations served by fragless")                                             \
+    C(num_frees, "frees of fragless blocks")                                                    \
+    C(num_cache_hits, "allocations served without a driver call")                               \
+    C(num_cache_misses, "allocations that needed the driver")                                   \
+    C(num_alloc_retries, "allocations retried after releasing cached memory")                   \
+    C(num_ooms, "allocations that failed for lack of memory")                                   \
+    C(num_device_alloc, "segment or page allocations from the driver")                          \
+    C(num_device_free, "segment or page releases to the driver")                                \
+    C(num_device_syncs, "device synchronizations done to make freed memory reusable")           \
+    C(num_empty_cache, "empty-cache operations (API, fragstat, automatic)")                     \
+    C(empty_cache_released_bytes, "bytes returned to the driver by empty-cache and GC")         \
+    C(num_foreign_frees, "frees of pointers fragless did not hand out (passed through)")        \
+    C(pages_created, "physical pages created (VMM)")                                            \
+    C(pages_released, "physical pages released (VMM)")                                          \
+    C(pages_moved, "physical pages moved from a free range to where they were needed (VMM)")    \
+    C(driver_calls, "calls into the CUDA driver made by fragless")                              \
+    C(driver_ns, "nanoseconds spent in those driver calls that can be slow (allocation, free, " \
                  "VMM, synchronization, context retain/release); cheap queries are not timed")
 
 /*
@@ -80,7 +80,7 @@ typedef struct fragless_stats {
     uint32_t version;
     int32_t device;
     uint32_t reserved0;
-#define FRAGLESS_STAT_MEMBER_(name, help) fragless_stat_t name;
+#define FRAGLESS_STAT_MEMBER_(name, help)    fragless_stat_t name;
 #define FRAGLESS_COUNTER_MEMBER_(name, help) uint64_t name;
     FRAGLESS_STATS_FIELDS(FRAGLESS_STAT_MEMBER_, FRAGLESS_COUNTER_MEMBER_)
 #undef FRAGLESS_STAT_MEMBER_

@@ -86,7 +86,7 @@ static const struct conf_key KEYS[] = {
     {"trace_extensions", &T_BOOL, FIELD(trace_extensions), "true", .accepts = BOOL_WORDS,
      .help = "record actions beyond RMM's in traces"},
     {"report", &T_PATH, FIELD(report), "", .accepts = "stderr or a path",
-     .help = "write OOM and exit reports to stderr or to PATH"},
+     .help = "write the exit report to stderr or to PATH (OOM reports always go to stderr)"},
     {"stats_page", &T_BOOL, FIELD(stats_page), "true", .accepts = BOOL_WORDS,
      .help = "publish the /dev/shm statistics page that fragstat reads"},
 };

@@ -11,9 +11,9 @@
 
 /* What a program run by tu_run() did. */
 struct tu_result {
-    int status;   /* exit code, or 128+signal if it was killed */
-    char *out;    /* stdout, NUL-terminated (free with tu_result_free) */
-    char *err;    /* stderr, NUL-terminated */
+    int status; /* exit code, or 128+signal if it was killed */
+    char *out;  /* stdout, NUL-terminated (free with tu_result_free) */
+    char *err;  /* stderr, NUL-terminated */
 };
 
 /* The build directory under test (FRAGLESS_BUILD, set by tests/run.sh; default "build"). */
