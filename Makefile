@@ -75,9 +75,12 @@ benches: all $(BENCH_PROGS)
 # `make bench`: micro benchmarks and workload replays, one table (bench/run.sh; never part of
 # `make test`). `make demo`: the README's first command (tools/demo.sh).
 .PHONY: bench demo
-bench: benches
+bench: deps
+	$(MAKE) benches
 	bash bench/run.sh $(ABS_BUILD)
-demo: all $(BUILD)/tests/progs/tr_train
+# deps first: on a fresh machine the emulated device needs uthash-dev to build.
+demo: deps
+	$(MAKE) all $(BUILD)/tests/progs/tr_train
 	bash tools/demo.sh $(ABS_BUILD)
 
 # ---- compile ----------------------------------------------------------------------------
