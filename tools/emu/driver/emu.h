@@ -330,6 +330,8 @@ void emu_streams_teardown(struct emu_ctx *ctx);
 
 /* ---- event.c --------------------------------------------------------------------------- */
 
+/* Under the lock: the live event `h` (CUDA_ERROR_INVALID_HANDLE if there is none). */
+CUresult emu_event_find(CUevent h, struct emu_event **out);
 void emu_events_teardown(struct emu_ctx *ctx);
 
 /* ---- fill.c ------------------------------------------------------------------------------ */
