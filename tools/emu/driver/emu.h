@@ -260,7 +260,6 @@ int emu_faults_arm(const char *spec);
 /* ---- errors.c ------------------------------------------------------------------------- */
 
 bool emu_error_parse(const char *s, CUresult *out);
-const char *emu_error_name(CUresult r);
 
 /* ---- device.c ------------------------------------------------------------------------- */
 
