@@ -50,7 +50,6 @@ int fs_open_page(const char *dir, int32_t pid, fragless_shm_page_t *copy);
 /* Output. `device` is an ordinal filter (-1: all). */
 void fs_print_table(FILE *f, const struct fs_scan *s, int device);
 void fs_print_segments(FILE *f, const struct fs_proc *p, int device);
-void fs_print_json(FILE *f, const struct fs_scan *s, int device, const char *hostname);
 void fs_print_prometheus(FILE *f, const struct fs_scan *s, int device, const char *hostname);
 
 /* --empty-cache: returns an enum fs_exit; prints what happened. */
