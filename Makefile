@@ -74,7 +74,7 @@ tests: all $(TEST_BINS)
 benches: all $(BENCH_PROGS)
 # `make bench`: micro benchmarks and workload replays, one table (bench/run.sh; never part of
 # `make test`). `make demo`: the README's first command (tools/demo.sh).
-.PHONY: bench demo
+.PHONY: bench demo gpu-test
 bench: deps
 	$(MAKE) benches
 	bash bench/run.sh $(ABS_BUILD)

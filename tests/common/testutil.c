@@ -106,6 +106,11 @@ int tu_run(struct tu_result *r, bool preload, const char *const argv[], const ch
     free(e);
     close(out[1]);
     close(err[1]);
+    if (pid < 0) { /* not a run: waitpid below would report some other child, or status 0 */
+        close(out[0]);
+        close(err[0]);
+        return r->status = -1;
+    }
     size_t olen = 0, elen = 0;
     struct pollfd p[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
     int open_fds = 2;

@@ -11,7 +11,7 @@
 
 /* What a program run by tu_run() did. */
 struct tu_result {
-    int status; /* exit code, or 128+signal if it was killed */
+    int status; /* exit code, 128+signal if it was killed, -1 if it could not be started */
     char *out;  /* stdout, NUL-terminated (free with tu_result_free) */
     char *err;  /* stderr, NUL-terminated */
 };

@@ -45,12 +45,11 @@ int fs_scan(const char *dir, int32_t pid, struct fs_scan *out);
 void fs_scan_free(struct fs_scan *s);
 /* Opens the page file of `pid` for writing after the same checks as fs_scan. Returns the fd,
  * or -FS_EXIT_NOT_FOUND / -FS_EXIT_DENIED. */
-int fs_open_page(const char *dir, int32_t pid, fragless_shm_page_t *copy);
+int fs_open_page(const char *dir, int32_t pid);
 
 /* Output. `device` is an ordinal filter (-1: all). */
 void fs_print_table(FILE *f, const struct fs_scan *s, int device);
 void fs_print_segments(FILE *f, const struct fs_proc *p, int device);
-void fs_print_json(FILE *f, const struct fs_scan *s, int device, const char *hostname);
 void fs_print_prometheus(FILE *f, const struct fs_scan *s, int device, const char *hostname);
 
 /* --empty-cache: returns an enum fs_exit; prints what happened. */

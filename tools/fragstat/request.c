@@ -91,11 +91,7 @@ static int run_request(fragless_shm_page_t *pg, int32_t pid, int device, FILE *o
 
 int fs_empty_cache(const char *dir, int32_t pid, int device, FILE *out)
 {
-    fragless_shm_page_t *copy = malloc(sizeof *copy);
-    if (!copy)
-        return FS_EXIT_FAILED;
-    int fd = fs_open_page(dir, pid, copy);
-    free(copy);
+    int fd = fs_open_page(dir, pid);
     if (fd < 0)
         return -fd;
     void *map = mmap(NULL, sizeof(fragless_shm_page_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

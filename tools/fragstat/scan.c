@@ -180,7 +180,7 @@ void fs_scan_free(struct fs_scan *s)
     memset(s, 0, sizeof *s);
 }
 
-int fs_open_page(const char *dir, int32_t pid, fragless_shm_page_t *copy)
+int fs_open_page(const char *dir, int32_t pid)
 {
     struct fs_scan s;
     int r = fs_scan(dir, pid, &s);
@@ -191,14 +191,14 @@ int fs_open_page(const char *dir, int32_t pid, fragless_shm_page_t *copy)
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, s.procs[0].name);
-    memcpy(copy, s.procs[0].page, sizeof *copy);
+    uint32_t uid = s.procs[0].page->uid;
     fs_scan_free(&s);
     int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return errno == EACCES || errno == EPERM ? -FS_EXIT_DENIED : -FS_EXIT_NOT_FOUND;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !may_see(st.st_uid) ||
-        st.st_uid != copy->uid || (uint64_t)st.st_size != sizeof *copy) {
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !may_see(st.st_uid) || st.st_uid != uid ||
+        (uint64_t)st.st_size != sizeof(fragless_shm_page_t)) {
         close(fd);
         return -FS_EXIT_DENIED;
     }

@@ -105,7 +105,7 @@ static int audit_count(void)
     return audit_allocs(-1, false) + audit_vmm(-1, false) + audit_objects(-1, false);
 }
 
-int emu_audit_write(int fd)
+static int emu_audit_write(int fd)
 {
     int n = audit_count();
 

@@ -24,7 +24,7 @@ void emu_ctx_clear_tls(void)
     ctx_depth = 0;
 }
 
-struct emu_ctx *emu_ctx_of(CUcontext c)
+static struct emu_ctx *emu_ctx_of(CUcontext c)
 {
     for (int i = 0; i < emu.cfg.devices; i++)
         if ((void *)&emu.ctx[i] == (void *)c)
@@ -314,7 +314,8 @@ EMU_API CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     return r;
 }
 
-void emu_ctx_teardown(struct emu_ctx *ctx)
+/* Destroys every resource the context owns (its allocations, streams, events, fills). */
+static void emu_ctx_teardown(struct emu_ctx *ctx)
 {
     struct emu_alloc *a, *tmp;
 

@@ -180,7 +180,6 @@ CUresult emu_enter(const char *name);
     } while (0)
 /* Configuration from the environment, read once. */
 const struct emu_config *emu_config(void);
-bool emu_parse_size(const char *s, size_t *out);
 uint64_t emu_now(void);
 /* Sleeps (without the lock) until simulated time `t`. */
 void emu_sleep_until(uint64_t t);
@@ -260,13 +259,9 @@ int emu_faults_arm(const char *spec);
 /* ---- errors.c ------------------------------------------------------------------------- */
 
 bool emu_error_parse(const char *s, CUresult *out);
-const char *emu_error_name(CUresult r);
 
 /* ---- device.c ------------------------------------------------------------------------- */
 
-struct emu_ctx *emu_ctx_of(CUcontext c);
-/* Destroys every resource the context owns (its allocations, streams, events, fills). */
-void emu_ctx_teardown(struct emu_ctx *ctx);
 void emu_ctx_clear_tls(void);
 
 /* ---- capacity.c: capacity accounting shared across processes -------------------------- */
@@ -281,7 +276,6 @@ void emu_cap_forget(void);
 
 CUresult emu_alloc_map(size_t size, struct emu_alloc **out, int device);
 void emu_alloc_unmap(struct emu_alloc *a);
-struct emu_alloc *emu_alloc_containing(CUdeviceptr p);
 /* Whether [p, p+n) is device memory a kernel of `device` may touch at simulated time `at`
  * (device -1: the memory's own device; another device needs read/write access set for it on
  * VMM mappings, as cuMemSetAccess grants it). */
@@ -330,6 +324,8 @@ void emu_streams_teardown(struct emu_ctx *ctx);
 
 /* ---- event.c --------------------------------------------------------------------------- */
 
+/* Under the lock: the live event `h` (CUDA_ERROR_INVALID_HANDLE if there is none). */
+CUresult emu_event_find(CUevent h, struct emu_event **out);
 void emu_events_teardown(struct emu_ctx *ctx);
 
 /* ---- fill.c ------------------------------------------------------------------------------ */
@@ -352,10 +348,6 @@ void emu_pool_teardown(struct emu_ctx *ctx);
 
 /* Spends the modelled time of one call of `name` moving `bytes` (0 when size-free). */
 void emu_latency(const char *name, size_t bytes);
-
-/* ---- audit.c -------------------------------------------------------------------------- */
-
-int emu_audit_write(int fd);
 
 /* ---- per-thread-stream variants (declared by cuda.h only under
  * CUDA_API_PER_THREAD_DEFAULT_STREAM, which this library does not define) ----------- */

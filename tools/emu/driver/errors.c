@@ -140,12 +140,6 @@ static const struct emu_error *error_find(CUresult r)
     return NULL;
 }
 
-const char *emu_error_name(CUresult r)
-{
-    const struct emu_error *e = error_find(r);
-    return e ? e->name : "CUDA_ERROR_UNRECOGNIZED";
-}
-
 bool emu_error_parse(const char *s, CUresult *out)
 {
     char *end;

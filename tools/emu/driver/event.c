@@ -13,7 +13,7 @@ CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
 
 #define EVENT_FLAGS (CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS)
 
-static CUresult event_find(CUevent h, struct emu_event **out)
+CUresult emu_event_find(CUevent h, struct emu_event **out)
 {
     struct emu_event *e = NULL;
 
@@ -77,7 +77,7 @@ EMU_API CUresult cuEventDestroy_v2(CUevent hEvent)
     emu_lock();
     r = emu_check_init();
     if (r == CUDA_SUCCESS)
-        r = event_find(hEvent, &e);
+        r = emu_event_find(hEvent, &e);
     if (r == CUDA_SUCCESS)
         event_free(e);
     emu_unlock();
@@ -95,7 +95,7 @@ static CUresult event_record(CUevent h, CUstream hs, unsigned flags, bool ptds)
     emu_lock();
     r = emu_current(&c);
     if (r == CUDA_SUCCESS)
-        r = event_find(h, &e);
+        r = emu_event_find(h, &e);
     if (r == CUDA_SUCCESS)
         r = emu_stream_resolve(c, hs, ptds, &s);
     if (r == CUDA_SUCCESS && (flags & ~(unsigned)CU_EVENT_RECORD_EXTERNAL))
@@ -146,7 +146,7 @@ EMU_API CUresult cuEventQuery(CUevent hEvent)
     emu_lock();
     r = emu_current(&c);
     if (r == CUDA_SUCCESS)
-        r = event_find(hEvent, &e);
+        r = emu_event_find(hEvent, &e);
     if (r == CUDA_SUCCESS && e->recorded && emu_now() < e->at)
         r = CUDA_ERROR_NOT_READY;
     emu_unlock();
@@ -164,7 +164,7 @@ EMU_API CUresult cuEventSynchronize(CUevent hEvent)
     emu_lock();
     r = emu_current(&c);
     if (r == CUDA_SUCCESS)
-        r = event_find(hEvent, &e);
+        r = emu_event_find(hEvent, &e);
     if (r == CUDA_SUCCESS && e->recorded) {
         emu_wait_locked(e->at);
         r = c->sticky;
@@ -185,9 +185,9 @@ static CUresult event_elapsed(float *ms, CUevent hs, CUevent he)
     if (r == CUDA_SUCCESS && !ms)
         r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS)
-        r = event_find(hs, &s);
+        r = emu_event_find(hs, &s);
     if (r == CUDA_SUCCESS)
-        r = event_find(he, &e);
+        r = emu_event_find(he, &e);
     if (r == CUDA_SUCCESS &&
         (!s->recorded || !e->recorded || ((s->flags | e->flags) & CU_EVENT_DISABLE_TIMING)))
         r = CUDA_ERROR_INVALID_HANDLE;

@@ -60,7 +60,7 @@ void emu_alloc_unmap(struct emu_alloc *a)
     free(a);
 }
 
-struct emu_alloc *emu_alloc_containing(CUdeviceptr p)
+static struct emu_alloc *emu_alloc_containing(CUdeviceptr p)
 {
     struct emu_alloc *a, *tmp;
 

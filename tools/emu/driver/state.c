@@ -32,7 +32,7 @@ void emu_unlock(void)
     pthread_mutex_unlock(&emu.lock);
 }
 
-bool emu_parse_size(const char *s, size_t *out)
+static bool emu_parse_size(const char *s, size_t *out)
 {
     char *end;
     unsigned long long v;

@@ -309,13 +309,10 @@ static CUresult stream_wait_event(CUstream h, CUevent e, unsigned flags, bool pt
 
     emu_lock();
     r = emu_current_stream(h, ptds, &c, &s);
-    if (r == CUDA_SUCCESS) {
-        HASH_FIND_PTR(emu.events, &e, ev);
-        if (!ev)
-            r = CUDA_ERROR_INVALID_HANDLE;
-        else if (flags & ~(unsigned)CU_EVENT_WAIT_EXTERNAL)
-            r = CUDA_ERROR_INVALID_VALUE;
-    }
+    if (r == CUDA_SUCCESS)
+        r = emu_event_find(e, &ev);
+    if (r == CUDA_SUCCESS && (flags & ~(unsigned)CU_EVENT_WAIT_EXTERNAL))
+        r = CUDA_ERROR_INVALID_VALUE;
     if (r == CUDA_SUCCESS && ev->recorded && emu_stream_order(s) < ev->at)
         s->busy_until = ev->at;
     emu_unlock();
