@@ -195,7 +195,6 @@ CUresult drv_event_create(CUevent *event, unsigned int flags);
 CUresult drv_event_destroy(CUevent event);
 CUresult drv_event_record(CUevent event, CUstream stream);
 CUresult drv_event_query(CUevent event);
-CUresult drv_event_synchronize(CUevent event);
 CUresult drv_mem_get_granularity(size_t *granularity, int device);
 CUresult drv_mem_address_reserve(CUdeviceptr *ptr, size_t size, size_t alignment);
 CUresult drv_mem_address_free(CUdeviceptr ptr, size_t size);
