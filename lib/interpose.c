@@ -167,23 +167,20 @@ static const char *const rt_names[RT_COUNT] = {
 
 static _Atomic(void *) rt_real[RT_COUNT];
 
-/* Our own entry in the dynamic linker's list of loaded objects. */
-static struct link_map *own_link_map(void)
+/* The entry of the object holding `addr` in the dynamic linker's list of loaded objects. */
+static struct link_map *link_map_of(const void *addr)
 {
     Dl_info info;
     struct link_map *lm = NULL;
-    if (!dladdr1((void *)own_link_map, &info, (void **)&lm, RTLD_DL_LINKMAP))
+    if (!dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP))
         return NULL;
     return lm;
 }
 
 static bool defined_in(void *sym, const struct link_map *l)
 {
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(sym, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
-        return true; /* cannot tell: trust the lookup */
-    return lm == l;
+    struct link_map *lm = link_map_of(sym);
+    return !lm || lm == l; /* cannot tell: trust the lookup */
 }
 
 /* dlsym in one loaded object and its dependencies. A link map is not a handle, so take a
@@ -202,7 +199,7 @@ static void *sym_in(const struct link_map *l, const char *name)
  * RTLD_NEXT; look for it among all loaded objects. */
 static void *find_in_cudart(const char *name)
 {
-    struct link_map *l = own_link_map();
+    struct link_map *l = link_map_of((const void *)find_in_cudart);
     while (l && l->l_prev)
         l = l->l_prev;
     for (; l; l = l->l_next) {
@@ -1226,15 +1223,6 @@ FL_EXPORT cudaError_t cudaGetDriverEntryPointByVersion_ptsz(
 }
 
 /* ---- dlsym ---------------------------------------------------------------------------- */
-
-static struct link_map *link_map_of(const void *addr)
-{
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP))
-        return NULL;
-    return lm;
-}
 
 /* dlsym(RTLD_NEXT, name) as the caller would have got it: the first object loaded after the
  * caller's that defines `name`. */
