@@ -635,8 +635,10 @@ static inline void shm_ensure(void)
     if (FL_UNLIKELY(!__atomic_load_n(&shm_started, __ATOMIC_ACQUIRE)))
         shm_start();
 }
-/* Where `device` is: PCI location (-1 each when the driver does not say) and memory size. */
-void shm_device_identity(int device, int32_t pci[3], uint64_t *total_bytes);
+/* Where `device` is, into d's device, PCI location (-1 each when the driver does not say) and
+ * total_bytes (0 when unknown); the rest of *d is left as it is. */
+struct fragless_shm_device;
+void shm_device_identity(int device, struct fragless_shm_device *d);
 /* Path of this process's page ("" when there is none). */
 const char *shm_page_path(void);
 /* Fills *out as a page would be (identity, every device in use, statistics now; no segment

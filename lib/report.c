@@ -139,20 +139,14 @@ static void gather(struct oom_facts *f, int device, size_t size)
     f->st.size = sizeof f->st;
     if (heap_get_stats(device, &f->st) != 0)
         memset(&f->st, 0, sizeof f->st);
-    int32_t pci[3];
-    uint64_t total = 0;
-    shm_device_identity(device, pci, &total);
-    f->me.device = device;
-    f->me.pci_domain = pci[0];
-    f->me.pci_bus = pci[1];
-    f->me.pci_device = pci[2];
+    shm_device_identity(device, &f->me);
     size_t free_bytes = 0, total_bytes = 0;
     if (drv_mem_get_info(&free_bytes, &total_bytes) == CUDA_SUCCESS) {
         f->free_known = true;
         f->free_bytes = free_bytes;
         f->total_bytes = total_bytes;
     } else {
-        f->total_bytes = total;
+        f->total_bytes = f->me.total_bytes;
     }
     f->scratch = malloc(sizeof *f->scratch);
     if (f->scratch)
