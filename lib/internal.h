@@ -128,6 +128,9 @@ void config_format(const struct config *c, char *buf, size_t len);
 const struct config *config_get(void);
 /* roundup_power2_divisions that apply to a request of `size` bytes. */
 uint32_t config_rp2_divisions(const struct config *c, size_t size);
+/* A path setting (trace, report) as a file name: "%p" becomes the process id, "%%" a '%'.
+ * Returns 0, or -1 (out holding a cut name) when it does not fit `len` bytes. */
+int config_expand_path(const char *pattern, char *out, size_t len);
 
 /* ---- driver.c: the only file that calls libcuda ---------------------------------------- */
 

@@ -257,28 +257,13 @@ void report_oom(int device, size_t size)
 
 /* ---- exit report ---------------------------------------------------------------------------- */
 
-/* `pattern` with %p replaced by the pid and %% by %. */
-static void expand_path(const char *pattern, char *out, size_t len)
-{
-    size_t n = 0;
-    for (const char *c = pattern; *c && n + 1 < len; c++) {
-        if (c[0] == '%' && c[1] == 'p') {
-            n += (size_t)snprintf(out + n, len - n, "%d", (int)getpid());
-            c++;
-        } else if (c[0] == '%' && c[1] == '%') {
-            out[n++] = '%';
-            c++;
-        } else {
-            out[n++] = *c;
-        }
-    }
-    out[n < len ? n : len - 1] = '\0';
-}
-
 static void exit_json(const char *pattern, const fragless_shm_page_t *snap)
 {
     char path[CONF_PATH_MAX + 32], host[256] = "";
-    expand_path(pattern, path, sizeof path);
+    if (config_expand_path(pattern, path, sizeof path) != 0) {
+        log_error("exit report: the path %s is too long", pattern);
+        return;
+    }
     if (gethostname(host, sizeof host - 1) != 0)
         snprintf(host, sizeof host, "unknown");
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
