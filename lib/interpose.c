@@ -477,22 +477,9 @@ FL_EXPORT CUresult cuCtxDisablePeerAccess(CUcontext peer)
     return r;
 }
 
-/* As current_device, but first initializes the runtime the way the program's own call
- * would have: with no context current, the real cudaFree(NULL) makes the runtime's current
- * device's primary context current. */
-static cudaError_t runtime_device(int *dev, bool *primary)
-{
-    CUresult r = current_device(dev, primary);
-    if (r != CUDA_ERROR_INVALID_CONTEXT)
-        return rt_error(r);
-    cudaError_t e = real_free(NULL);
-    if (e != cudaSuccess)
-        return e;
-    return rt_error(current_device(dev, primary));
-}
-
-/* This thread's current context (NULL when none), first initializing the runtime as
- * runtime_device does. */
+/* This thread's current context (NULL when none), first initializing the runtime the way
+ * the program's own call would have: with no context current, the real cudaFree(NULL) makes
+ * the runtime's current device's primary context current. */
 static cudaError_t runtime_context(CUcontext *ctx)
 {
     CUresult r = drv_ctx_get_current(ctx);
@@ -502,6 +489,16 @@ static cudaError_t runtime_context(CUcontext *ctx)
     if (e != cudaSuccess)
         return e;
     return rt_error(drv_ctx_get_current(ctx));
+}
+
+/* As current_device, but first initializing the runtime as runtime_context does. */
+static cudaError_t runtime_device(int *dev, bool *primary)
+{
+    CUcontext ctx = NULL;
+    cudaError_t e = runtime_context(&ctx);
+    if (e != cudaSuccess)
+        return e;
+    return rt_error(ctx ? context_device(ctx, dev, primary) : CUDA_ERROR_INVALID_CONTEXT);
 }
 
 /* Whether `stream` is capturing a graph; errors of the query come back in *r. */
