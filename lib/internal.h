@@ -638,8 +638,8 @@ static inline void shm_ensure(void)
     if (FL_UNLIKELY(!__atomic_load_n(&shm_started, __ATOMIC_ACQUIRE)))
         shm_start();
 }
-/* Where `device` is, into d's device, PCI location (-1 each when the driver does not say) and
- * total_bytes (0 when unknown); the rest of *d is left as it is. */
+/* Writes where `device` is into *d: device, PCI location (-1 each when the driver does not
+ * say) and total_bytes (0 when unknown); the rest of *d stays as it is. */
 struct fragless_shm_device;
 void shm_device_identity(int device, struct fragless_shm_device *d);
 /* Path of this process's page ("" when there is none). */
