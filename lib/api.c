@@ -2,13 +2,12 @@
  * api.c — the public C API of include/fragless.h.
  *
  * Owns: fragless_get_stats, fragless_reset_peak_stats, fragless_empty_cache and
- * fragless_version: argument checks, the versioned copy of the statistics snapshot, the
- * "every device" form (-1), the answers in pass-through mode, and which devices fragless was
- * asked to allocate on (the others answer FRAGLESS_ENODEV). The numbers come from the heap
- * (heap_*); this file adds the driver-call counters, which are process-wide.
+ * fragless_version: argument checks, the answers in pass-through mode, and which devices
+ * fragless was asked to allocate on (the others answer FRAGLESS_ENODEV). The numbers, the
+ * versioned copy of the snapshot and the "every device" form (-1) are the heap's
+ * (heap_get_stats, heap_reset_peaks, heap_empty_cache).
  */
 #include <stdatomic.h>
-#include <string.h>
 
 #include "internal.h"
 
@@ -22,26 +21,18 @@ static _Atomic uint64_t used_devices;
 
 _Static_assert(FL_MAX_DEVICES <= 64, "used_devices has one bit per device");
 
-void api_note_device(int device)
-{
-    if (valid_device(device))
-        atomic_fetch_or_explicit(&used_devices, (uint64_t)1 << device, memory_order_release);
-}
-
 static bool device_used(int device)
 {
     uint64_t used = atomic_load_explicit(&used_devices, memory_order_acquire);
     return valid_device(device) && (used >> device & 1);
 }
 
-/* The heap's snapshot of `device`; FRAGLESS_ENODEV for a device fragless never used. */
-static int snapshot(int device, fragless_stats_t *s)
+/* On every allocation: a load, and a write only the first time, so that threads allocating at
+ * once do not contend for the word's cache line. */
+void api_note_device(int device)
 {
-    memset(s, 0, sizeof *s);
-    s->size = sizeof *s;
-    if (!device_used(device))
-        return FRAGLESS_ENODEV;
-    return heap_get_stats(device, s);
+    if (valid_device(device) && FL_UNLIKELY(!device_used(device)))
+        atomic_fetch_or_explicit(&used_devices, (uint64_t)1 << device, memory_order_release);
 }
 
 FL_EXPORT int fragless_get_stats(int device, fragless_stats_t *out)
@@ -50,41 +41,21 @@ FL_EXPORT int fragless_get_stats(int device, fragless_stats_t *out)
         return FRAGLESS_EINVAL;
     if (config_get()->passthrough)
         return FRAGLESS_EDISABLED;
-    fragless_stats_t s;
-    int rc = snapshot(device, &s);
-    if (rc != FRAGLESS_OK)
-        return rc;
-    s.size = out->size < sizeof s ? out->size : (uint32_t)sizeof s;
-    s.version = FRAGLESS_STATS_VERSION;
-    s.device = device;
-    s.driver_calls = drv_call_count();
-    s.driver_ns = drv_call_ns();
-    memcpy(out, &s, s.size);
-    return FRAGLESS_OK;
+    return device_used(device) ? heap_get_stats(device, out) : FRAGLESS_ENODEV;
+}
+
+/* The heap's functions take -1 for every device it has; a single device must be one
+ * fragless used. */
+static bool device_ok(int device)
+{
+    return device == -1 || device_used(device);
 }
 
 FL_EXPORT int fragless_reset_peak_stats(int device)
 {
     if (config_get()->passthrough)
         return FRAGLESS_EDISABLED;
-    if (device != -1)
-        return device_used(device) ? heap_reset_peaks(device) : FRAGLESS_ENODEV;
-    for (int d = 0; d < FL_MAX_DEVICES; d++) {
-        if (device_used(d)) {
-            int rc = heap_reset_peaks(d);
-            if (rc != FRAGLESS_OK)
-                return rc;
-        }
-    }
-    return FRAGLESS_OK;
-}
-
-static int empty_one(int device, size_t *released)
-{
-    size_t n = 0;
-    CUresult r = heap_empty_cache(device, &n);
-    *released += n;
-    return r == CUDA_SUCCESS ? FRAGLESS_OK : FRAGLESS_EDRIVER;
+    return device_ok(device) ? heap_reset_peaks(device) : FRAGLESS_ENODEV;
 }
 
 FL_EXPORT int fragless_empty_cache(int device, size_t *released)
@@ -93,12 +64,10 @@ FL_EXPORT int fragless_empty_cache(int device, size_t *released)
     int rc = FRAGLESS_OK;
     if (config_get()->passthrough)
         rc = FRAGLESS_EDISABLED;
-    else if (device != -1)
-        rc = device_used(device) ? empty_one(device, &total) : FRAGLESS_ENODEV;
-    for (int d = 0; device == -1 && rc == FRAGLESS_OK && d < FL_MAX_DEVICES; d++) {
-        if (device_used(d))
-            rc = empty_one(d, &total);
-    }
+    else if (!device_ok(device))
+        rc = FRAGLESS_ENODEV;
+    else if (heap_empty_cache(device, &total) != CUDA_SUCCESS)
+        rc = FRAGLESS_EDRIVER;
     if (released)
         *released = total;
     return rc;

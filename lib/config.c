@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* ---- value types ------------------------------------------------------------------------ */
 
@@ -492,6 +493,27 @@ uint32_t config_rp2_divisions(const struct config *c, size_t size)
 {
     int log2 = size ? 63 - __builtin_clzll((unsigned long long)size) : 0;
     return c->roundup_power2_divisions[log2 - (CONF_RP2_FIRST_SHIFT - 1)];
+}
+
+int config_expand_path(const char *pattern, char *out, size_t len)
+{
+    size_t n = 0;
+    const char *c = pattern;
+    if (len == 0)
+        return -1;
+    for (; *c && n + 1 < len; c++) {
+        if (c[0] == '%' && c[1] == 'p') {
+            int k = snprintf(out + n, len - n, "%d", (int)getpid());
+            if (k < 0 || (size_t)k >= len - n)
+                break;
+            n += (size_t)k;
+            c++;
+        } else {
+            out[n++] = c[0] == '%' && c[1] == '%' ? *c++ : *c;
+        }
+    }
+    out[n] = '\0';
+    return *c ? -1 : 0;
 }
 
 static const struct conf_type T_BOOL = {parse_bool, format_bool};

@@ -56,7 +56,6 @@ struct drv_fns {
     CUresult (*event_destroy)(CUevent);
     CUresult (*event_record)(CUevent, CUstream);
     CUresult (*event_query)(CUevent);
-    CUresult (*event_synchronize)(CUevent);
     CUresult (*mem_alloc_async)(CUdeviceptr *, size_t, CUstream);
     CUresult (*mem_free_async)(CUdeviceptr, CUstream);
     CUresult (*mem_get_granularity)(size_t *, const CUmemAllocationProp *,
@@ -112,7 +111,6 @@ static const struct drv_entry entries[] = {
     ENTRY(event_destroy, REQUIRED, "cuEventDestroy_v2", "cuEventDestroy"),
     ENTRY(event_record, REQUIRED, "cuEventRecord"),
     ENTRY(event_query, REQUIRED, "cuEventQuery"),
-    ENTRY(event_synchronize, REQUIRED, "cuEventSynchronize"),
     ENTRY(get_proc_address_v2, DRV_FEATURE_PROC_ADDRESS, "cuGetProcAddress_v2"),
     ENTRY(get_proc_address_v1, DRV_FEATURE_PROC_ADDRESS, "cuGetProcAddress"),
     ENTRY(ipc_get_mem_handle, DRV_FEATURE_IPC, "cuIpcGetMemHandle"),
@@ -542,11 +540,6 @@ CUresult drv_event_record(CUevent event, CUstream stream)
 CUresult drv_event_query(CUevent event)
 {
     CALL(event_query, event);
-}
-
-CUresult drv_event_synchronize(CUevent event)
-{
-    TIMED(event_synchronize, event);
 }
 
 /* ---- virtual memory management -------------------------------------------------------- */

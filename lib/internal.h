@@ -128,6 +128,9 @@ void config_format(const struct config *c, char *buf, size_t len);
 const struct config *config_get(void);
 /* roundup_power2_divisions that apply to a request of `size` bytes. */
 uint32_t config_rp2_divisions(const struct config *c, size_t size);
+/* A path setting (trace, report) as a file name: "%p" becomes the process id, "%%" a '%'.
+ * Returns 0, or -1 (out holding a cut name) when it does not fit `len` bytes. */
+int config_expand_path(const char *pattern, char *out, size_t len);
 
 /* ---- driver.c: the only file that calls libcuda ---------------------------------------- */
 
@@ -195,7 +198,6 @@ CUresult drv_event_create(CUevent *event, unsigned int flags);
 CUresult drv_event_destroy(CUevent event);
 CUresult drv_event_record(CUevent event, CUstream stream);
 CUresult drv_event_query(CUevent event);
-CUresult drv_event_synchronize(CUevent event);
 CUresult drv_mem_get_granularity(size_t *granularity, int device);
 CUresult drv_mem_address_reserve(CUdeviceptr *ptr, size_t size, size_t alignment);
 CUresult drv_mem_address_free(CUdeviceptr ptr, size_t size);
@@ -636,8 +638,10 @@ static inline void shm_ensure(void)
     if (FL_UNLIKELY(!__atomic_load_n(&shm_started, __ATOMIC_ACQUIRE)))
         shm_start();
 }
-/* Where `device` is: PCI location (-1 each when the driver does not say) and memory size. */
-void shm_device_identity(int device, int32_t pci[3], uint64_t *total_bytes);
+/* Writes where `device` is into *d: device, PCI location (-1 each when the driver does not
+ * say) and total_bytes (0 when unknown); the rest of *d stays as it is. */
+struct fragless_shm_device;
+void shm_device_identity(int device, struct fragless_shm_device *d);
 /* Path of this process's page ("" when there is none). */
 const char *shm_page_path(void);
 /* Fills *out as a page would be (identity, every device in use, statistics now; no segment

@@ -167,23 +167,20 @@ static const char *const rt_names[RT_COUNT] = {
 
 static _Atomic(void *) rt_real[RT_COUNT];
 
-/* Our own entry in the dynamic linker's list of loaded objects. */
-static struct link_map *own_link_map(void)
+/* The entry of the object holding `addr` in the dynamic linker's list of loaded objects. */
+static struct link_map *link_map_of(const void *addr)
 {
     Dl_info info;
     struct link_map *lm = NULL;
-    if (!dladdr1((void *)own_link_map, &info, (void **)&lm, RTLD_DL_LINKMAP))
+    if (!dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP))
         return NULL;
     return lm;
 }
 
 static bool defined_in(void *sym, const struct link_map *l)
 {
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(sym, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
-        return true; /* cannot tell: trust the lookup */
-    return lm == l;
+    struct link_map *lm = link_map_of(sym);
+    return !lm || lm == l; /* cannot tell: trust the lookup */
 }
 
 /* dlsym in one loaded object and its dependencies. A link map is not a handle, so take a
@@ -202,7 +199,7 @@ static void *sym_in(const struct link_map *l, const char *name)
  * RTLD_NEXT; look for it among all loaded objects. */
 static void *find_in_cudart(const char *name)
 {
-    struct link_map *l = own_link_map();
+    struct link_map *l = link_map_of((const void *)find_in_cudart);
     while (l && l->l_prev)
         l = l->l_prev;
     for (; l; l = l->l_next) {
@@ -480,22 +477,9 @@ FL_EXPORT CUresult cuCtxDisablePeerAccess(CUcontext peer)
     return r;
 }
 
-/* As current_device, but first initializes the runtime the way the program's own call
- * would have: with no context current, the real cudaFree(NULL) makes the runtime's current
- * device's primary context current. */
-static cudaError_t runtime_device(int *dev, bool *primary)
-{
-    CUresult r = current_device(dev, primary);
-    if (r != CUDA_ERROR_INVALID_CONTEXT)
-        return rt_error(r);
-    cudaError_t e = real_free(NULL);
-    if (e != cudaSuccess)
-        return e;
-    return rt_error(current_device(dev, primary));
-}
-
-/* This thread's current context (NULL when none), first initializing the runtime as
- * runtime_device does. */
+/* This thread's current context (NULL when none), first initializing the runtime the way
+ * the program's own call would have: with no context current, the real cudaFree(NULL) makes
+ * the runtime's current device's primary context current. */
 static cudaError_t runtime_context(CUcontext *ctx)
 {
     CUresult r = drv_ctx_get_current(ctx);
@@ -505,6 +489,16 @@ static cudaError_t runtime_context(CUcontext *ctx)
     if (e != cudaSuccess)
         return e;
     return rt_error(drv_ctx_get_current(ctx));
+}
+
+/* As current_device, but first initializing the runtime as runtime_context does. */
+static cudaError_t runtime_device(int *dev, bool *primary)
+{
+    CUcontext ctx = NULL;
+    cudaError_t e = runtime_context(&ctx);
+    if (e != cudaSuccess)
+        return e;
+    return rt_error(ctx ? context_device(ctx, dev, primary) : CUDA_ERROR_INVALID_CONTEXT);
 }
 
 /* Whether `stream` is capturing a graph; errors of the query come back in *r. */
@@ -1226,15 +1220,6 @@ FL_EXPORT cudaError_t cudaGetDriverEntryPointByVersion_ptsz(
 }
 
 /* ---- dlsym ---------------------------------------------------------------------------- */
-
-static struct link_map *link_map_of(const void *addr)
-{
-    Dl_info info;
-    struct link_map *lm = NULL;
-    if (!dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP))
-        return NULL;
-    return lm;
-}
 
 /* dlsym(RTLD_NEXT, name) as the caller would have got it: the first object loaded after the
  * caller's that defines `name`. */

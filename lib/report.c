@@ -139,20 +139,14 @@ static void gather(struct oom_facts *f, int device, size_t size)
     f->st.size = sizeof f->st;
     if (heap_get_stats(device, &f->st) != 0)
         memset(&f->st, 0, sizeof f->st);
-    int32_t pci[3];
-    uint64_t total = 0;
-    shm_device_identity(device, pci, &total);
-    f->me.device = device;
-    f->me.pci_domain = pci[0];
-    f->me.pci_bus = pci[1];
-    f->me.pci_device = pci[2];
+    shm_device_identity(device, &f->me);
     size_t free_bytes = 0, total_bytes = 0;
     if (drv_mem_get_info(&free_bytes, &total_bytes) == CUDA_SUCCESS) {
         f->free_known = true;
         f->free_bytes = free_bytes;
         f->total_bytes = total_bytes;
     } else {
-        f->total_bytes = total;
+        f->total_bytes = f->me.total_bytes;
     }
     f->scratch = malloc(sizeof *f->scratch);
     if (f->scratch)
@@ -263,28 +257,13 @@ void report_oom(int device, size_t size)
 
 /* ---- exit report ---------------------------------------------------------------------------- */
 
-/* `pattern` with %p replaced by the pid and %% by %. */
-static void expand_path(const char *pattern, char *out, size_t len)
-{
-    size_t n = 0;
-    for (const char *c = pattern; *c && n + 1 < len; c++) {
-        if (c[0] == '%' && c[1] == 'p') {
-            n += (size_t)snprintf(out + n, len - n, "%d", (int)getpid());
-            c++;
-        } else if (c[0] == '%' && c[1] == '%') {
-            out[n++] = '%';
-            c++;
-        } else {
-            out[n++] = *c;
-        }
-    }
-    out[n < len ? n : len - 1] = '\0';
-}
-
 static void exit_json(const char *pattern, const fragless_shm_page_t *snap)
 {
     char path[CONF_PATH_MAX + 32], host[256] = "";
-    expand_path(pattern, path, sizeof path);
+    if (config_expand_path(pattern, path, sizeof path) != 0) {
+        log_error("exit report: the path %s is too long", pattern);
+        return;
+    }
     if (gethostname(host, sizeof host - 1) != 0)
         snprintf(host, sizeof host, "unknown");
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);

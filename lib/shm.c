@@ -65,17 +65,19 @@ static void seq_end(uint32_t *seq)
 
 /* ---- what goes into a page ---------------------------------------------------------------- */
 
-void shm_device_identity(int device, int32_t pci[3], uint64_t *total_bytes)
+void shm_device_identity(int device, fragless_shm_device_t *d)
 {
     static const CUdevice_attribute attrs[3] = {CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID,
                                                 CU_DEVICE_ATTRIBUTE_PCI_BUS_ID,
                                                 CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID};
+    int32_t *pci[3] = {&d->pci_domain, &d->pci_bus, &d->pci_device};
     for (int i = 0; i < 3; i++) {
         int v = -1;
-        pci[i] = drv_device_get_attribute(&v, attrs[i], (CUdevice)device) == CUDA_SUCCESS ? v : -1;
+        *pci[i] = drv_device_get_attribute(&v, attrs[i], (CUdevice)device) == CUDA_SUCCESS ? v : -1;
     }
     size_t total = 0;
-    *total_bytes = drv_device_total_mem(&total, (CUdevice)device) == CUDA_SUCCESS ? total : 0;
+    d->device = device;
+    d->total_bytes = drv_device_total_mem(&total, (CUdevice)device) == CUDA_SUCCESS ? total : 0;
 }
 
 static void read_command(char *buf, size_t len)
@@ -128,17 +130,6 @@ static void fill_segments(fragless_shm_device_t *d, const struct heap_segment_in
     d->segment_total = (uint32_t)(n > 0 ? n : 0);
 }
 
-/* Device identity, written once when the device gets its slot. */
-static void fill_device_identity(fragless_shm_device_t *d, int device)
-{
-    int32_t pci[3];
-    d->device = device;
-    shm_device_identity(device, pci, &d->total_bytes);
-    d->pci_domain = pci[0];
-    d->pci_bus = pci[1];
-    d->pci_device = pci[2];
-}
-
 static bool device_stats(int device, fragless_stats_t *st)
 {
     memset(st, 0, sizeof *st);
@@ -159,7 +150,7 @@ void shm_snapshot(struct fragless_shm_page *out)
         if (out->device_count == FRAGLESS_SHM_MAX_DEVICES || !device_stats(dev, &st))
             continue;
         fragless_shm_device_t *d = &out->devices[out->device_count++];
-        fill_device_identity(d, dev);
+        shm_device_identity(dev, d);
         d->stats = st;
         d->updated_ns = realtime_ns();
     }
@@ -190,8 +181,8 @@ static void publish_device(fragless_shm_page_t *p, int device)
     int n = heap_segment_info(device, seg_scratch, FRAGLESS_SHM_MAX_SEGMENTS);
     fragless_shm_device_t *d = &p->devices[s];
     seq_begin(&d->seq);
-    if (fresh)
-        fill_device_identity(d, device);
+    if (fresh) /* identity: written once, when the device gets its slot */
+        shm_device_identity(device, d);
     d->stats = st;
     fill_segments(d, seg_scratch, n);
     d->updated_ns = realtime_ns();

@@ -148,24 +148,14 @@ static char *put_time(struct tdev *d, char *p)
 
 /* ---- files ------------------------------------------------------------------------------ */
 
-/* PATH with %p expanded and ".devN" before the extension (the last '.' of the base name
- * that does not start it, as Python's os.path.splitext and so RMM decide). */
+/* PATH expanded by config_expand_path and ".devN" before the extension (the last '.' of the
+ * base name that does not start it, as Python's os.path.splitext and so RMM decide). */
 int trace_device_path(const char *path, int device, char *out, size_t len)
 {
     char expanded[CONF_PATH_MAX + 32];
-    size_t k = 0;
-    const char *s = path;
-    for (; *s && k + 24 < sizeof expanded; s++) {
-        if (s[0] == '%' && s[1] == 'p') {
-            k += (size_t)snprintf(expanded + k, sizeof expanded - k, "%d", (int)getpid());
-            s++;
-        } else {
-            expanded[k++] = *s;
-        }
-    }
-    expanded[k] = 0;
-    if (*s)
+    if (config_expand_path(path, expanded, sizeof expanded) != 0)
         return -1;
+    size_t k = strlen(expanded);
     const char *base = strrchr(expanded, '/');
     base = base ? base + 1 : expanded;
     while (*base == '.')

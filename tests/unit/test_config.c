@@ -248,6 +248,23 @@ Test(config, paths_and_separators)
     cr_assert_str_eq(c.trace_path, "", "an empty path switches tracing off");
 }
 
+Test(config, expand_path)
+{
+    char out[64], want[64];
+    snprintf(want, sizeof want, "/tmp/r.%d.json", (int)getpid());
+    cr_assert_eq(config_expand_path("/tmp/r.%p.json", out, sizeof out), 0);
+    cr_assert_str_eq(out, want);
+    cr_assert_eq(config_expand_path("100%%-%x%", out, sizeof out), 0);
+    cr_assert_str_eq(out, "100%-%x%", "%% is one '%', any other '%' stays");
+    cr_assert_eq(config_expand_path("abcdef", out, 4), -1, "too long");
+    cr_assert_str_eq(out, "abc");
+    int digits = snprintf(want, sizeof want, "%d", (int)getpid());
+    cr_assert_eq(config_expand_path("ab%p", out, 2 + (size_t)digits), -1, "the pid does not fit");
+    cr_assert_str_eq(out, "ab", "no part of a pid");
+    cr_assert_eq(config_expand_path("abc", out, 4), 0, "exactly fits");
+    cr_assert_str_eq(out, "abc");
+}
+
 Test(config, path_length_limit)
 {
     char text[CONF_PATH_MAX + 32];
