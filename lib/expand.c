@@ -187,11 +187,6 @@ size_t expand_pages_needed(const struct block *b, size_t rounded)
     return end - first - vrange_mapped_in(s->vr, first, end - first);
 }
 
-bool expand_needs_pages(const struct block *b, size_t rounded)
-{
-    return expand_pages_needed(b, rounded) != 0;
-}
-
 CUresult expand_back(struct heap *h, struct block *b)
 {
     struct segment *s = b->seg;

@@ -451,9 +451,7 @@ CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t 
  * free_mapped_keep_mb), then new ones are created. On failure the mapping is as before except
  * for pages moved (which stay where they went). Lock held. */
 CUresult expand_back(struct heap *h, struct block *b);
-/* Whether serving `rounded` bytes from free block b would need new pages, and how many bytes
- * of them. */
-bool expand_needs_pages(const struct block *b, size_t rounded);
+/* Bytes of new pages that serving `rounded` bytes from free block b would need. */
 size_t expand_pages_needed(const struct block *b, size_t rounded);
 /* Unmaps and releases up to `want` bytes (SIZE_MAX: all, and the device's spare pages) of
  * pages lying wholly inside ready free blocks. Lock held; the caller settles the derived
