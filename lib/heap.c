@@ -292,12 +292,8 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
                                enum heap_mode mode, CUdeviceptr *out)
 {
     h->st.num_alloc_retries++;
-    size_t released = expand_release(h, SIZE_MAX, NULL);
+    release_count_automatic(h, expand_release(h, SIZE_MAX, NULL));
     heap_settle(h);
-    if (released) {
-        h->st.num_empty_cache++;
-        h->st.empty_cache_released_bytes += released;
-    }
     if (reuse_has_pending(h))
         reuse_device_sync(h);
     reuse_collect(h);

@@ -442,6 +442,9 @@ size_t release_free_segments(struct heap *h, size_t want);
 void release_before_growing(struct heap *h, size_t seg_size);
 /* release_threshold_mb, after a miss or a free. Lock not held. */
 void release_to_threshold(struct heap *h);
+/* A release by policy counts as an (automatic) empty-cache when it released anything. Lock
+ * held. */
+void release_count_automatic(struct heap *h, size_t released);
 
 /* ---- expand.c: expandable segments — backing blocks with pages, moving and releasing ---- */
 /* A new expandable segment of `pool`: a range at least as large as the device and `min`. */

@@ -166,14 +166,21 @@ static size_t gc_limit(struct heap *h)
     return limit;
 }
 
-/* A release by policy counts as an (automatic) empty-cache when it released anything. */
+void release_count_automatic(struct heap *h, size_t released)
+{
+    if (!released)
+        return;
+    h->st.num_empty_cache++;
+    h->st.empty_cache_released_bytes += released;
+}
+
+/* release_count_automatic with the lock not held. */
 static void count_automatic(struct heap *h, size_t released)
 {
     if (!released)
         return;
     pthread_mutex_lock(&h->lock);
-    h->st.num_empty_cache++;
-    h->st.empty_cache_released_bytes += released;
+    release_count_automatic(h, released);
     pthread_mutex_unlock(&h->lock);
 }
 
