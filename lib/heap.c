@@ -36,6 +36,20 @@ static bool device_has_vmm(int device, size_t *mem)
            vmm && drv_device_total_mem(mem, (CUdevice)device) == CUDA_SUCCESS;
 }
 
+/* garbage_collection_threshold in bytes of the device; 0 if off or the device's memory is
+ * unknown. */
+static size_t gc_limit_of(struct heap *h)
+{
+    double fraction = h->cfg->garbage_collection_threshold;
+    if (fraction <= 0)
+        return 0;
+    if (!h->device_mem &&
+        (drv_init() != CUDA_SUCCESS ||
+         drv_device_total_mem(&h->device_mem, (CUdevice)h->device) != CUDA_SUCCESS))
+        return 0;
+    return (size_t)(fraction * (double)h->device_mem);
+}
+
 /* expandable_segments: auto and true mean expandable where the device supports VMM; else
  * classic, said once (a warning if the user asked for expandable). */
 static void pick_segments(struct heap *h)
@@ -43,8 +57,7 @@ static void pick_segments(struct heap *h)
     int want = h->cfg->expandable_segments;
     h->expandable = want != 0 && device_has_vmm(h->device, &h->device_mem);
     h->max_split = h->expandable ? SIZE_MAX : h->cfg->max_split_size;
-    if (h->expandable && h->cfg->garbage_collection_threshold > 0)
-        h->gc_limit = (size_t)(h->cfg->garbage_collection_threshold * (double)h->device_mem);
+    h->gc_limit = gc_limit_of(h);
     if (want == 1 && !h->expandable)
         log_warn("expandable_segments:true: device %d has no virtual memory management; it "
                  "uses classic (cuMemAlloc) segments",

@@ -418,9 +418,9 @@ struct heap {
     struct livemap live; /* live blocks by ptr */
     struct block *spare; /* recycled block structs */
     size_t records;      /* block structs made (in use or spare; never freed) */
-    size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
+    size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off) */
     bool expandable;     /* segments are expand.c's (decided when the heap is created) */
-    size_t device_mem;   /* the device's memory (expandable heaps) */
+    size_t device_mem;   /* the device's memory (expandable heaps, or a gc_limit) */
     size_t max_split;    /* max_split_size_mb as it applies (unlimited for expandable) */
     fragless_stats_t st;
 };

@@ -147,25 +147,6 @@ size_t release_free_segments(struct heap *h, size_t want)
     return bytes + destroy_segments(h, list, NULL);
 }
 
-/* garbage_collection_threshold in bytes of the device (0: off), found on first use. */
-static size_t gc_limit(struct heap *h)
-{
-    size_t total = 0;
-    double fraction = h->cfg->garbage_collection_threshold;
-    if (fraction <= 0)
-        return 0;
-    pthread_mutex_lock(&h->lock);
-    size_t limit = h->gc_limit;
-    pthread_mutex_unlock(&h->lock);
-    if (limit || drv_device_total_mem(&total, (CUdevice)h->device) != CUDA_SUCCESS)
-        return limit;
-    limit = (size_t)(fraction * (double)total);
-    pthread_mutex_lock(&h->lock);
-    h->gc_limit = limit;
-    pthread_mutex_unlock(&h->lock);
-    return limit;
-}
-
 void release_count_automatic(struct heap *h, size_t released)
 {
     if (!released)
@@ -191,7 +172,7 @@ void release_before_growing(struct heap *h, size_t seg_size)
 {
     if (h->expandable)
         return; /* expand.c collects before it maps */
-    size_t limit = gc_limit(h);
+    size_t limit = h->gc_limit;
     if (!limit)
         return;
     pthread_mutex_lock(&h->lock);
