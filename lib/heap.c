@@ -322,6 +322,20 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
     return r;
 }
 
+/* Takes h's lock and makes new segment s part of the heap. Without host memory for its
+ * records, s goes back to the driver and the lock is not held. */
+static CUresult lock_and_add(struct heap *h, struct segment *s)
+{
+    pthread_mutex_lock(&h->lock);
+    if (heap_add_segment(h, s))
+        return CUDA_SUCCESS;
+    pthread_mutex_unlock(&h->lock);
+    log_error("out of host memory for a segment record");
+    if (segment_destroy(s) == CUDA_SUCCESS)
+        free(s);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 /* An expandable heap's request that no free block fits (its first, or the ranges are full):
  * another range. Lock not held. */
 static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstream stream,
@@ -329,16 +343,10 @@ static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstrea
 {
     struct segment *s = NULL;
     CUresult r = expand_segment_create(h, size_pool(rounded), rounded, &s);
+    if (r == CUDA_SUCCESS)
+        r = lock_and_add(h, s);
     if (r != CUDA_SUCCESS)
         return r;
-    pthread_mutex_lock(&h->lock);
-    if (!heap_add_segment(h, s)) {
-        pthread_mutex_unlock(&h->lock);
-        log_error("out of host memory for a segment record");
-        segment_destroy(s);
-        free(s);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
     h->st.num_cache_misses++;
     r = serve(h, s->first, rounded, size, false, out);
     if (r != CUDA_SUCCESS)
@@ -366,14 +374,9 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
         *out = ptr;
         return CUDA_SUCCESS;
     }
-    pthread_mutex_lock(&h->lock);
-    if (!heap_add_segment(h, s)) {
-        pthread_mutex_unlock(&h->lock);
-        log_error("out of host memory for a segment record");
-        if (segment_destroy(s) == CUDA_SUCCESS)
-            free(s);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
+    r = lock_and_add(h, s);
+    if (r != CUDA_SUCCESS)
+        return r;
     h->st.num_cache_misses++;
     serve(h, s->first, rounded, size, false, out); /* classic: cannot fail */
     pthread_mutex_unlock(&h->lock);
