@@ -204,11 +204,7 @@ void release_to_threshold(struct heap *h)
  * them ready. Lock held (dropped around the sync). */
 static void settle_frees(struct heap *h)
 {
-    bool streams_hold = false;
-    for (int i = 0; i < h->nstreams; i++)
-        for (int k = 0; k < POOL_KINDS; k++)
-            streams_hold |= h->streams[i]->index[k].count != 0;
-    if (reuse_has_pending(h) || streams_hold)
+    if (reuse_has_pending(h)) /* pending frees, or any stream pool holding a block */
         reuse_device_sync(h);
     reuse_collect(h);
 }
