@@ -270,10 +270,10 @@ void heap_atfork_parent(void);
 void heap_atfork_child(void);
 
 /* -- heap internals: shared by the heap's files only (heap.c, size.c, freeindex.c, block.c,
- *    livemap.c, reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
+ *    livemap.c, reuse.c, release.c, expand.c, heapcheck.c, stats.c, segment.c, segmap.c);
+ *    nothing outside the heap uses them. -- */
 
 #include <pthread.h>
-#include <uthash.h>
 
 enum heap_pool_kind { POOL_SMALL = 0, POOL_LARGE = 1, POOL_KINDS = 2 };
 
