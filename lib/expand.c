@@ -169,11 +169,7 @@ static void collect_before_mapping(struct heap *h, size_t need)
     size_t reserved = h->st.reserved_bytes.current;
     if (!h->gc_limit || reserved + need <= h->gc_limit)
         return;
-    size_t released = expand_release(h, reserved + need - h->gc_limit, NULL);
-    if (released) {
-        h->st.num_empty_cache++;
-        h->st.empty_cache_released_bytes += released;
-    }
+    release_count_automatic(h, expand_release(h, reserved + need - h->gc_limit, NULL));
 }
 
 size_t expand_pages_needed(const struct block *b, size_t rounded)
@@ -185,11 +181,6 @@ size_t expand_pages_needed(const struct block *b, size_t rounded)
     size_t first = page_down(b->ptr - s->base, ps);
     size_t end = page_up(b->ptr - s->base + rounded, ps);
     return end - first - vrange_mapped_in(s->vr, first, end - first);
-}
-
-bool expand_needs_pages(const struct block *b, size_t rounded)
-{
-    return expand_pages_needed(b, rounded) != 0;
 }
 
 CUresult expand_back(struct heap *h, struct block *b)

@@ -36,6 +36,20 @@ static bool device_has_vmm(int device, size_t *mem)
            vmm && drv_device_total_mem(mem, (CUdevice)device) == CUDA_SUCCESS;
 }
 
+/* garbage_collection_threshold in bytes of the device; 0 if off or the device's memory is
+ * unknown. */
+static size_t gc_limit_of(struct heap *h)
+{
+    double fraction = h->cfg->garbage_collection_threshold;
+    if (fraction <= 0)
+        return 0;
+    if (!h->device_mem &&
+        (drv_init() != CUDA_SUCCESS ||
+         drv_device_total_mem(&h->device_mem, (CUdevice)h->device) != CUDA_SUCCESS))
+        return 0;
+    return (size_t)(fraction * (double)h->device_mem);
+}
+
 /* expandable_segments: auto and true mean expandable where the device supports VMM; else
  * classic, said once (a warning if the user asked for expandable). */
 static void pick_segments(struct heap *h)
@@ -43,8 +57,7 @@ static void pick_segments(struct heap *h)
     int want = h->cfg->expandable_segments;
     h->expandable = want != 0 && device_has_vmm(h->device, &h->device_mem);
     h->max_split = h->expandable ? SIZE_MAX : h->cfg->max_split_size;
-    if (h->expandable && h->cfg->garbage_collection_threshold > 0)
-        h->gc_limit = (size_t)(h->cfg->garbage_collection_threshold * (double)h->device_mem);
+    h->gc_limit = gc_limit_of(h);
     if (want == 1 && !h->expandable)
         log_warn("expandable_segments:true: device %d has no virtual memory management; it "
                  "uses classic (cuMemAlloc) segments",
@@ -292,12 +305,8 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
                                enum heap_mode mode, CUdeviceptr *out)
 {
     h->st.num_alloc_retries++;
-    size_t released = expand_release(h, SIZE_MAX, NULL);
+    release_count_automatic(h, expand_release(h, SIZE_MAX, NULL));
     heap_settle(h);
-    if (released) {
-        h->st.num_empty_cache++;
-        h->st.empty_cache_released_bytes += released;
-    }
     if (reuse_has_pending(h))
         reuse_device_sync(h);
     reuse_collect(h);
@@ -313,6 +322,20 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
     return r;
 }
 
+/* Takes h's lock and makes new segment s part of the heap. Without host memory for its
+ * records, s goes back to the driver and the lock is not held. */
+static CUresult lock_and_add(struct heap *h, struct segment *s)
+{
+    pthread_mutex_lock(&h->lock);
+    if (heap_add_segment(h, s))
+        return CUDA_SUCCESS;
+    pthread_mutex_unlock(&h->lock);
+    log_error("out of host memory for a segment record");
+    if (segment_destroy(s) == CUDA_SUCCESS)
+        free(s);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 /* An expandable heap's request that no free block fits (its first, or the ranges are full):
  * another range. Lock not held. */
 static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstream stream,
@@ -320,16 +343,10 @@ static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstrea
 {
     struct segment *s = NULL;
     CUresult r = expand_segment_create(h, size_pool(rounded), rounded, &s);
+    if (r == CUDA_SUCCESS)
+        r = lock_and_add(h, s);
     if (r != CUDA_SUCCESS)
         return r;
-    pthread_mutex_lock(&h->lock);
-    if (!heap_add_segment(h, s)) {
-        pthread_mutex_unlock(&h->lock);
-        log_error("out of host memory for a segment record");
-        segment_destroy(s);
-        free(s);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
     h->st.num_cache_misses++;
     r = serve(h, s->first, rounded, size, false, out);
     if (r != CUDA_SUCCESS)
@@ -357,14 +374,9 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
         *out = ptr;
         return CUDA_SUCCESS;
     }
-    pthread_mutex_lock(&h->lock);
-    if (!heap_add_segment(h, s)) {
-        pthread_mutex_unlock(&h->lock);
-        log_error("out of host memory for a segment record");
-        if (segment_destroy(s) == CUDA_SUCCESS)
-            free(s);
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
+    r = lock_and_add(h, s);
+    if (r != CUDA_SUCCESS)
+        return r;
     h->st.num_cache_misses++;
     serve(h, s->first, rounded, size, false, out); /* classic: cannot fail */
     pthread_mutex_unlock(&h->lock);

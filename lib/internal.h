@@ -272,10 +272,10 @@ void heap_atfork_parent(void);
 void heap_atfork_child(void);
 
 /* -- heap internals: shared by the heap's files only (heap.c, size.c, freeindex.c, block.c,
- *    livemap.c, reuse.c, stats.c, segment.c, segmap.c); nothing outside the heap uses them. -- */
+ *    livemap.c, reuse.c, release.c, expand.c, heapcheck.c, stats.c, segment.c, segmap.c);
+ *    nothing outside the heap uses them. -- */
 
 #include <pthread.h>
-#include <uthash.h>
 
 enum heap_pool_kind { POOL_SMALL = 0, POOL_LARGE = 1, POOL_KINDS = 2 };
 
@@ -420,9 +420,9 @@ struct heap {
     struct livemap live; /* live blocks by ptr */
     struct block *spare; /* recycled block structs */
     size_t records;      /* block structs made (in use or spare; never freed) */
-    size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off or not yet known) */
+    size_t gc_limit;     /* garbage_collection_threshold in bytes (0: off) */
     bool expandable;     /* segments are expand.c's (decided when the heap is created) */
-    size_t device_mem;   /* the device's memory (expandable heaps) */
+    size_t device_mem;   /* the device's memory (expandable heaps, or a gc_limit) */
     size_t max_split;    /* max_split_size_mb as it applies (unlimited for expandable) */
     fragless_stats_t st;
 };
@@ -444,6 +444,9 @@ size_t release_free_segments(struct heap *h, size_t want);
 void release_before_growing(struct heap *h, size_t seg_size);
 /* release_threshold_mb, after a miss or a free. Lock not held. */
 void release_to_threshold(struct heap *h);
+/* A release by policy counts as an (automatic) empty-cache when it released anything. Lock
+ * held. */
+void release_count_automatic(struct heap *h, size_t released);
 
 /* ---- expand.c: expandable segments — backing blocks with pages, moving and releasing ---- */
 /* A new expandable segment of `pool`: a range at least as large as the device and `min`. */
@@ -453,9 +456,7 @@ CUresult expand_segment_create(struct heap *h, enum heap_pool_kind pool, size_t 
  * free_mapped_keep_mb), then new ones are created. On failure the mapping is as before except
  * for pages moved (which stay where they went). Lock held. */
 CUresult expand_back(struct heap *h, struct block *b);
-/* Whether serving `rounded` bytes from free block b would need new pages, and how many bytes
- * of them. */
-bool expand_needs_pages(const struct block *b, size_t rounded);
+/* Bytes of new pages that serving `rounded` bytes from free block b would need. */
 size_t expand_pages_needed(const struct block *b, size_t rounded);
 /* Unmaps and releases up to `want` bytes (SIZE_MAX: all, and the device's spare pages) of
  * pages lying wholly inside ready free blocks. Lock held; the caller settles the derived

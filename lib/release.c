@@ -147,33 +147,21 @@ size_t release_free_segments(struct heap *h, size_t want)
     return bytes + destroy_segments(h, list, NULL);
 }
 
-/* garbage_collection_threshold in bytes of the device (0: off), found on first use. */
-static size_t gc_limit(struct heap *h)
+void release_count_automatic(struct heap *h, size_t released)
 {
-    size_t total = 0;
-    double fraction = h->cfg->garbage_collection_threshold;
-    if (fraction <= 0)
-        return 0;
-    pthread_mutex_lock(&h->lock);
-    size_t limit = h->gc_limit;
-    pthread_mutex_unlock(&h->lock);
-    if (limit || drv_device_total_mem(&total, (CUdevice)h->device) != CUDA_SUCCESS)
-        return limit;
-    limit = (size_t)(fraction * (double)total);
-    pthread_mutex_lock(&h->lock);
-    h->gc_limit = limit;
-    pthread_mutex_unlock(&h->lock);
-    return limit;
+    if (!released)
+        return;
+    h->st.num_empty_cache++;
+    h->st.empty_cache_released_bytes += released;
 }
 
-/* A release by policy counts as an (automatic) empty-cache when it released anything. */
+/* release_count_automatic with the lock not held. */
 static void count_automatic(struct heap *h, size_t released)
 {
     if (!released)
         return;
     pthread_mutex_lock(&h->lock);
-    h->st.num_empty_cache++;
-    h->st.empty_cache_released_bytes += released;
+    release_count_automatic(h, released);
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -184,7 +172,7 @@ void release_before_growing(struct heap *h, size_t seg_size)
 {
     if (h->expandable)
         return; /* expand.c collects before it maps */
-    size_t limit = gc_limit(h);
+    size_t limit = h->gc_limit;
     if (!limit)
         return;
     pthread_mutex_lock(&h->lock);
@@ -216,11 +204,7 @@ void release_to_threshold(struct heap *h)
  * them ready. Lock held (dropped around the sync). */
 static void settle_frees(struct heap *h)
 {
-    bool streams_hold = false;
-    for (int i = 0; i < h->nstreams; i++)
-        for (int k = 0; k < POOL_KINDS; k++)
-            streams_hold |= h->streams[i]->index[k].count != 0;
-    if (reuse_has_pending(h) || streams_hold)
+    if (reuse_has_pending(h)) /* pending frees, or any stream pool holding a block */
         reuse_device_sync(h);
     reuse_collect(h);
 }

@@ -37,17 +37,17 @@ static void devices_init(void)
     }
 }
 
-static struct vmm_device *dev_get(int device)
-{
-    if (device < 0 || device >= FL_MAX_DEVICES)
-        return NULL;
-    pthread_once(&devices_once, devices_init);
-    return &devices[device];
-}
-
 bool vmm_device_ok(int device)
 {
     return device >= 0 && device < FL_MAX_DEVICES;
+}
+
+static struct vmm_device *dev_get(int device)
+{
+    if (!vmm_device_ok(device))
+        return NULL;
+    pthread_once(&devices_once, devices_init);
+    return &devices[device];
 }
 
 struct vrange **vmm_ranges_lock(int device)
