@@ -5,8 +5,10 @@
  *
  * Every change to a block goes through block_account(): a block's share is removed before it
  * changes and added back after, so the heap's levels always equal the sum over its blocks
- * (which heap_is_valid() checks). A "detached" block is one in no index or list whose share is
- * not counted; it exists only inside one locked heap operation. Called with the heap's lock.
+ * (which heap_is_valid() checks). Their peaks are raised by heap_settle() at the end of the
+ * operation: what happens in between is never seen. A "detached" block is one in no index or list
+ * whose share is not counted; it exists only inside one locked heap operation. Called with the
+ * heap's lock.
  */
 #include <stdlib.h>
 
@@ -39,69 +41,51 @@ void block_recycle(struct heap *h, struct block *b)
     h->spare = b;
 }
 
-static bool index_is_global(const struct heap *h, const struct freeindex *fi)
+/* Splits the first `rounded` bytes off free block b (accounted, in its index) into a new
+ * detached block, which it returns; b keeps the rest, and its place in the index when its
+ * size class does not change (fi_resize). NULL if there is no record for it. */
+static struct block *split_head(struct heap *h, struct block *b, size_t rounded)
 {
-    return fi == &h->global[POOL_SMALL] || fi == &h->global[POOL_LARGE];
-}
-
-/* Freed but not yet reusable on every stream: pending a sync, or in a stream pool. */
-static bool block_is_inactive_active(const struct heap *h, const struct block *b)
-{
-    return b->state == BLOCK_SYNC_PENDING ||
-           (b->state == BLOCK_FREE && b->index && !index_is_global(h, b->index));
-}
-
-void block_account(struct heap *h, const struct block *b, int sign)
-{
-    int64_t size = sign * (int64_t)b->size;
-    stat_add(&h->st.blocks, sign);
-    if (b->state == BLOCK_LIVE) {
-        stat_add(&h->st.allocated_bytes, size);
-        stat_add(&h->st.requested_bytes, sign * (int64_t)b->requested);
-        stat_add(&h->st.active_bytes, size);
-        return;
-    }
-    if (block_is_inactive_active(h, b))
-        stat_add(&h->st.active_bytes, size);
-    else if (b->prev || b->next) /* inactive and part of a split segment */
-        stat_add(&h->st.inactive_split_bytes, size);
-}
-
-/* Splits the tail beyond `rounded` off b (detached) into a new block; false if no record. */
-static bool split_tail(struct heap *h, struct block *b, size_t rounded)
-{
-    struct block *r = block_new(h);
-    if (!r)
-        return false;
-    r->ptr = b->ptr + rounded;
-    r->size = b->size - rounded;
-    r->seg = b->seg;
-    r->state = BLOCK_FREE;
-    r->free_seq = b->free_seq;
-    r->prev = b;
-    r->next = b->next;
-    if (b->next)
-        b->next->prev = r;
-    b->next = r;
-    b->size = rounded;
+    struct block *f = block_new(h);
+    if (!f)
+        return NULL;
+    size_t old = b->size;
+    block_account(h, b, -1);
+    f->ptr = b->ptr;
+    f->size = rounded;
+    f->seg = b->seg;
+    f->state = BLOCK_FREE;
+    f->free_seq = b->free_seq;
+    f->prev = b->prev;
+    f->next = b;
+    if (b->prev)
+        b->prev->next = f;
+    else
+        b->seg->first = f;
+    b->prev = f;
+    b->ptr += rounded;
+    b->size -= rounded;
     b->seg->nblocks++;
-    return true;
+    fi_resize(b->index, b, old);
+    block_account(h, b, +1);
+    return f;
 }
 
-void block_take(struct heap *h, struct block *b, size_t rounded, size_t requested)
+struct block *block_take(struct heap *h, struct block *b, size_t rounded, size_t requested)
 {
-    struct freeindex *fi = b->index;
-    block_detach(h, b);
-    if (size_should_split(b->size, rounded, b->seg->pool, h->max_split) &&
-        split_tail(h, b, rounded)) {
-        fi_insert(fi, b->next);
-        block_account(h, b->next, +1);
+    struct block *f = NULL;
+    if (size_should_split(b->size, rounded, b->seg->pool, h->max_split))
+        f = split_head(h, b, rounded);
+    if (!f) {
+        block_detach(h, b);
+        f = b;
     }
-    b->state = BLOCK_LIVE;
-    b->requested = requested;
-    b->seg->nlive++;
-    b->seg->live_bytes += b->size;
-    block_account(h, b, +1);
+    f->state = BLOCK_LIVE;
+    f->requested = requested;
+    f->seg->nlive++;
+    f->seg->live_bytes += f->size;
+    block_account(h, f, +1);
+    return f;
 }
 
 void block_unlive(struct heap *h, struct block *b)
@@ -136,38 +120,51 @@ static bool mergeable(const struct block *n, const struct freeindex *fi)
     return n && n->state == BLOCK_FREE && n->index == fi;
 }
 
-/* b absorbs its neighbour n (free in the same index); n's record is recycled. */
-static void absorb(struct heap *h, struct block *b, struct block *n)
+/* keep grows over its detached neighbour n (no share, in no index), whose record is
+ * recycled; keep's place in an index is the caller's to fix. */
+static void swallow(struct heap *h, struct block *keep, struct block *n)
 {
-    block_detach(h, n);
-    if (n == b->prev) {
-        b->ptr = n->ptr;
-        b->prev = n->prev;
+    if (n == keep->prev) {
+        keep->ptr = n->ptr;
+        keep->prev = n->prev;
         if (n->prev)
-            n->prev->next = b;
+            n->prev->next = keep;
         else
-            b->seg->first = b;
+            keep->seg->first = keep;
     } else {
-        b->next = n->next;
+        keep->next = n->next;
         if (n->next)
-            n->next->prev = b;
+            n->next->prev = keep;
     }
-    b->size += n->size;
-    if (n->free_seq > b->free_seq)
-        b->free_seq = n->free_seq;
-    b->seg->nblocks--;
+    keep->size += n->size;
+    if (n->free_seq > keep->free_seq)
+        keep->free_seq = n->free_seq;
+    keep->seg->nblocks--;
     block_recycle(h, n);
 }
 
+/* Detached b merges into its free neighbours in fi: the lower one keeps its record and, when
+ * its size class does not change, its place in the index. */
 void block_release_to(struct heap *h, struct block *b, struct freeindex *fi)
 {
-    if (mergeable(b->prev, fi))
-        absorb(h, b, b->prev);
-    if (mergeable(b->next, fi))
-        absorb(h, b, b->next);
+    struct block *p = mergeable(b->prev, fi) ? b->prev : NULL;
+    struct block *n = mergeable(b->next, fi) ? b->next : NULL;
     b->state = BLOCK_FREE;
-    fi_insert(fi, b);
-    block_account(h, b, +1);
+    if (!p && !n) {
+        fi_insert(fi, b);
+        block_account(h, b, +1);
+        return;
+    }
+    struct block *keep = p ? p : n;
+    size_t old = keep->size;
+    block_account(h, keep, -1);
+    swallow(h, keep, b);
+    if (p && n) {
+        block_detach(h, n);
+        swallow(h, keep, n);
+    }
+    fi_resize(fi, keep, old);
+    block_account(h, keep, +1);
 }
 
 void block_pend(struct heap *h, struct block *b)

@@ -172,10 +172,18 @@ static void collect_before_mapping(struct heap *h, size_t need)
     release_count_automatic(h, expand_release(h, reserved + need - h->gc_limit, NULL));
 }
 
+/* Whether every page below s's mapped_end is mapped (then nothing below it needs a page). */
+static bool mapped_below_end(const struct segment *s)
+{
+    return vrange_mapped_bytes(s->vr) == s->mapped_end;
+}
+
 size_t expand_pages_needed(const struct block *b, size_t rounded)
 {
     const struct segment *s = b->seg;
     if (s->kind != SEGMENT_EXPANDABLE)
+        return 0;
+    if (b->ptr - s->base + rounded <= s->mapped_end && mapped_below_end(s))
         return 0;
     size_t ps = vrange_page_size(s->vr);
     size_t first = page_down(b->ptr - s->base, ps);
@@ -198,7 +206,7 @@ CUresult expand_back(struct heap *h, struct block *b)
     collect_before_mapping(h, need - moved);
     before = heap_mapped(h);
     CUresult r = vrange_map(s->vr, first, end - first);
-    if (r == CUDA_SUCCESS && end > s->mapped_end)
+    if (end > s->mapped_end) /* pages moved in stay mapped even if mapping the rest failed */
         s->mapped_end = end;
     account_mapped(h, before);
     return r;

@@ -81,6 +81,20 @@ void fi_remove(struct freeindex *fi, struct block *b)
     fi->count--;
 }
 
+void fi_resize(struct freeindex *fi, struct block *b, size_t old_size)
+{
+    struct fi_class was = class_of(old_size), now = class_of(b->size);
+    if (was.fl == now.fl && was.sl == now.sl) {
+        fi->bytes += b->size - old_size;
+        return;
+    }
+    size_t size = b->size;
+    b->size = old_size;
+    fi_remove(fi, b);
+    b->size = size;
+    fi_insert(fi, b);
+}
+
 /* The smallest block of at least `size` among the first FI_SCAN_LIMIT of a list. */
 static struct block *closest_in(struct block *b, size_t size)
 {

@@ -72,7 +72,6 @@ static struct heap *heap_create(int device)
     struct heap *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
-    pthread_mutex_init(&h->lock, NULL);
     h->device = device;
     h->cfg = config_get();
     pick_segments(h);
@@ -131,11 +130,18 @@ void heap_check_if_enabled(void)
     check();
 }
 
-/* Brings the derived level up to date; end of every operation, lock held. */
+/* Brings the derived level and the peaks of the blocks' levels up to date; end of every
+ * operation, lock held. */
 void heap_settle(struct heap *h)
 {
-    stat_set(&h->st.reserved_unallocated_bytes,
-             h->st.reserved_bytes.current - h->st.allocated_bytes.current);
+    fragless_stats_t *st = &h->st;
+    stat_set(&st->reserved_unallocated_bytes,
+             st->reserved_bytes.current - st->allocated_bytes.current);
+    level_peak(&st->allocated_bytes);
+    level_peak(&st->requested_bytes);
+    level_peak(&st->active_bytes);
+    level_peak(&st->inactive_split_bytes);
+    level_peak(&st->blocks);
 }
 
 /* ---- allocation ----------------------------------------------------------------------- */
@@ -186,19 +192,17 @@ static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t si
                       CUdeviceptr *out)
 {
     struct freeindex *fi = b->index;
-    block_take(h, b, rounded, size);
+    b = block_take(h, b, rounded, size);
     if (b->seg->kind == SEGMENT_EXPANDABLE && !(backed && b->size == rounded)) {
         CUresult r = expand_back(h, b);
         if (r != CUDA_SUCCESS) {
             block_unlive(h, b);
             block_release_to(h, b, fi);
-            heap_settle(h);
             return r;
         }
     }
     livemap_insert(&h->live, b);
     h->st.num_allocs++;
-    heap_settle(h);
     *out = b->ptr;
     return CUDA_SUCCESS;
 }
@@ -276,14 +280,14 @@ static void log_oom(struct heap *h, size_t size)
 static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream stream,
                         enum heap_mode mode, struct segment **seg, CUdeviceptr *ptr)
 {
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     h->st.num_alloc_retries++;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     release_free_segments(h, SIZE_MAX);
     CUresult r = segment_create(size_segment(rounded, h->max_split), size_pool(rounded), seg);
     if (r != CUDA_ERROR_OUT_OF_MEMORY)
         return r;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     struct block *b = NULL;
     bool backed;
     if (reuse_has_pending(h) && reuse_device_sync(h) == CUDA_SUCCESS)
@@ -295,7 +299,7 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
         h->st.num_ooms++;
         log_oom(h, size);
     }
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     return r;
 }
 
@@ -326,10 +330,10 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
  * records, s goes back to the driver and the lock is not held. */
 static CUresult lock_and_add(struct heap *h, struct segment *s)
 {
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     if (heap_add_segment(h, s))
         return CUDA_SUCCESS;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     log_error("out of host memory for a segment record");
     if (segment_destroy(s) == CUDA_SUCCESS)
         free(s);
@@ -351,7 +355,7 @@ static CUresult alloc_range(struct heap *h, size_t rounded, size_t size, CUstrea
     r = serve(h, s->first, rounded, size, false, out);
     if (r != CUDA_SUCCESS)
         r = expand_recover(h, rounded, size, stream, mode, out);
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     return r;
 }
 
@@ -379,7 +383,7 @@ static CUresult alloc_segment(struct heap *h, size_t rounded, size_t size, CUstr
         return r;
     h->st.num_cache_misses++;
     serve(h, s->first, rounded, size, false, out); /* classic: cannot fail */
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     release_to_threshold(h);
     return CUDA_SUCCESS;
 }
@@ -392,11 +396,11 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     if (!h)
         return device_in_range(device) ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_DEVICE;
     size_t rounded = size_round(size, h->cfg);
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     if (FL_UNLIKELY(!rounded)) {
         h->st.num_ooms++;
         log_oom(h, size);
-        pthread_mutex_unlock(&h->lock);
+        heap_unlock(h);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     bool backed;
@@ -406,7 +410,7 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
         r = expand_recover(h, rounded, size, stream, mode, out);
     else if (b)
         h->st.num_cache_hits++;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     if (!b)
         r = alloc_segment(h, rounded, size, stream, mode, out);
     check();
@@ -426,9 +430,9 @@ static void count_foreign(void)
     struct heap *h = heap_of((int)dev, true);
     if (!h)
         return;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     h->st.num_foreign_frees++;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
 }
 
 /* Where a freed block goes: its stream's pool (stream-ordered frees), else the pending list
@@ -454,10 +458,10 @@ static struct block *find_hinted(CUdeviceptr ptr, struct heap **hp)
     struct heap *h = heap_of(free_hint, false);
     if (!h)
         return NULL;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     struct block *b = livemap_find(&h->live, ptr);
     if (!b) {
-        pthread_mutex_unlock(&h->lock);
+        heap_unlock(h);
         return NULL;
     }
     *hp = h;
@@ -472,10 +476,10 @@ static struct block *find_mapped(CUdeviceptr ptr, struct heap **hp)
     *hp = segmap_find(ptr, &device, NULL) ? heap_of(device, false) : NULL;
     if (!*hp)
         return NULL;
-    pthread_mutex_lock(&(*hp)->lock);
+    heap_lock(*hp);
     struct block *b = livemap_find(&(*hp)->live, ptr);
     if (!b)
-        pthread_mutex_unlock(&(*hp)->lock);
+        heap_unlock(*hp);
     else
         free_hint = device;
     return b;
@@ -506,8 +510,7 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     b->free_seq = ++h->free_seq;
     put_freed(h, b, stream, mode);
     h->st.num_frees++;
-    heap_settle(h);
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     release_to_threshold(h);
     check();
     return CUDA_SUCCESS;
@@ -535,7 +538,7 @@ bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device)
     struct heap *h = segmap_find(ptr, &dev, NULL) ? heap_of(dev, false) : NULL;
     if (!h)
         return false;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     struct block *b = block_containing(h, ptr);
     bool live = b && b->state == BLOCK_LIVE;
     if (live) {
@@ -546,7 +549,7 @@ bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device)
         if (device)
             *device = dev;
     }
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     return live;
 }
 
@@ -555,9 +558,9 @@ size_t heap_cached_bytes(int device)
     struct heap *h = heap_of(device, false);
     if (!h)
         return 0;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     size_t bytes = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     return bytes;
 }
 
@@ -580,10 +583,10 @@ int heap_get_stats(int device, fragless_stats_t *out)
     struct heap *h = heap_of(device, false);
     if (!h)
         return FRAGLESS_ENODEV; /* no such device, or fragless has not used it */
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     stat_set(&h->st.largest_free_block_bytes, largest_free(h));
     fragless_stats_t snap = h->st;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
     vmm_page_counters(device, &snap.pages_created, &snap.pages_released, &snap.pages_moved);
@@ -598,9 +601,9 @@ int heap_reset_peaks(int device)
         struct heap *h = heap_of(d, false);
         if (!h || (device != -1 && d != device))
             continue;
-        pthread_mutex_lock(&h->lock);
+        heap_lock(h);
         stats_reset_peaks(&h->st);
-        pthread_mutex_unlock(&h->lock);
+        heap_unlock(h);
     }
     return FRAGLESS_OK;
 }
@@ -637,7 +640,7 @@ int heap_segment_info(int device, struct heap_segment_info *out, int max)
     if (!h)
         return 0;
     int n = 0;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     for (struct segment *s = h->segments; s; s = s->next, n++) {
         if (!out || n >= max)
             continue;
@@ -653,7 +656,7 @@ int heap_segment_info(int device, struct heap_segment_info *out, int max)
                                         .expandable = s->kind == SEGMENT_EXPANDABLE};
         fill_map(s, i->map);
     }
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     return n;
 }
 
@@ -663,9 +666,9 @@ bool heap_is_valid(void)
         struct heap *h = heap_of(d, false);
         if (!h)
             continue;
-        pthread_mutex_lock(&h->lock);
+        heap_lock(h);
         bool ok = heap_check(h);
-        pthread_mutex_unlock(&h->lock);
+        heap_unlock(h);
         if (!ok)
             return false;
     }
@@ -679,7 +682,7 @@ void heap_atfork_prepare(void)
     pthread_mutex_lock(&heaps_lock);
     for (int d = 0; d < FL_MAX_DEVICES; d++)
         if (heaps[d])
-            pthread_mutex_lock(&heaps[d]->lock);
+            heap_lock(heaps[d]);
     segmap_atfork_prepare();
 }
 
@@ -688,7 +691,7 @@ void heap_atfork_parent(void)
     segmap_atfork_parent();
     for (int d = FL_MAX_DEVICES - 1; d >= 0; d--)
         if (heaps[d])
-            pthread_mutex_unlock(&heaps[d]->lock);
+            lock_give(&heaps[d]->lock);
     pthread_mutex_unlock(&heaps_lock);
 }
 
@@ -697,6 +700,6 @@ void heap_atfork_child(void)
     segmap_atfork_child();
     for (int d = 0; d < FL_MAX_DEVICES; d++)
         if (heaps[d])
-            pthread_mutex_init(&heaps[d]->lock, NULL);
+            lock_reset(&heaps[d]->lock);
     pthread_mutex_init(&heaps_lock, NULL);
 }

@@ -136,6 +136,13 @@ static bool check_stats(const struct heap *h, const struct tally *t)
         FAIL("more bytes allocated than reserved");
     if (s->reserved_unallocated_bytes.peak > s->reserved_bytes.peak)
         FAIL("reserved-but-unallocated peaked above reserved");
+#define PEAK_BELOW_(name, help)         \
+    if (s->name.peak < s->name.current) \
+        FAIL("%s: peak below the current level", #name);
+#define SKIP_COUNTER_(name, help)
+    FRAGLESS_STATS_FIELDS(PEAK_BELOW_, SKIP_COUNTER_)
+#undef PEAK_BELOW_
+#undef SKIP_COUNTER_
     if (s->reserved_bytes.current != t->reserved || s->segments.current != t->segments ||
         s->blocks.current != t->blocks || s->allocated_bytes.current != t->allocated ||
         s->requested_bytes.current != t->requested || s->active_bytes.current != t->active ||

@@ -10,6 +10,7 @@
 #define FRAGLESS_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -349,6 +350,8 @@ struct freeindex {
 void fi_init(struct freeindex *fi);
 void fi_insert(struct freeindex *fi, struct block *b);
 void fi_remove(struct freeindex *fi, struct block *b);
+/* b, in fi, changed size from old_size: it keeps its place when its class did not change. */
+void fi_resize(struct freeindex *fi, struct block *b, size_t old_size);
 /* A free block of at least `size` bytes, the smallest the index can find in O(1); NULL if
  * none. */
 struct block *fi_best_fit(const struct freeindex *fi, size_t size);
@@ -394,6 +397,30 @@ void segmap_atfork_prepare(void);
 void segmap_atfork_parent(void);
 void segmap_atfork_child(void);
 
+/* ---- lock.c: the heap's lock (take/give inline; sleeps on a futex when contended) ---- */
+struct fl_lock {
+    _Atomic uint32_t state; /* 0 free, 1 held, 2 held with possible sleepers */
+};
+void lock_wait(struct fl_lock *l);
+void lock_wake(struct fl_lock *l);
+static inline void lock_take(struct fl_lock *l)
+{
+    uint32_t free_ = 0;
+    if (FL_UNLIKELY(!atomic_compare_exchange_strong_explicit(
+            &l->state, &free_, 1, memory_order_acquire, memory_order_relaxed)))
+        lock_wait(l);
+}
+static inline void lock_give(struct fl_lock *l)
+{
+    if (FL_UNLIKELY(atomic_exchange_explicit(&l->state, 0, memory_order_release) == 2))
+        lock_wake(l);
+}
+/* A lock no thread holds: for a child after fork, whose parent's other threads are gone. */
+static inline void lock_reset(struct fl_lock *l)
+{
+    atomic_store_explicit(&l->state, 0, memory_order_relaxed);
+}
+
 /* ---- heap.c: the per-device heap ---- */
 /* Free blocks of one stream, reusable on it at once and on other streams once `event`
  * (recorded after they were freed) has completed. */
@@ -407,7 +434,7 @@ struct stream_pool {
     bool event_pending; /* recorded and not yet seen complete */
 };
 struct heap {
-    pthread_mutex_t lock;
+    struct fl_lock lock;
     int device;
     const struct config *cfg;
     struct freeindex global[POOL_KINDS]; /* free and safe for every stream */
@@ -429,8 +456,18 @@ struct heap {
 
 /* The heap of `device`, NULL if it has none yet. */
 struct heap *heap_find(int device);
-/* Brings derived levels up to date; end of every operation, lock held. */
+/* Brings derived levels and the peaks block.c leaves up to date (lock held): heap_unlock does
+ * it, so whoever takes the lock next finds the statistics whole. */
 void heap_settle(struct heap *h);
+static inline void heap_lock(struct heap *h)
+{
+    lock_take(&h->lock);
+}
+static inline void heap_unlock(struct heap *h)
+{
+    heap_settle(h);
+    lock_give(&h->lock);
+}
 /* Makes new segment s part of the heap as one free block; false if out of host memory. */
 bool heap_add_segment(struct heap *h, struct segment *s);
 /* heap_is_valid() (aborting on a violation) when FRAGLESS_CHECK is set. */
@@ -469,11 +506,12 @@ bool expand_segment_is_valid(const struct heap *h, const struct segment *s);
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
 void block_recycle(struct heap *h, struct block *b);
-/* Adds (sign +1) or removes (-1) b's share of the heap's statistics. */
-void block_account(struct heap *h, const struct block *b, int sign);
-/* Takes a free block out of its index for use by a rounded request: splits off the rest when
- * worth it (the rest stays in the same index) and marks it live. */
-void block_take(struct heap *h, struct block *b, size_t rounded, size_t requested);
+/* block_account (inline, below the statistics helpers): b's share of the statistics. */
+
+/* Serves a rounded request from free block b: splits the first `rounded` bytes off b when the
+ * rest is worth keeping (the rest stays free in b's index), else takes b out of its index.
+ * Returns the block now live (b, or the new one at b's old address). */
+struct block *block_take(struct heap *h, struct block *b, size_t rounded, size_t requested);
 /* Puts detached b free into `fi`, merging with neighbours free there. */
 void block_release_to(struct heap *h, struct block *b, struct freeindex *fi);
 /* Puts detached b on the pending list (freed by a device-wide free). */
@@ -514,6 +552,49 @@ static inline void stat_set(fragless_stat_t *s, uint64_t value)
 static inline void stat_add(fragless_stat_t *s, int64_t delta)
 {
     stat_set(s, s->current + (uint64_t)delta);
+}
+/* Moves a level without its peak: for the levels whose peaks heap_settle() brings up to date
+ * at the end of every operation (block.c's shares). */
+static inline void level_add(fragless_stat_t *s, int64_t delta)
+{
+    s->current += (uint64_t)delta;
+}
+/* Raises a level's peak to its current value. */
+static inline void level_peak(fragless_stat_t *s)
+{
+    if (s->current > s->peak)
+        s->peak = s->current;
+}
+
+/* block.c: */
+/* Adds (sign +1) or removes (-1) b's share of the heap's statistics (their peaks wait for
+ * heap_settle). */
+static inline bool block_index_is_global(const struct heap *h, const struct freeindex *fi)
+{
+    return fi == &h->global[POOL_SMALL] || fi == &h->global[POOL_LARGE];
+}
+
+/* Freed but not yet reusable on every stream: pending a sync, or in a stream pool. */
+static inline bool block_is_inactive_active(const struct heap *h, const struct block *b)
+{
+    return b->state == BLOCK_SYNC_PENDING ||
+           (b->state == BLOCK_FREE && b->index && !block_index_is_global(h, b->index));
+}
+
+static inline void block_account(struct heap *h, const struct block *b, int sign)
+{
+    int64_t size = sign * (int64_t)b->size;
+    level_add(&h->st.blocks, sign);
+    if (b->state == BLOCK_LIVE) {
+        level_add(&h->st.allocated_bytes, size);
+        level_add(&h->st.requested_bytes, sign * (int64_t)b->requested);
+        level_add(&h->st.active_bytes, size);
+        return;
+    }
+    if (block_is_inactive_active(h, b))
+        level_add(&h->st.active_bytes, size);
+    else if (b->prev || b->next) /* inactive and part of a split segment */
+        level_add(&h->st.inactive_split_bytes, size);
 }
 void stats_reset_peaks(fragless_stats_t *s);
 /* Copies src into out, at most out->size bytes; fills size/version/device. */

@@ -87,7 +87,7 @@ static void take_free_segments(struct heap *h, struct segment **out, size_t want
 /* Puts back a segment the driver refused to free; lock not held. */
 static void readd_segment(struct heap *h, struct segment *s)
 {
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     *s = (struct segment){.base = s->base,
                           .size = s->size,
                           .kind = s->kind,
@@ -100,7 +100,7 @@ static void readd_segment(struct heap *h, struct segment *s)
         s = NULL;
     }
     heap_settle(h);
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     if (s)
         log_error("segment %#llx lost: no host memory to keep its record",
                   (unsigned long long)s->base);
@@ -136,14 +136,14 @@ size_t release_free_segments(struct heap *h, size_t want)
 {
     struct segment *list = NULL;
     size_t bytes = 0;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     if (!h->expandable || want == SIZE_MAX)
         take_free_segments(h, &list, want);
     if (h->expandable) {
         bytes = expand_release(h, want, NULL);
         heap_settle(h);
     }
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     return bytes + destroy_segments(h, list, NULL);
 }
 
@@ -160,9 +160,9 @@ static void count_automatic(struct heap *h, size_t released)
 {
     if (!released)
         return;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     release_count_automatic(h, released);
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
 }
 
 /* garbage_collection_threshold: growing by seg_size would take what is reserved past the
@@ -175,9 +175,9 @@ void release_before_growing(struct heap *h, size_t seg_size)
     size_t limit = h->gc_limit;
     if (!limit)
         return;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     size_t reserved = h->st.reserved_bytes.current;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     if (reserved + seg_size <= limit)
         return;
     count_automatic(h, release_free_segments(h, reserved + seg_size - limit));
@@ -190,9 +190,9 @@ void release_to_threshold(struct heap *h)
     size_t keep = h->cfg->release_threshold;
     if (FL_LIKELY(keep == SIZE_MAX))
         return;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     size_t cached = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     if (cached > keep)
         count_automatic(h, release_free_segments(h, cached - keep));
 }
@@ -227,7 +227,7 @@ static CUresult empty_one(struct heap *h, size_t *released)
 
     struct segment *list = NULL;
     size_t bytes = 0;
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     if (h->expandable)
         settle_frees(h);
     take_free_segments(h, &list, SIZE_MAX);
@@ -236,12 +236,12 @@ static CUresult empty_one(struct heap *h, size_t *released)
         heap_settle(h);
     }
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     bytes += destroy_segments(h, list, &r);
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     h->st.num_empty_cache++;
     h->st.empty_cache_released_bytes += bytes;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     for (int i = 0; i < nevents; i++)
         drv_event_destroy(events[i]);
     *released += bytes;

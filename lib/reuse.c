@@ -37,12 +37,12 @@ static void on_thread_exit(void *token)
         struct heap *h = heap_find(d);
         if (!h)
             continue;
-        pthread_mutex_lock(&h->lock);
+        heap_lock(h);
         for (int i = 0; i < h->nstreams; i++)
             if (h->streams[i]->stream == (CUstream)token)
                 retire(h, i--);
         heap_settle(h);
-        pthread_mutex_unlock(&h->lock);
+        heap_unlock(h);
     }
 }
 
@@ -195,9 +195,9 @@ bool reuse_sync_pays(const struct heap *h, size_t rounded)
 CUresult reuse_device_sync(struct heap *h)
 {
     uint64_t seq = h->free_seq;
-    pthread_mutex_unlock(&h->lock);
+    heap_unlock(h);
     CUresult r = drv_ctx_synchronize();
-    pthread_mutex_lock(&h->lock);
+    heap_lock(h);
     if (r != CUDA_SUCCESS)
         return r;
     h->st.num_device_syncs++;

@@ -120,6 +120,21 @@ static bool bit_ready(const struct vrange *r, size_t i)
     return (r->ready[i / 64] >> (i % 64)) & 1;
 }
 
+/* Ready pages among [first, end): the ready bitmap counted 64 pages at a time. */
+static size_t count_ready(const struct vrange *r, size_t first, size_t end)
+{
+    size_t n = 0;
+    while (first < end) {
+        size_t w = first / 64, lo = first % 64;
+        size_t hi = end - w * 64 < 64 ? end - w * 64 : 64;
+        uint64_t mask = (hi == 64 ? ~(uint64_t)0 : ((uint64_t)1 << hi) - 1) & (~(uint64_t)0 << lo);
+        uint64_t bits = r->ready[w] & mask;
+        n += bits == mask ? hi - lo : (size_t)__builtin_popcountll(bits);
+        first = w * 64 + hi;
+    }
+    return n;
+}
+
 static void count_mapped(struct vrange *r, int64_t pages)
 {
     r->mapped_pages = (size_t)((int64_t)r->mapped_pages + pages);
@@ -745,7 +760,7 @@ size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
         return 0;
     size_t first = off / r->page_size;
     size_t end = (off + len - 1) / r->page_size + 1;
-    return count_flags(r, first, end, 0xff, PG_READY) * r->page_size;
+    return count_ready(r, first, end) * r->page_size;
 }
 
 size_t vrange_next_run(const struct vrange *r, size_t off, size_t end, bool mapped, size_t *len)

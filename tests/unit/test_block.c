@@ -16,8 +16,7 @@ static struct stream_pool sp;
 
 static void settle(void)
 {
-    stat_set(&h.st.reserved_unallocated_bytes,
-             h.st.reserved_bytes.current - h.st.allocated_bytes.current);
+    heap_settle(&h);
 }
 
 static void setup(void)
@@ -51,7 +50,7 @@ static struct block *take(size_t size)
 {
     struct block *b = fi_best_fit(&h.global[POOL_SMALL], size);
     cr_assert_not_null(b);
-    block_take(&h, b, size, size - 10);
+    b = block_take(&h, b, size, size - 10);
     livemap_insert(&h.live, b);
     settle();
     cr_assert(heap_check(&h));
