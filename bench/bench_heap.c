@@ -10,15 +10,17 @@
  *   bench_heap pairs-async  only the stream-ordered pairs row, in a process that has made no
  *                         other allocation (a program using only cudaMallocAsync)
  *   bench_heap threads    the same pairs (plain and stream-ordered) on 1, 2, 4 … threads
- *                         (up to the cores online, at most 16): operations per second and
- *                         its ratio to 1 thread, beside glibc malloc+free's on as many threads
- *                         (and its ratio to 1 thread) in the same run
+ *                         (up to the cores online, at most 16) working at once: operations
+ *                         per second of all threads together and its ratio to 1 thread,
+ *                         beside glibc malloc+free's on as many threads (and its ratio to 1
+ *                         thread) in the same run
  *   bench_heap train      a 1,000-step synthetic training loop (plain and stream-ordered API),
  *                         with fragless's classic and expandable segments and again with
  *                         FRAGLESS_CONF=passthrough:true (child runs of this program): driver
  *                         calls (memory ones: alloc/free/sync/event and VMM) and wall time
  *
- * Timings are medians of REPS repetitions; ratios are taken within one run.
+ * Timings are medians of REPS repetitions (passes, or rounds of passes for threads); ratios are
+ * taken within one run.
  */
 #include <cuda_runtime_api.h>
 #include <fragless.h>
@@ -146,7 +148,8 @@ static void bench_pairs(bool only_async)
 
 /* ---- threads ----------------------------------------------------------------------------- */
 
-#define MAX_THREADS 16
+#define MAX_THREADS  16
+#define ROUND_PASSES 8 /* passes over the sizes per thread and round */
 
 enum api { API_GLIBC, API_PLAIN, API_ASYNC };
 
@@ -157,48 +160,56 @@ static double api_pass(enum api api, cudaStream_t s)
 }
 
 struct pair_thread {
-    pthread_barrier_t *start;
+    pthread_barrier_t *start, *end; /* of each round, shared with the timing thread */
     enum api api;
-    double ns; /* median ns per pair of this thread's REPS passes */
 };
 
+/* Warms up, then makes ROUND_PASSES passes in each of REPS rounds. */
 static void *pairs_thread(void *arg)
 {
-    struct pair_thread *t = arg;
+    const struct pair_thread *t = arg;
     cudaStream_t s = NULL;
-    double v[REPS];
     if (t->api != API_GLIBC) {
         check(cudaSetDevice(0), "cudaSetDevice");
         check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
     }
     api_pass(t->api, s); /* warm: fills the cache */
-    pthread_barrier_wait(t->start);
-    for (int r = 0; r < REPS; r++)
-        v[r] = api_pass(t->api, s);
+    for (int r = 0; r < REPS; r++) {
+        pthread_barrier_wait(t->start);
+        for (int p = 0; p < ROUND_PASSES; p++)
+            api_pass(t->api, s);
+        pthread_barrier_wait(t->end);
+    }
     if (s)
         check(cudaStreamDestroy(s), "cudaStreamDestroy");
-    t->ns = bench_median(v, REPS);
     return NULL;
 }
 
-/* Operations (malloc or free) per second with n threads, all together. */
+/* Mallocs and frees per second of n threads working at once: in each of REPS rounds the n
+ * threads start together and each makes ROUND_PASSES passes; a round's figure is all their
+ * operations over the time from the start to the last thread's end; returns the median. */
 static double ops_per_s(int n, enum api api)
 {
     pthread_t th[MAX_THREADS];
-    struct pair_thread t[MAX_THREADS];
-    pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, (unsigned)n);
-    for (int i = 0; i < n; i++) {
-        t[i] = (struct pair_thread){.start = &start, .api = api};
-        pthread_create(&th[i], NULL, pairs_thread, &t[i]);
+    pthread_barrier_t start, end;
+    struct pair_thread t = {.start = &start, .end = &end, .api = api};
+    double v[REPS];
+    pthread_barrier_init(&start, NULL, (unsigned)n + 1);
+    pthread_barrier_init(&end, NULL, (unsigned)n + 1);
+    for (int i = 0; i < n; i++)
+        pthread_create(&th[i], NULL, pairs_thread, &t);
+    for (int r = 0; r < REPS; r++) {
+        pthread_barrier_wait(&start);
+        uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
+        pthread_barrier_wait(&end);
+        uint64_t ns = bench_clock_ns(CLOCK_MONOTONIC) - t0;
+        v[r] = 2e9 * n * ROUND_PASSES * NSIZES / (double)ns;
     }
-    double ops = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
-        ops += 2e9 / t[i].ns;
-    }
     pthread_barrier_destroy(&start);
-    return ops;
+    pthread_barrier_destroy(&end);
+    return bench_median(v, REPS);
 }
 
 /* The thread counts measured: 1, 2, 4 … up to the cores online and MAX_THREADS. */
@@ -219,9 +230,10 @@ static void bench_threads(void)
     double glibc[8];
     for (int i = 0; i < nc; i++)
         glibc[i] = ops_per_s(counts[i], API_GLIBC);
-    printf("threads: ops/s = mallocs and frees per second, all threads together, each thread "
-           "timed by its median pass of %d; glibc on as many threads in this run\n",
-           REPS);
+    printf("threads: ops/s = mallocs and frees per second of all threads together, median of %d "
+           "rounds in which the threads start at once and each makes %d passes over the sizes; "
+           "glibc on as many threads in this run\n",
+           REPS, ROUND_PASSES);
     for (enum api api = API_PLAIN; api <= API_ASYNC; api++) {
         const char *name =
             api == API_ASYNC ? "cudaMallocAsync+cudaFreeAsync" : "cudaMalloc+cudaFree";
