@@ -117,6 +117,8 @@ static double glibc_pass(void)
     return (double)(bench_clock_ns(CLOCK_MONOTONIC) - t0) / NSIZES;
 }
 
+/* One pairs row: median ns per pair and its part outside driver calls, each against glibc's
+ * median; driver calls per pair as counted in the last pass. */
 static void pairs_row(const char *label, bool async, cudaStream_t s, double glibc)
 {
     double total[REPS], own[REPS], calls = 0;
