@@ -14,32 +14,14 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "benchutil.h"
+
 #define CALLS 20000
 #define REPS  15
 
 static CUstream stream;
 static CUevent event;
 static CUdeviceptr dptr;
-
-/* Nanoseconds on CLOCK_MONOTONIC. */
-static uint64_t clock_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-/* The median of v[0..n) (sorts v in place, insertion sort: n is small). */
-static uint64_t median_of(uint64_t *v, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
-            uint64_t t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return v[n / 2];
-}
 
 static void check(CUresult r, const char *what)
 {
@@ -121,12 +103,13 @@ static const struct row rows[] = {
     {"cuCtxGetStreamPriorityRange (full gate)", call_priority_range, 1},
 };
 
-static uint64_t pass(const struct row *r)
+/* One pass of CALLS calls: ns per call. */
+static double pass(const struct row *r)
 {
-    uint64_t t0 = clock_ns();
+    uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
     for (int i = 0; i < CALLS; i++)
         check(r->call(), r->label);
-    return (clock_ns() - t0) / CALLS;
+    return (double)(bench_clock_ns(CLOCK_MONOTONIC) - t0) / CALLS;
 }
 
 int main(void)
@@ -145,12 +128,12 @@ int main(void)
     check(cuMemAlloc(&dptr, 4096), "cuMemAlloc");
     printf("bench_emu: median ns per call, %d calls x %d passes\n", CALLS, REPS);
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        uint64_t v[REPS];
+        double v[REPS];
         pass(&rows[i]);
         for (int r = 0; r < REPS; r++)
             v[r] = pass(&rows[i]);
-        printf("%-44s %6llu ns (%d driver call%s)\n", rows[i].label,
-               (unsigned long long)median_of(v, REPS), rows[i].calls, rows[i].calls > 1 ? "s" : "");
+        printf("%-44s %6.0f ns (%d driver call%s)\n", rows[i].label, bench_median(v, REPS),
+               rows[i].calls, rows[i].calls > 1 ? "s" : "");
     }
     check(cuMemFree(dptr), "cuMemFree");
     check(cuEventDestroy(event), "cuEventDestroy");

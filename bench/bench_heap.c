@@ -9,13 +9,18 @@
  *                         sizes in the same run
  *   bench_heap pairs-async  only the stream-ordered pairs row, in a process that has made no
  *                         other allocation (a program using only cudaMallocAsync)
- *   bench_heap threads    the same pairs on 1 and 2 threads: operations per second
+ *   bench_heap threads    the same pairs (plain and stream-ordered) on 1, 2, 4 … threads
+ *                         (up to the cores online, at most 16) working at once: operations
+ *                         per second of all threads together and its ratio to 1 thread,
+ *                         beside glibc malloc+free's on as many threads (and its ratio to 1
+ *                         thread) in the same run
  *   bench_heap train      a 1,000-step synthetic training loop (plain and stream-ordered API),
  *                         with fragless's classic and expandable segments and again with
  *                         FRAGLESS_CONF=passthrough:true (child runs of this program): driver
  *                         calls (memory ones: alloc/free/sync/event and VMM) and wall time
  *
- * Timings are medians of REPS repetitions; ratios are taken within one run.
+ * Timings are medians of REPS repetitions (passes, or rounds of passes for threads); ratios are
+ * taken within one run.
  */
 #include <cuda_runtime_api.h>
 #include <fragless.h>
@@ -30,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
+
 #define NSIZES 1024
 #define REPS   15
 #define MiB    ((size_t)1 << 20)
@@ -42,25 +49,6 @@ static void *emu_sym(const char *name)
 {
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     return lib ? dlsym(lib, name) : NULL;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static uint64_t median(uint64_t *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_u64);
-    return v[n / 2];
 }
 
 /* Log-uniform sizes from 512 B to 32 MiB, fixed seed. */
@@ -99,119 +87,166 @@ static void driver_time(uint64_t *calls, uint64_t *ns)
 
 /* One pass over all sizes, a cudaMalloc+cudaFree pair each (stream-ordered on `s` when
  * async); returns ns per pair, and the part of it spent outside driver calls. */
-static uint64_t cuda_pass(bool async, cudaStream_t s, uint64_t *own, double *calls)
+static double cuda_pass(bool async, cudaStream_t s, double *own, double *calls)
 {
     uint64_t c0, d0, c1, d1;
     driver_time(&c0, &d0);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
     for (int i = 0; i < NSIZES; i++) {
         void *p;
         check(async ? cudaMallocAsync(&p, sizes[i], s) : cudaMalloc(&p, sizes[i]), "alloc");
         check(async ? cudaFreeAsync(p, s) : cudaFree(p), "free");
     }
-    uint64_t t = now_ns() - t0;
+    uint64_t t = bench_clock_ns(CLOCK_MONOTONIC) - t0;
     driver_time(&c1, &d1);
     if (own)
-        *own = (t - (d1 - d0)) / NSIZES;
+        *own = (double)(t - (d1 - d0)) / NSIZES;
     if (calls)
         *calls = (double)(c1 - c0) / NSIZES;
-    return t / NSIZES;
+    return (double)t / NSIZES;
 }
 
-static uint64_t glibc_pass(void)
+/* One pass over all sizes, a glibc malloc+free pair each; returns ns per pair. */
+static double glibc_pass(void)
 {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
     for (int i = 0; i < NSIZES; i++) {
         void *volatile p = malloc(sizes[i]);
         free(p);
     }
-    return (now_ns() - t0) / NSIZES;
+    return (double)(bench_clock_ns(CLOCK_MONOTONIC) - t0) / NSIZES;
 }
 
-static void pairs_row(const char *label, bool async, cudaStream_t s, uint64_t glibc)
+/* One pairs row: median ns per pair and its part outside driver calls, each against glibc's
+ * median; driver calls per pair as counted in the last pass. */
+static void pairs_row(const char *label, bool async, cudaStream_t s, double glibc)
 {
-    uint64_t total[REPS], own[REPS];
-    double calls = 0;
+    double total[REPS], own[REPS], calls = 0;
     cuda_pass(async, s, NULL, NULL); /* warm: fills the cache */
     for (int r = 0; r < REPS; r++)
         total[r] = cuda_pass(async, s, &own[r], &calls);
-    uint64_t t = median(total, REPS), o = median(own, REPS);
-    printf("%-40s %8llu ns/pair (x%.1f glibc) | outside driver calls %6llu ns (x%.1f) | "
+    double t = bench_median(total, REPS), o = bench_median(own, REPS);
+    printf("%-40s %8.0f ns/pair (x%.1f glibc) | outside driver calls %6.0f ns (x%.1f) | "
            "%.2f driver calls/pair\n",
-           label, (unsigned long long)t, (double)t / (double)glibc, (unsigned long long)o,
-           (double)o / (double)glibc, calls);
+           label, t, t / glibc, o, o / glibc, calls);
 }
 
 /* The pairs rows: the plain one first (unless only_async), then the stream-ordered one. */
 static void bench_pairs(bool only_async)
 {
-    uint64_t libc[REPS];
+    double libc[REPS];
     cudaStream_t s;
     check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
     glibc_pass();
     for (int r = 0; r < REPS; r++)
         libc[r] = glibc_pass();
-    uint64_t g = median(libc, REPS);
-    printf("%-40s %8llu ns/pair\n", "pairs: glibc malloc+free", (unsigned long long)g);
+    double g = bench_median(libc, REPS);
+    printf("%-40s %8.0f ns/pair\n", "pairs: glibc malloc+free", g);
     if (!only_async)
         pairs_row("pairs: cudaMalloc+cudaFree", false, NULL, g);
     pairs_row("pairs: cudaMallocAsync+cudaFreeAsync", true, s, g);
     check(cudaStreamDestroy(s), "cudaStreamDestroy");
 }
 
+/* ---- threads ----------------------------------------------------------------------------- */
+
+#define MAX_THREADS  16
+#define ROUND_PASSES 8 /* passes over the sizes per thread and round */
+
+enum api { API_GLIBC, API_PLAIN, API_ASYNC };
+
+/* One pass over all sizes with `api` (on stream `s` when async): ns per pair. */
+static double api_pass(enum api api, cudaStream_t s)
+{
+    return api == API_GLIBC ? glibc_pass() : cuda_pass(api == API_ASYNC, s, NULL, NULL);
+}
+
 struct pair_thread {
-    pthread_barrier_t *start;
-    int device;
-    bool async;
-    uint64_t ns;
+    pthread_barrier_t *start, *end; /* of each round, shared with the timing thread */
+    enum api api;
 };
 
+/* Warms up, then makes ROUND_PASSES passes in each of REPS rounds. */
 static void *pairs_thread(void *arg)
 {
-    struct pair_thread *t = arg;
-    cudaStream_t s;
-    check(cudaSetDevice(t->device), "cudaSetDevice");
-    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
-    cuda_pass(t->async, s, NULL, NULL);
-    pthread_barrier_wait(t->start);
-    uint64_t v[REPS];
-    for (int r = 0; r < REPS; r++)
-        v[r] = cuda_pass(t->async, s, NULL, NULL);
-    check(cudaStreamDestroy(s), "cudaStreamDestroy");
-    t->ns = median(v, REPS);
+    const struct pair_thread *t = arg;
+    cudaStream_t s = NULL;
+    if (t->api != API_GLIBC) {
+        check(cudaSetDevice(0), "cudaSetDevice");
+        check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    }
+    api_pass(t->api, s); /* warm: fills the cache */
+    for (int r = 0; r < REPS; r++) {
+        pthread_barrier_wait(t->start);
+        for (int p = 0; p < ROUND_PASSES; p++)
+            api_pass(t->api, s);
+        pthread_barrier_wait(t->end);
+    }
+    if (s)
+        check(cudaStreamDestroy(s), "cudaStreamDestroy");
     return NULL;
 }
 
-/* Operations (malloc or free) per second with n threads. */
-static double ops_per_s(int n, bool async)
+/* Mallocs and frees per second of n threads working at once: in each of REPS rounds the n
+ * threads start together and each makes ROUND_PASSES passes; a round's figure is all their
+ * operations over the time from the start to the last thread's end; returns the median. */
+static double ops_per_s(int n, enum api api)
 {
-    pthread_t th[16];
-    struct pair_thread t[16];
-    pthread_barrier_t start;
-    pthread_barrier_init(&start, NULL, (unsigned)n);
-    for (int i = 0; i < n; i++) {
-        t[i] = (struct pair_thread){.start = &start, .async = async};
-        pthread_create(&th[i], NULL, pairs_thread, &t[i]);
+    pthread_t th[MAX_THREADS];
+    pthread_barrier_t start, end;
+    struct pair_thread t = {.start = &start, .end = &end, .api = api};
+    double v[REPS];
+    pthread_barrier_init(&start, NULL, (unsigned)n + 1);
+    pthread_barrier_init(&end, NULL, (unsigned)n + 1);
+    for (int i = 0; i < n; i++)
+        pthread_create(&th[i], NULL, pairs_thread, &t);
+    for (int r = 0; r < REPS; r++) {
+        pthread_barrier_wait(&start);
+        uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
+        pthread_barrier_wait(&end);
+        uint64_t ns = bench_clock_ns(CLOCK_MONOTONIC) - t0;
+        v[r] = 2e9 * n * ROUND_PASSES * NSIZES / (double)ns;
     }
-    double ops = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
-        ops += 2e9 / (double)t[i].ns;
-    }
     pthread_barrier_destroy(&start);
-    return ops;
+    pthread_barrier_destroy(&end);
+    return bench_median(v, REPS);
 }
 
-static void bench_threads(void)
+/* The thread counts measured: 1, 2, 4 … up to the cores online and MAX_THREADS. */
+static int thread_counts(int *counts)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    for (int async = 0; async < 2; async++) {
-        const char *api = async ? "cudaMallocAsync+cudaFreeAsync" : "cudaMalloc+cudaFree";
-        double one = ops_per_s(1, async);
-        printf("threads: %-31s %2d thread  %10.0f ops/s\n", api, 1, one);
-        for (int n = 2; n <= 16 && n <= cores; n *= 2) {
-            double many = ops_per_s(n, async);
-            printf("threads: %-31s %2d threads %10.0f ops/s (x%.2f)\n", api, n, many, many / one);
+    int nc = 0;
+    for (int n = 1; n <= MAX_THREADS && (n == 1 || n <= cores); n *= 2)
+        counts[nc++] = n;
+    return nc;
+}
+
+/* Each API's ops/s on 1, 2 … threads beside glibc's on as many threads, both with their
+ * ratio to 1 thread, then the API's ratio to glibc. */
+static void bench_threads(void)
+{
+    int counts[8], nc = thread_counts(counts);
+    double glibc[8];
+    for (int i = 0; i < nc; i++)
+        glibc[i] = ops_per_s(counts[i], API_GLIBC);
+    printf("threads: ops/s = mallocs and frees per second of all threads together, median of %d "
+           "rounds in which the threads start at once and each makes %d passes over the sizes; "
+           "glibc on as many threads in this run\n",
+           REPS, ROUND_PASSES);
+    for (enum api api = API_PLAIN; api <= API_ASYNC; api++) {
+        const char *name =
+            api == API_ASYNC ? "cudaMallocAsync+cudaFreeAsync" : "cudaMalloc+cudaFree";
+        double one = 0;
+        for (int i = 0; i < nc; i++) {
+            double ops = ops_per_s(counts[i], api);
+            one = i == 0 ? ops : one;
+            printf("threads: %-31s %2d thread%s %10.0f ops/s x%.2f of 1 thread | glibc %10.0f "
+                   "ops/s x%.2f of 1 thread | x%.2f glibc\n",
+                   name, counts[i], counts[i] > 1 ? "s" : " ", ops, ops / one, glibc[i],
+                   glibc[i] / glibc[0], ops / glibc[i]);
         }
     }
 }
@@ -254,7 +289,8 @@ static void train(bool async, struct train_result *res)
     void *weights;
     check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaMalloc(&weights, 200 * MiB), "cudaMalloc weights");
-    uint64_t c0 = emu_calls ? emu_calls("*") : 0, m0 = memory_calls(emu_calls), t0 = now_ns();
+    uint64_t c0 = emu_calls ? emu_calls("*") : 0, m0 = memory_calls(emu_calls),
+             t0 = bench_clock_ns(CLOCK_MONOTONIC);
     for (int step = 0; step < STEPS; step++) {
         void *p[STEP_N];
         for (size_t i = 0; i < STEP_N; i++)
@@ -267,7 +303,7 @@ static void train(bool async, struct train_result *res)
             check(async ? cudaFreeAsync(p[i], s) : cudaFree(p[i]), "free");
     }
     check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-    res->ns = now_ns() - t0;
+    res->ns = bench_clock_ns(CLOCK_MONOTONIC) - t0;
     res->calls = emu_calls ? emu_calls("*") - c0 : 0;
     res->memory_calls = memory_calls(emu_calls) - m0;
     check(cudaFree(weights), "cudaFree weights");
@@ -339,9 +375,24 @@ static void bench_train(const char *self)
     bench_train_conf(self, "expandable_segments:true", pass);
 }
 
+/* Whether `what` names something main() runs (train-one: a child run of bench_train). */
+static bool known_row(const char *what)
+{
+    static const char *const rows[] = {"all",     "pairs", "pairs-async",
+                                       "threads", "train", "train-one"};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        if (!strcmp(what, rows[i]))
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "all";
+    if (argc > 2 || !known_row(what)) {
+        fprintf(stderr, "usage: bench_heap [all|pairs|pairs-async|threads|train]\n");
+        return 2;
+    }
     make_sizes();
     check(cudaSetDevice(0), "cudaSetDevice");
     if (!strcmp(what, "train-one")) {

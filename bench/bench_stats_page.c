@@ -24,29 +24,12 @@
 #include "fragless_shm.h"
 #include "pageio.h"
 
+#include "benchutil.h"
+
 #define PAIRS   20000
 #define BATCHES 25
 
 static const size_t sizes[] = {512, 4096, 65536, 1 << 20, 3 << 20, 8 << 20, 32 << 20};
-
-static uint64_t clock_ns(clockid_t clock)
-{
-    struct timespec ts;
-    clock_gettime(clock, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static volatile int reading = 1;
 static long reads;
@@ -85,19 +68,20 @@ static int child(bool with_reader)
         pthread_create(&t, NULL, reader, NULL);
     double wall[BATCHES], cpu[BATCHES];
     for (int b = 0; b < BATCHES; b++) {
-        uint64_t start = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+        uint64_t start = bench_clock_ns(CLOCK_MONOTONIC),
+                 cpu0 = bench_clock_ns(CLOCK_THREAD_CPUTIME_ID);
         for (int i = 0; i < PAIRS; i++) {
             cudaMalloc(&p, sizes[i % (sizeof sizes / sizeof sizes[0])]);
             cudaFree(p);
         }
-        cpu[b] = (double)(clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0) / PAIRS;
-        wall[b] = (double)(clock_ns(CLOCK_MONOTONIC) - start) / PAIRS;
+        cpu[b] = (double)(bench_clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0) / PAIRS;
+        wall[b] = (double)(bench_clock_ns(CLOCK_MONOTONIC) - start) / PAIRS;
     }
     reading = 0;
     if (with_reader)
         pthread_join(t, NULL);
-    printf("%.1f %.1f %ld %.0f\n", median(wall, BATCHES), median(cpu, BATCHES), reads,
-           reads ? median(publish_ns, (int)reads) : 0.0);
+    printf("%.1f %.1f %ld %.0f\n", bench_median(wall, BATCHES), bench_median(cpu, BATCHES), reads,
+           reads ? bench_median(publish_ns, (int)reads) : 0.0);
     return 0;
 }
 
@@ -137,9 +121,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s LIBFRAGLESS [ROUNDS]\n", argv[0]);
         return 2;
     }
-    int rounds = argc > 2 ? atoi(argv[2]) : 5;
-    if (rounds < 1 || rounds > 100)
+    char *end = NULL;
+    long arg = argc > 2 ? strtol(argv[2], &end, 10) : 5;
+    if (argc > 3 || (end && (*end || end == argv[2])) || arg < 1 || arg > 100) {
+        fprintf(stderr, "usage: %s LIBFRAGLESS [ROUNDS] (ROUNDS from 1 to 100, default 5)\n",
+                argv[0]);
         return 2;
+    }
+    int rounds = (int)arg;
     double wall[CONFIGS][100], cpu[CONFIGS][100], mw[CONFIGS], mc[CONFIGS];
     double publish[100], pub = 0;
     long reads = 0, r = 0;
@@ -159,13 +148,13 @@ int main(int argc, char **argv)
            rounds, BATCHES, PAIRS);
     printf("%-42s %10s %8s %10s %8s\n", "configuration", "wall ns", "ratio", "cpu ns", "ratio");
     for (int c = 0; c < CONFIGS; c++) {
-        mw[c] = median(wall[c], rounds);
-        mc[c] = median(cpu[c], rounds);
+        mw[c] = bench_median(wall[c], rounds);
+        mc[c] = bench_median(cpu[c], rounds);
         printf("%-42s %10.1f %8.3f %10.1f %8.3f\n", config_names[c], mw[c], mw[c] / mw[PAGE_OFF],
                mc[c], mc[c] / mc[PAGE_OFF]);
     }
     printf("(%ld page reads in the reader rounds; one page update takes %.0f ns of the page "
            "thread's CPU time, median, %d times a second)\n",
-           reads, median(publish, rounds), 1000 / FRAGLESS_SHM_UPDATE_MS);
+           reads, bench_median(publish, rounds), 1000 / FRAGLESS_SHM_UPDATE_MS);
     return 0;
 }

@@ -14,24 +14,18 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "benchutil.h"
+
 #define REPS 7
-
-static double now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
-    long pairs = argc > 1 ? atol(argv[1]) : 200000;
+    char *end = NULL;
+    long pairs = argc > 1 ? strtol(argv[1], &end, 10) : 200000;
+    if (argc > 2 || (end && (*end || end == argv[1])) || pairs < 1) {
+        fprintf(stderr, "usage: bench_trace [PAIRS] (PAIRS a count of at least 1)\n");
+        return 2;
+    }
     double ns[REPS];
     void *p;
     if (cudaMalloc(&p, 1 << 20) != cudaSuccess || cudaFree(p) != cudaSuccess) {
@@ -39,16 +33,15 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int r = 0; r < REPS; r++) {
-        double t0 = now_ns();
+        uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
         for (long i = 0; i < pairs; i++) {
             if (cudaMalloc(&p, 1 << 20) != cudaSuccess || cudaFree(p) != cudaSuccess) {
                 fprintf(stderr, "bench_trace: cudaMalloc/cudaFree failed\n");
                 return 1;
             }
         }
-        ns[r] = (now_ns() - t0) / (2.0 * (double)pairs);
+        ns[r] = (double)(bench_clock_ns(CLOCK_MONOTONIC) - t0) / (2.0 * (double)pairs);
     }
-    qsort(ns, REPS, sizeof ns[0], cmp);
-    printf("ns_per_event=%.1f\n", ns[REPS / 2]);
+    printf("ns_per_event=%.1f\n", bench_median(ns, REPS));
     return 0;
 }

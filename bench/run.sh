@@ -11,10 +11,75 @@
 #    pass-through, classic caching (expandable_segments:false) and expandable segments.
 #    One table.
 # The emulated device runs with FRAGLESS_EMU_LATENCY=1 (per-call delays shaped like a GPU's)
-# unless FRAGLESS_EMU_LATENCY is set. FRAGLESS_BENCH_ONLY=NAME[,NAME] limits the workloads.
+# unless FRAGLESS_EMU_LATENCY is set (to 0 or 1). FRAGLESS_BENCH_ONLY=NAME[,NAME] limits the
+# workload replays to those named (the micro benchmarks always run).
+# Every input (the argument, the build, FRAGLESS_EMU_LATENCY, FRAGLESS_BENCH_ONLY) is checked
+# before anything runs: a bad one is named on stderr with what is accepted, and the exit
+# status is 2.
 set -euo pipefail
-build=$(cd "${1:-build}" && pwd)
 src=$(cd "$(dirname "$0")/.." && pwd)
+# workload and the memory of the card its job ran on
+workloads="transformer_varlen:80G hpo_trials:24G train_val_spike:48G kv_cache_server:80G"
+workloads="$workloads two_stream_prefetch:24G"
+names=$(for w in $workloads; do printf '%s ' "${w%%:*}"; done)
+
+usage() {
+    echo "usage: bench/run.sh [BUILD_DIR]  (a build made by 'make benches'; default ./build)"
+}
+die() {
+    echo "bench/run.sh: $*" >&2
+    exit 2
+}
+names_csv=${names% }
+only_accepted="accepted: one or more of ${names_csv// /,} separated by"
+only_accepted="$only_accepted commas (unset or empty: all of them)"
+is_workload() { # NAME: whether NAME is one of $names
+    local n
+    for n in $names; do
+        [ "$n" != "$1" ] || return 0
+    done
+    return 1
+}
+
+case $# in
+0 | 1) ;;
+*) usage >&2 && die "one argument at most, got $#: $*" ;;
+esac
+case ${1:-} in
+-h | --help) usage && exit 0 ;;
+-*) usage >&2 && die "unknown option '$1'" ;;
+esac
+[ -d "${1:-build}" ] || die "build directory '${1:-build}' not found: run 'make benches' first," \
+    "or name the build directory ('make bench BUILD=DIR' does both)"
+build=$(cd "${1:-build}" && pwd)
+
+missing=""
+for f in libfragless.so emu/libcuda.so.1 emu/libcudart.so.13; do
+    [ -e "$build/$f" ] || missing="$missing $f"
+done
+[ -x "$build/fragreplay" ] || missing="$missing fragreplay"
+for c in "$src"/bench/*.c; do
+    b=${c##*/}
+    [ -x "$build/bench/${b%.c}" ] || missing="$missing bench/${b%.c}"
+done
+[ -z "$missing" ] ||
+    die "$build lacks:$missing; run 'make benches BUILD=$build' first (or 'make bench')"
+command -v python3 >/dev/null || die "python3 not found (it generates and tabulates the workloads)"
+
+case ${FRAGLESS_EMU_LATENCY:-1} in
+0 | 1) ;;
+*) die "FRAGLESS_EMU_LATENCY='$FRAGLESS_EMU_LATENCY': accepted: 1 (latency model on, the" \
+    "default here) or 0 (off)" ;;
+esac
+case ,${FRAGLESS_BENCH_ONLY:-x}, in
+*,,*) die "FRAGLESS_BENCH_ONLY='$FRAGLESS_BENCH_ONLY' has an empty name; $only_accepted" ;;
+esac
+IFS=, read -r -a only <<<"${FRAGLESS_BENCH_ONLY:-}"
+for o in ${only[@]+"${only[@]}"}; do
+    is_workload "$o" ||
+        die "FRAGLESS_BENCH_ONLY='$FRAGLESS_BENCH_ONLY': '$o' is not a workload; $only_accepted"
+done
+
 export LD_LIBRARY_PATH=$build/emu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export FRAGLESS_EMU_LATENCY=${FRAGLESS_EMU_LATENCY:-1}
 unset FRAGLESS_CONF
@@ -43,30 +108,39 @@ for b in "$build"/bench/bench_*; do
     esac || echo "${b##*/} failed"
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-if [ -x "$build/bench/bench_trace" ]; then
-    : >"$tmp/off"
-    : >"$tmp/on"
-    for i in 1 2 3 4 5; do
-        preload "trace-off-$i" "" "$build/bench/bench_trace" |
-            sed -n 's/ns_per_event=//p' >>"$tmp/off"
-        preload "trace-on-$i" "trace:$tmp/t$i.csv" "$build/bench/bench_trace" |
-            sed -n 's/ns_per_event=//p' >>"$tmp/on"
-        rm -f "$tmp"/t"$i".*
-    done
-    off=$(median <"$tmp/off")
-    on=$(median <"$tmp/on")
-    echo "-- bench_trace: cudaMalloc+cudaFree from fragless's cache, ns per event (median of 5):"
+# The median of the numbers on stdin, by bench/benchutil.h's rule: the middle one, or the mean of
+# the two middle ones for an even count; nothing for none.
+median() {
+    sort -n | awk '{ v[NR] = $1 }
+        END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+trace_run() { # NAME CONF OUT: one bench_trace run, its ns per event appended to OUT
+    local out
+    out=$(preload "$1" "$2" "$build/bench/bench_trace") || return 1
+    sed -n 's/ns_per_event=//p' <<<"$out" >>"$3"
+}
+: >"$tmp/off"
+: >"$tmp/on"
+for i in 1 2 3 4 5; do
+    trace_run "trace-off-$i" "" "$tmp/off" || echo "-- bench_trace failed (run $i, without trace)"
+    trace_run "trace-on-$i" "trace:$tmp/t$i.csv" "$tmp/on" ||
+        echo "-- bench_trace failed (run $i, with trace)"
+    rm -f "$tmp"/t"$i".*
+done
+off=$(median <"$tmp/off")
+on=$(median <"$tmp/on")
+if [ -n "$off" ] && [ -n "$on" ]; then
+    echo "-- bench_trace: cudaMalloc+cudaFree from fragless's cache, ns per event (median of" \
+        "$(wc -l <"$tmp/off") runs without trace, $(wc -l <"$tmp/on") with):"
     awk -v a="$off" -v b="$on" 'BEGIN { printf "   without trace %.0f, with trace %.0f, " \
         "recording costs %.0f ns per event\n", a, b, b - a }'
+else
+    echo "-- bench_trace: no result (every run without trace, or every run with it, failed)"
 fi
 
 echo
 echo "== workload replays (fragreplay --emu; GiB; peaks over the whole trace)"
 python3 "$src/bench/workloads/generate.py" "$build/workloads" >/dev/null
-# workload and the memory of the card its job ran on
-workloads="transformer_varlen:80G hpo_trials:24G train_val_spike:48G kv_cache_server:80G"
-workloads="$workloads two_stream_prefetch:24G"
 for w in $workloads; do
     name=${w%%:*}
     cap=${w#*:}
