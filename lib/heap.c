@@ -256,7 +256,6 @@ bool heap_add_segment(struct heap *h, struct segment *s)
     }
     stat_add(&h->st.segments, 1);
     stat_add(&h->st.host_metadata_bytes, (int64_t)sizeof *s);
-    h->st.num_device_alloc++;
     block_release_to(h, b, &h->global[s->pool]);
     return true;
 }
@@ -280,10 +279,11 @@ static void log_oom(struct heap *h, size_t size)
 static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream stream,
                         enum heap_mode mode, struct segment **seg, CUdeviceptr *ptr)
 {
+    size_t released = release_free_segments(h, SIZE_MAX);
     heap_lock(h);
     h->st.num_alloc_retries++;
+    release_count_automatic(h, released); /* as expand_recover counts its release */
     heap_unlock(h);
-    release_free_segments(h, SIZE_MAX);
     CUresult r = segment_create(size_segment(rounded, h->max_split), size_pool(rounded), seg);
     if (r != CUDA_ERROR_OUT_OF_MEMORY)
         return r;
@@ -331,8 +331,10 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
 static CUresult lock_and_add(struct heap *h, struct segment *s)
 {
     heap_lock(h);
-    if (heap_add_segment(h, s))
+    if (heap_add_segment(h, s)) {
+        h->st.num_device_alloc++;
         return CUDA_SUCCESS;
+    }
     heap_unlock(h);
     log_error("out of host memory for a segment record");
     if (segment_destroy(s) == CUDA_SUCCESS)

@@ -468,7 +468,8 @@ static inline void heap_unlock(struct heap *h)
     heap_settle(h);
     lock_give(&h->lock);
 }
-/* Makes new segment s part of the heap as one free block; false if out of host memory. */
+/* Makes segment s part of the heap as one free block; false if out of host memory. Counts
+ * no device allocation: s may be one the driver refused to free. */
 bool heap_add_segment(struct heap *h, struct segment *s);
 /* heap_is_valid() (aborting on a violation) when FRAGLESS_CHECK is set. */
 void heap_check_if_enabled(void);

@@ -35,7 +35,6 @@ static void unlink_segment(struct heap *h, struct segment *s, struct segment **o
     }
     stat_add(&h->st.segments, -1);
     stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *s);
-    h->st.num_device_free++;
     s->next = *out;
     *out = s;
 }
@@ -94,11 +93,8 @@ static void readd_segment(struct heap *h, struct segment *s)
                           .vr = s->vr,
                           .mapped_end = s->size,
                           .pool = s->pool};
-    if (heap_add_segment(h, s)) {
-        h->st.num_device_alloc--;
-        h->st.num_device_free--;
+    if (heap_add_segment(h, s))
         s = NULL;
-    }
     heap_settle(h);
     heap_unlock(h);
     if (s)
@@ -107,16 +103,19 @@ static void readd_segment(struct heap *h, struct segment *s)
 }
 
 /* Returns taken segments to the driver; lock not held. A segment the driver will not free
- * goes back into the heap as cached memory (its error in *err). Returns the bytes released. */
+ * goes back into the heap as cached memory (its error in *err), and only those it freed count
+ * as device frees. Returns the bytes released. */
 static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
 {
     size_t bytes = 0;
+    uint64_t freed = 0;
     while (s) {
         struct segment *next = s->next;
         size_t held = segment_reserved(s);
         CUresult r = segment_destroy(s);
         if (r == CUDA_SUCCESS) {
             bytes += held;
+            freed++;
             free(s);
         } else {
             if (err && *err == CUDA_SUCCESS)
@@ -126,6 +125,11 @@ static size_t destroy_segments(struct heap *h, struct segment *s, CUresult *err)
             readd_segment(h, s);
         }
         s = next;
+    }
+    if (freed) {
+        heap_lock(h);
+        h->st.num_device_free += freed;
+        heap_unlock(h);
     }
     return bytes;
 }

@@ -245,6 +245,8 @@ Test(heap_env, oom_releases_cache_and_retries)
     cr_assert_eq(s.num_alloc_retries, 1);
     cr_assert_eq(s.num_ooms, 0);
     cr_assert_eq(s.num_device_free, 1);
+    cr_assert_eq(s.num_empty_cache, 1, "the OOM path's release counts as an empty-cache");
+    cr_assert_eq(s.empty_cache_released_bytes, 40 * FL_MiB);
     cr_assert_eq(s.reserved_bytes.current, 48 * FL_MiB);
     ht_free(b, NULL, HEAP_SYNC);
 }

@@ -52,6 +52,30 @@ Test(faults, segment_free)
     with_faults("cuMemFree_v2@1=CUDA_ERROR_UNKNOWN", true);
 }
 
+Test(faults, refused_segment_free_keeps_it_cached_and_uncounted)
+{
+    ht_setup("512M");
+    ht_free(ht_alloc(8 * FL_MiB, NULL, HEAP_SYNC), NULL, HEAP_SYNC);
+    fragless_stats_t st = ht_stats(0);
+    size_t held = st.reserved_bytes.current, released = 1;
+    cr_assert_eq(st.num_device_alloc, 1);
+    cr_assert_eq(ht_fail("cuMemFree_v2@1=CUDA_ERROR_UNKNOWN"), 0);
+    cr_assert_eq(heap_empty_cache(0, &released), CUDA_ERROR_UNKNOWN);
+    st = ht_stats(0);
+    cr_assert_eq(released, 0);
+    cr_assert_eq(st.reserved_bytes.current, held, "the segment stays cached");
+    cr_assert_eq(st.num_device_alloc, 1, "putting it back is not an allocation");
+    cr_assert_eq(st.num_device_free, 0, "nothing was freed");
+    cr_assert(heap_is_valid());
+    cr_assert_eq(ht_fail(NULL), 0);
+    cr_assert_eq(heap_empty_cache(0, &released), CUDA_SUCCESS);
+    st = ht_stats(0);
+    cr_assert_eq(released, held);
+    cr_assert_eq(st.num_device_free, 1);
+    cr_assert_eq(st.reserved_bytes.current, 0);
+    cr_assert_eq(ht_audit(), 0);
+}
+
 Test(faults, primary_context_of_empty_cache)
 {
     with_faults("cuDevicePrimaryCtxRetain@*=CUDA_ERROR_UNKNOWN", true);
