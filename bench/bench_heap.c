@@ -6,7 +6,8 @@
  *   bench_heap            all rows below, as a table
  *   bench_heap pairs      cached cudaMalloc+cudaFree pairs of mixed sizes (512 B … 32 MiB),
  *                         1 thread: median ns per pair, and glibc malloc+free of the same
- *                         sizes in the same run
+ *                         sizes in the same run; then what one cheap driver query costs on
+ *                         this device (the pairs' driver calls are mostly such queries)
  *   bench_heap pairs-async  only the stream-ordered pairs row, in a process that has made no
  *                         other allocation (a program using only cudaMallocAsync)
  *   bench_heap threads    the same pairs (plain and stream-ordered) on 1, 2, 4 … threads
@@ -22,6 +23,7 @@
  * Timings are medians of REPS repetitions (passes, or rounds of passes for threads); ratios are
  * taken within one run.
  */
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <fragless.h>
 #include <dlfcn.h>
@@ -131,6 +133,23 @@ static void pairs_row(const char *label, bool async, cudaStream_t s, double glib
            label, t, t / glibc, o, o / glibc, calls);
 }
 
+/* What one cheap driver query (cuCtxGetCurrent, which fragless does not intercept) costs on
+ * this device: the share of a pair's time that is the driver's answer rather than fragless's
+ * work (on the emulated device, its light gate; on a GPU, the real driver). */
+static void query_row(void)
+{
+    enum { N = 100000 };
+    double v[REPS];
+    CUcontext ctx;
+    for (int r = 0; r < REPS; r++) {
+        uint64_t t0 = bench_clock_ns(CLOCK_MONOTONIC);
+        for (int i = 0; i < N; i++)
+            cuCtxGetCurrent(&ctx);
+        v[r] = (double)(bench_clock_ns(CLOCK_MONOTONIC) - t0) / N;
+    }
+    printf("%-40s %8.1f ns/call\n", "pairs: one cheap driver query", bench_median(v, REPS));
+}
+
 /* The pairs rows: the plain one first (unless only_async), then the stream-ordered one. */
 static void bench_pairs(bool only_async)
 {
@@ -145,6 +164,7 @@ static void bench_pairs(bool only_async)
     if (!only_async)
         pairs_row("pairs: cudaMalloc+cudaFree", false, NULL, g);
     pairs_row("pairs: cudaMallocAsync+cudaFreeAsync", true, s, g);
+    query_row();
     check(cudaStreamDestroy(s), "cudaStreamDestroy");
 }
 
