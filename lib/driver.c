@@ -18,9 +18,12 @@
 #include "internal.h"
 
 /* Not a feature: the entry point is required and drv_load fails without it. */
-#define REQUIRED (-1)
+#define REQUIRED  (-1)
 /* Not a feature either: without it only its wrapper fails (CUDA_ERROR_NOT_SUPPORTED). */
-#define OPTIONAL (-2)
+#define OPTIONAL  (-2)
+/* As OPTIONAL, but not worth a message: only a hook forwards to it, and a program can reach
+ * that hook only when the driver has the entry point (interpose.c). */
+#define FORWARDED (-3)
 
 /* The real entry points. Each member is filled from the first name in its table row that the
  * driver exports. */
@@ -52,6 +55,20 @@ struct drv_fns {
     CUresult (*stream_is_capturing)(CUstream, CUstreamCaptureStatus *);
     CUresult (*stream_get_ctx)(CUstream, CUcontext *);
     CUresult (*stream_synchronize)(CUstream);
+    CUresult (*stream_begin_capture_v1)(CUstream);
+    CUresult (*stream_begin_capture_v1_ptsz)(CUstream);
+    CUresult (*stream_begin_capture)(CUstream, CUstreamCaptureMode);
+    CUresult (*stream_begin_capture_ptsz)(CUstream, CUstreamCaptureMode);
+    CUresult (*stream_begin_capture_to_graph)(CUstream, CUgraph, const CUgraphNode *,
+                                              const CUgraphEdgeData *, size_t, CUstreamCaptureMode);
+    CUresult (*stream_begin_capture_to_graph_ptsz)(CUstream, CUgraph, const CUgraphNode *,
+                                                   const CUgraphEdgeData *, size_t,
+                                                   CUstreamCaptureMode);
+    CUresult (*stream_destroy_v1)(CUstream);
+    CUresult (*stream_destroy)(CUstream);
+    CUresult (*ctx_destroy_v1)(CUcontext);
+    CUresult (*ctx_destroy)(CUcontext);
+    CUresult (*green_ctx_destroy)(CUgreenCtx);
     CUresult (*event_create)(CUevent *, unsigned int);
     CUresult (*event_destroy)(CUevent);
     CUresult (*event_record)(CUevent, CUstream);
@@ -107,6 +124,17 @@ static const struct drv_entry entries[] = {
     ENTRY(stream_is_capturing, REQUIRED, "cuStreamIsCapturing"),
     ENTRY(stream_get_ctx, REQUIRED, "cuStreamGetCtx"),
     ENTRY(stream_synchronize, REQUIRED, "cuStreamSynchronize"),
+    ENTRY(stream_begin_capture_v1, FORWARDED, "cuStreamBeginCapture"),
+    ENTRY(stream_begin_capture_v1_ptsz, FORWARDED, "cuStreamBeginCapture_ptsz"),
+    ENTRY(stream_begin_capture, FORWARDED, "cuStreamBeginCapture_v2"),
+    ENTRY(stream_begin_capture_ptsz, FORWARDED, "cuStreamBeginCapture_v2_ptsz"),
+    ENTRY(stream_begin_capture_to_graph, FORWARDED, "cuStreamBeginCaptureToGraph"),
+    ENTRY(stream_begin_capture_to_graph_ptsz, FORWARDED, "cuStreamBeginCaptureToGraph_ptsz"),
+    ENTRY(stream_destroy_v1, FORWARDED, "cuStreamDestroy"),
+    ENTRY(stream_destroy, FORWARDED, "cuStreamDestroy_v2"),
+    ENTRY(ctx_destroy_v1, FORWARDED, "cuCtxDestroy"),
+    ENTRY(ctx_destroy, FORWARDED, "cuCtxDestroy_v2"),
+    ENTRY(green_ctx_destroy, FORWARDED, "cuGreenCtxDestroy"),
     ENTRY(event_create, REQUIRED, "cuEventCreate"),
     ENTRY(event_destroy, REQUIRED, "cuEventDestroy_v2", "cuEventDestroy"),
     ENTRY(event_record, REQUIRED, "cuEventRecord"),
@@ -173,7 +201,7 @@ static CUresult resolve_all(void)
         const char *found = NULL;
         void *p = resolve(e, &found);
         memcpy((char *)&drv.fn + e->offset, &p, sizeof p);
-        if (p)
+        if (p || e->feature == FORWARDED)
             continue;
         if (e->feature == OPTIONAL) {
             log_info("the CUDA driver lacks %s", e->names[0]);
@@ -520,6 +548,68 @@ CUresult drv_stream_get_ctx(CUstream stream, CUcontext *ctx)
 CUresult drv_stream_synchronize(CUstream stream)
 {
     TIMED(stream_synchronize, stream);
+}
+
+/* The entry points below are only forwarded to, by interpose.c's hooks of the same names. */
+
+CUresult drv_stream_begin_capture_v1(CUstream stream)
+{
+    CALL(stream_begin_capture_v1, stream);
+}
+
+CUresult drv_stream_begin_capture_v1_ptsz(CUstream stream)
+{
+    CALL(stream_begin_capture_v1_ptsz, stream);
+}
+
+CUresult drv_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode)
+{
+    CALL(stream_begin_capture, stream, mode);
+}
+
+CUresult drv_stream_begin_capture_ptsz(CUstream stream, CUstreamCaptureMode mode)
+{
+    CALL(stream_begin_capture_ptsz, stream, mode);
+}
+
+CUresult drv_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode *deps,
+                                           const CUgraphEdgeData *data, size_t ndeps,
+                                           CUstreamCaptureMode mode)
+{
+    CALL(stream_begin_capture_to_graph, stream, graph, deps, data, ndeps, mode);
+}
+
+CUresult drv_stream_begin_capture_to_graph_ptsz(CUstream stream, CUgraph graph,
+                                                const CUgraphNode *deps,
+                                                const CUgraphEdgeData *data, size_t ndeps,
+                                                CUstreamCaptureMode mode)
+{
+    CALL(stream_begin_capture_to_graph_ptsz, stream, graph, deps, data, ndeps, mode);
+}
+
+CUresult drv_stream_destroy_v1(CUstream stream)
+{
+    TIMED(stream_destroy_v1, stream);
+}
+
+CUresult drv_stream_destroy(CUstream stream)
+{
+    TIMED(stream_destroy, stream);
+}
+
+CUresult drv_ctx_destroy_v1(CUcontext ctx)
+{
+    TIMED(ctx_destroy_v1, ctx);
+}
+
+CUresult drv_ctx_destroy(CUcontext ctx)
+{
+    TIMED(ctx_destroy, ctx);
+}
+
+CUresult drv_green_ctx_destroy(CUgreenCtx ctx)
+{
+    TIMED(green_ctx_destroy, ctx);
 }
 
 CUresult drv_event_create(CUevent *event, unsigned int flags)

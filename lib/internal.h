@@ -195,6 +195,24 @@ CUresult drv_stream_is_capturing(CUstream stream, CUstreamCaptureStatus *status)
 /* The context of a created stream (not of the legacy or per-thread default stream). */
 CUresult drv_stream_get_ctx(CUstream stream, CUcontext *ctx);
 CUresult drv_stream_synchronize(CUstream stream);
+/* Forwarded to by interpose.c's hooks of the same names (CUDA_ERROR_NOT_SUPPORTED when the
+ * driver lacks one): beginning a capture, destroying a stream or a context. */
+CUresult drv_stream_begin_capture_v1(CUstream stream);
+CUresult drv_stream_begin_capture_v1_ptsz(CUstream stream);
+CUresult drv_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode);
+CUresult drv_stream_begin_capture_ptsz(CUstream stream, CUstreamCaptureMode mode);
+CUresult drv_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode *deps,
+                                           const CUgraphEdgeData *data, size_t ndeps,
+                                           CUstreamCaptureMode mode);
+CUresult drv_stream_begin_capture_to_graph_ptsz(CUstream stream, CUgraph graph,
+                                                const CUgraphNode *deps,
+                                                const CUgraphEdgeData *data, size_t ndeps,
+                                                CUstreamCaptureMode mode);
+CUresult drv_stream_destroy_v1(CUstream stream);
+CUresult drv_stream_destroy(CUstream stream);
+CUresult drv_ctx_destroy_v1(CUcontext ctx);
+CUresult drv_ctx_destroy(CUcontext ctx);
+CUresult drv_green_ctx_destroy(CUgreenCtx ctx);
 CUresult drv_event_create(CUevent *event, unsigned int flags);
 CUresult drv_event_destroy(CUevent event);
 CUresult drv_event_record(CUevent event, CUstream stream);

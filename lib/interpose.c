@@ -8,11 +8,14 @@
  * one-time initialization, the process's fork handlers, and the decision of what goes to the
  * heap and what goes to the real function.
  * Stream-ordered calls run in their stream's context (a stream may belong to another device
- * than the current one). Each entry point checks its arguments and then calls exactly one
- * heap_* function; everything it does not serve goes to
- * the real function: frees of pointers fragless did not hand out, streams under graph
- * capture, contexts that are not their device's primary context, calls made while fragless
- * initializes or from inside a real runtime call, and everything under passthrough:true.
+ * than the current one), which each thread remembers per stream until a stream or context may
+ * have been destroyed; whether a stream is capturing is asked only once some capture has
+ * begun. So the entry points that begin captures and destroy streams or contexts are hooked
+ * too, noting that and passing through. Each entry point checks its arguments and then calls
+ * exactly one heap_* function; everything it does not serve goes to the real function: frees of
+ * pointers fragless did not hand out, streams under graph capture, contexts that are not their
+ * device's primary context, calls made while fragless initializes or from inside a real runtime
+ * call, and everything under passthrough:true.
  */
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -23,8 +26,13 @@
 
 #include "internal.h"
 
-/* cuda.h renames cuGetProcAddress to its 5-argument _v2; we export both forms. */
+/* cuda.h renames cuGetProcAddress to its 5-argument _v2, and these to their latest versions;
+ * we export every form the driver does. */
 #undef cuGetProcAddress
+#undef cuStreamBeginCapture
+#undef cuStreamBeginCaptureToGraph
+#undef cuStreamDestroy
+#undef cuCtxDestroy
 
 /* The exported names, declared here where cuda.h does not declare them (or declares them
  * under another name). */
@@ -40,6 +48,25 @@ FL_EXPORT cudaError_t cudaGetDriverEntryPoint_ptsz(const char *symbol, void **fn
 FL_EXPORT cudaError_t cudaGetDriverEntryPointByVersion_ptsz(
     const char *symbol, void **fn, unsigned int cuda_version, unsigned long long flags,
     enum cudaDriverEntryPointQueryResult *st);
+FL_EXPORT CUresult cuStreamBeginCapture(CUstream stream);
+FL_EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream stream);
+FL_EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode);
+FL_EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream stream, CUgraph graph,
+                                               const CUgraphNode *deps, const CUgraphEdgeData *data,
+                                               size_t ndeps, CUstreamCaptureMode mode);
+FL_EXPORT CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph,
+                                                    const CUgraphNode *deps,
+                                                    const CUgraphEdgeData *data, size_t ndeps,
+                                                    CUstreamCaptureMode mode);
+FL_EXPORT CUresult cuStreamDestroy(CUstream stream);
+FL_EXPORT CUresult cuCtxDestroy(CUcontext ctx);
+FL_EXPORT cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream,
+                                                  enum cudaStreamCaptureMode mode);
+FL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph_ptsz(cudaStream_t stream, cudaGraph_t graph,
+                                                         const cudaGraphNode_t *deps,
+                                                         const cudaGraphEdgeData *data,
+                                                         size_t ndeps,
+                                                         enum cudaStreamCaptureMode mode);
 
 /* ---- initialization ------------------------------------------------------------------- */
 
@@ -147,6 +174,12 @@ enum rt_fn {
     RT_ENTRY_POINT_PTSZ,
     RT_ENTRY_POINT_BY_VERSION,
     RT_ENTRY_POINT_BY_VERSION_PTSZ,
+    RT_BEGIN_CAPTURE,
+    RT_BEGIN_CAPTURE_PTSZ,
+    RT_BEGIN_CAPTURE_TO_GRAPH,
+    RT_BEGIN_CAPTURE_TO_GRAPH_PTSZ,
+    RT_STREAM_DESTROY,
+    RT_DEVICE_RESET,
     RT_COUNT
 };
 
@@ -163,6 +196,12 @@ static const char *const rt_names[RT_COUNT] = {
     [RT_ENTRY_POINT_PTSZ] = "cudaGetDriverEntryPoint_ptsz",
     [RT_ENTRY_POINT_BY_VERSION] = "cudaGetDriverEntryPointByVersion",
     [RT_ENTRY_POINT_BY_VERSION_PTSZ] = "cudaGetDriverEntryPointByVersion_ptsz",
+    [RT_BEGIN_CAPTURE] = "cudaStreamBeginCapture",
+    [RT_BEGIN_CAPTURE_PTSZ] = "cudaStreamBeginCapture_ptsz",
+    [RT_BEGIN_CAPTURE_TO_GRAPH] = "cudaStreamBeginCaptureToGraph",
+    [RT_BEGIN_CAPTURE_TO_GRAPH_PTSZ] = "cudaStreamBeginCaptureToGraph_ptsz",
+    [RT_STREAM_DESTROY] = "cudaStreamDestroy",
+    [RT_DEVICE_RESET] = "cudaDeviceReset",
 };
 
 static _Atomic(void *) rt_real[RT_COUNT];
@@ -300,6 +339,97 @@ static cudaError_t real_entry_point_by_version(enum rt_fn id, const char *symbol
     RT_CALL(id, rt_entry_by_version_fn, symbol, fn, version, flags, st);
 }
 
+typedef cudaError_t (*rt_begin_capture_fn)(cudaStream_t, enum cudaStreamCaptureMode);
+typedef cudaError_t (*rt_begin_capture_to_graph_fn)(cudaStream_t, cudaGraph_t,
+                                                    const cudaGraphNode_t *,
+                                                    const cudaGraphEdgeData *, size_t,
+                                                    enum cudaStreamCaptureMode);
+typedef cudaError_t (*rt_stream_destroy_fn)(cudaStream_t);
+typedef cudaError_t (*rt_device_reset_fn)(void);
+
+static cudaError_t real_begin_capture(enum rt_fn id, cudaStream_t s,
+                                      enum cudaStreamCaptureMode mode)
+{
+    RT_CALL(id, rt_begin_capture_fn, s, mode);
+}
+
+static cudaError_t real_begin_capture_to_graph(enum rt_fn id, cudaStream_t s, cudaGraph_t graph,
+                                               const cudaGraphNode_t *deps,
+                                               const cudaGraphEdgeData *data, size_t ndeps,
+                                               enum cudaStreamCaptureMode mode)
+{
+    RT_CALL(id, rt_begin_capture_to_graph_fn, s, graph, deps, data, ndeps, mode);
+}
+
+static cudaError_t real_stream_destroy(cudaStream_t s)
+{
+    RT_CALL(RT_STREAM_DESTROY, rt_stream_destroy_fn, s);
+}
+
+static cudaError_t real_device_reset(void)
+{
+    RT_CALL(RT_DEVICE_RESET, rt_device_reset_fn);
+}
+
+/* ---- streams: graph capture, and each stream's context -------------------------------- */
+
+/* Whether any stream of this process has begun a graph capture: set by every entry point that
+ * begins one (hooked below) before the real one runs, and never cleared. Until then no stream
+ * can be capturing, so stream-ordered calls do not ask the driver (PyTorch's allocator skips
+ * that query the same way while no capture is underway); from then on they ask every time. */
+static _Atomic bool capture_begun;
+
+static void note_capture(void)
+{
+    atomic_store_explicit(&capture_begun, true, memory_order_seq_cst);
+}
+
+/* A created stream belongs to one context for its whole life, so a thread keeps what the
+ * driver said about its last few streams, each answer valid while the epoch it was asked in
+ * lasts. The epoch moves before and after every call that can destroy a stream (destroying
+ * it, or destroying or resetting its context; and in a forked child): before, so that a
+ * dying stream's context is no longer served from any thread's cache; after, so that an
+ * answer given while the destroy ran is not kept for a new stream with the same handle. */
+static _Atomic uint64_t stream_epoch = 1;
+
+static void streams_changed(void)
+{
+    atomic_fetch_add_explicit(&stream_epoch, 1, memory_order_seq_cst);
+}
+
+#define STREAM_CACHE_SIZE 4
+
+struct stream_entry {
+    CUstream stream;
+    CUcontext ctx;
+    uint64_t epoch;
+};
+
+static _Thread_local struct {
+    struct stream_entry e[STREAM_CACHE_SIZE];
+    unsigned next; /* the entry replaced next */
+} stream_cache HOT_TLS;
+
+/* The context of `stream`, a created stream: this thread's cached answer while the epoch
+ * lasts, else the driver's (cuStreamGetCtx), which is then cached. */
+static CUresult stream_context(CUstream stream, CUcontext *ctx)
+{
+    uint64_t epoch = atomic_load_explicit(&stream_epoch, memory_order_acquire);
+    for (int i = 0; i < STREAM_CACHE_SIZE; i++) {
+        const struct stream_entry *e = &stream_cache.e[i];
+        if (e->stream == stream && e->epoch == epoch) {
+            *ctx = e->ctx;
+            return CUDA_SUCCESS;
+        }
+    }
+    CUresult r = drv_stream_get_ctx(stream, ctx);
+    if (r != CUDA_SUCCESS || !*ctx)
+        return r;
+    unsigned slot = stream_cache.next++ % STREAM_CACHE_SIZE;
+    stream_cache.e[slot] = (struct stream_entry){stream, *ctx, epoch};
+    return CUDA_SUCCESS;
+}
+
 /* ---- the current device --------------------------------------------------------------- */
 
 /* Each device's primary context once fragless has seen it, so that a call made in a primary
@@ -387,20 +517,112 @@ static CUresult current_device(int *dev, bool *primary)
     return context_device(ctx, dev, primary);
 }
 
-FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+/* Before and after a call that may destroy `dev`'s primary context and its streams. */
+static void primary_changed(CUdevice dev)
 {
     forget_primary(dev);
+    streams_changed();
+}
+
+FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    primary_changed(dev);
     CUresult r = drv_primary_ctx_release(dev);
-    forget_primary(dev);
+    primary_changed(dev);
     return r;
 }
 
 FL_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
 {
-    forget_primary(dev);
+    primary_changed(dev);
     CUresult r = drv_primary_ctx_reset(dev);
-    forget_primary(dev);
+    primary_changed(dev);
     return r;
+}
+
+/* ---- beginning a capture, destroying streams and contexts ----------------------------- */
+
+/* Each notes what it does for the stream-ordered calls (above) and forwards to the real
+ * function, whatever the configuration and before fragless initializes. */
+
+FL_EXPORT CUresult cuStreamBeginCapture(CUstream stream)
+{
+    note_capture();
+    return drv_stream_begin_capture_v1(stream);
+}
+
+FL_EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream stream)
+{
+    note_capture();
+    return drv_stream_begin_capture_v1_ptsz(stream);
+}
+
+FL_EXPORT CUresult cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode)
+{
+    note_capture();
+    return drv_stream_begin_capture(stream, mode);
+}
+
+FL_EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode)
+{
+    note_capture();
+    return drv_stream_begin_capture_ptsz(stream, mode);
+}
+
+FL_EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream stream, CUgraph graph,
+                                               const CUgraphNode *deps, const CUgraphEdgeData *data,
+                                               size_t ndeps, CUstreamCaptureMode mode)
+{
+    note_capture();
+    return drv_stream_begin_capture_to_graph(stream, graph, deps, data, ndeps, mode);
+}
+
+FL_EXPORT CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph,
+                                                    const CUgraphNode *deps,
+                                                    const CUgraphEdgeData *data, size_t ndeps,
+                                                    CUstreamCaptureMode mode)
+{
+    note_capture();
+    return drv_stream_begin_capture_to_graph_ptsz(stream, graph, deps, data, ndeps, mode);
+}
+
+/* After a call that may have destroyed streams (the epoch moved before it too): returns r. */
+static CUresult streams_gone(CUresult r)
+{
+    streams_changed();
+    return r;
+}
+
+FL_EXPORT CUresult cuStreamDestroy(CUstream stream)
+{
+    streams_changed();
+    return streams_gone(drv_stream_destroy_v1(stream));
+}
+
+FL_EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
+{
+    streams_changed();
+    return streams_gone(drv_stream_destroy(stream));
+}
+
+/* A context fragless serves is a primary one, which cuCtxDestroy does not destroy; but the
+ * streams of the context it destroys go with it. */
+FL_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
+{
+    streams_changed();
+    return streams_gone(drv_ctx_destroy_v1(ctx));
+}
+
+FL_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
+{
+    streams_changed();
+    return streams_gone(drv_ctx_destroy(ctx));
+}
+
+FL_EXPORT CUresult cuGreenCtxDestroy(CUgreenCtx ctx)
+{
+    streams_changed();
+    return streams_gone(drv_green_ctx_destroy(ctx));
 }
 
 /* ---- peer access ---------------------------------------------------------------------- */
@@ -501,10 +723,14 @@ static cudaError_t runtime_device(int *dev, bool *primary)
     return rt_error(ctx ? context_device(ctx, dev, primary) : CUDA_ERROR_INVALID_CONTEXT);
 }
 
-/* Whether `stream` is capturing a graph; errors of the query come back in *r. */
+/* Whether `stream` is capturing a graph; errors of the query come back in *r. No stream is
+ * while none has begun a capture. */
 static bool capturing(CUstream stream, CUresult *r)
 {
     CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    *r = CUDA_SUCCESS;
+    if (FL_LIKELY(!atomic_load_explicit(&capture_begun, memory_order_relaxed)))
+        return false;
     *r = drv_stream_is_capturing(stream, &st);
     return *r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE;
 }
@@ -591,7 +817,7 @@ static CUresult enter_stream_ctx(CUstream stream, CUcontext cur, struct ctx_guar
     g->switched = false;
     if (default_stream(stream))
         return CUDA_SUCCESS;
-    CUresult r = drv_stream_get_ctx(stream, &g->ctx);
+    CUresult r = stream_context(stream, &g->ctx);
     if (r != CUDA_SUCCESS || g->ctx == cur)
         return r;
     r = drv_ctx_set_current(g->ctx);
@@ -917,6 +1143,74 @@ FL_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t *handle, void *dev_
     return real_ipc_get_mem_handle(handle, dev_ptr);
 }
 
+/* The runtime's forms of the hooks above (the real runtime may reach the driver's hooks too,
+ * or not: a runtime linked statically, or one that resolved the driver its own way). */
+
+static cudaError_t begin_capture_rt(enum rt_fn id, cudaStream_t stream,
+                                    enum cudaStreamCaptureMode mode)
+{
+    note_capture();
+    return real_begin_capture(id, stream, mode);
+}
+
+FL_EXPORT cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode)
+{
+    return begin_capture_rt(RT_BEGIN_CAPTURE, stream, mode);
+}
+
+FL_EXPORT cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream,
+                                                  enum cudaStreamCaptureMode mode)
+{
+    return begin_capture_rt(RT_BEGIN_CAPTURE_PTSZ, stream, mode);
+}
+
+FL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream, cudaGraph_t graph,
+                                                    const cudaGraphNode_t *deps,
+                                                    const cudaGraphEdgeData *data, size_t ndeps,
+                                                    enum cudaStreamCaptureMode mode)
+{
+    note_capture();
+    return real_begin_capture_to_graph(RT_BEGIN_CAPTURE_TO_GRAPH, stream, graph, deps, data, ndeps,
+                                       mode);
+}
+
+FL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph_ptsz(cudaStream_t stream, cudaGraph_t graph,
+                                                         const cudaGraphNode_t *deps,
+                                                         const cudaGraphEdgeData *data,
+                                                         size_t ndeps,
+                                                         enum cudaStreamCaptureMode mode)
+{
+    note_capture();
+    return real_begin_capture_to_graph(RT_BEGIN_CAPTURE_TO_GRAPH_PTSZ, stream, graph, deps, data,
+                                       ndeps, mode);
+}
+
+FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    streams_changed();
+    cudaError_t e = real_stream_destroy(stream);
+    streams_changed();
+    return e;
+}
+
+/* Resets the current device's primary context: every device's is forgotten (which costs one
+ * query each) and the streams' epoch moves. */
+static void devices_changed(void)
+{
+    int limit = atomic_load_explicit(&primary_limit, memory_order_acquire);
+    for (int d = 0; d < limit; d++)
+        forget_primary(d);
+    streams_changed();
+}
+
+FL_EXPORT cudaError_t cudaDeviceReset(void)
+{
+    devices_changed();
+    cudaError_t e = real_device_reset();
+    devices_changed();
+    return e;
+}
+
 /* ---- resolvers ------------------------------------------------------------------------ */
 
 /* One real function and the hook that replaces it. */
@@ -946,6 +1240,17 @@ static const struct {
     {"cuDevicePrimaryCtxReset_v2", (void *)cuDevicePrimaryCtxReset_v2},
     {"cuCtxEnablePeerAccess", (void *)cuCtxEnablePeerAccess},
     {"cuCtxDisablePeerAccess", (void *)cuCtxDisablePeerAccess},
+    {"cuStreamBeginCapture", (void *)cuStreamBeginCapture},
+    {"cuStreamBeginCapture_ptsz", (void *)cuStreamBeginCapture_ptsz},
+    {"cuStreamBeginCapture_v2", (void *)cuStreamBeginCapture_v2},
+    {"cuStreamBeginCapture_v2_ptsz", (void *)cuStreamBeginCapture_v2_ptsz},
+    {"cuStreamBeginCaptureToGraph", (void *)cuStreamBeginCaptureToGraph},
+    {"cuStreamBeginCaptureToGraph_ptsz", (void *)cuStreamBeginCaptureToGraph_ptsz},
+    {"cuStreamDestroy", (void *)cuStreamDestroy},
+    {"cuStreamDestroy_v2", (void *)cuStreamDestroy_v2},
+    {"cuCtxDestroy", (void *)cuCtxDestroy},
+    {"cuCtxDestroy_v2", (void *)cuCtxDestroy_v2},
+    {"cuGreenCtxDestroy", (void *)cuGreenCtxDestroy},
 };
 
 /* The names cuGetProcAddress is asked for, and our hook for each stream semantics. */
@@ -969,6 +1274,12 @@ static const struct {
      (void *)cuDevicePrimaryCtxReset_v2},
     {"cuCtxEnablePeerAccess", (void *)cuCtxEnablePeerAccess, (void *)cuCtxEnablePeerAccess},
     {"cuCtxDisablePeerAccess", (void *)cuCtxDisablePeerAccess, (void *)cuCtxDisablePeerAccess},
+    {"cuStreamBeginCapture", (void *)cuStreamBeginCapture_v2, (void *)cuStreamBeginCapture_v2_ptsz},
+    {"cuStreamBeginCaptureToGraph", (void *)cuStreamBeginCaptureToGraph,
+     (void *)cuStreamBeginCaptureToGraph_ptsz},
+    {"cuStreamDestroy", (void *)cuStreamDestroy_v2, (void *)cuStreamDestroy_v2},
+    {"cuCtxDestroy", (void *)cuCtxDestroy_v2, (void *)cuCtxDestroy_v2},
+    {"cuGreenCtxDestroy", (void *)cuGreenCtxDestroy, (void *)cuGreenCtxDestroy},
 };
 
 /* Every runtime entry point we export, by enum rt_fn. (CUDA 13 deprecates
@@ -988,10 +1299,16 @@ static void *const runtime_hooks[RT_COUNT] = {
     [RT_ENTRY_POINT_PTSZ] = (void *)cudaGetDriverEntryPoint_ptsz,
     [RT_ENTRY_POINT_BY_VERSION] = (void *)cudaGetDriverEntryPointByVersion,
     [RT_ENTRY_POINT_BY_VERSION_PTSZ] = (void *)cudaGetDriverEntryPointByVersion_ptsz,
+    [RT_BEGIN_CAPTURE] = (void *)cudaStreamBeginCapture,
+    [RT_BEGIN_CAPTURE_PTSZ] = (void *)cudaStreamBeginCapture_ptsz,
+    [RT_BEGIN_CAPTURE_TO_GRAPH] = (void *)cudaStreamBeginCaptureToGraph,
+    [RT_BEGIN_CAPTURE_TO_GRAPH_PTSZ] = (void *)cudaStreamBeginCaptureToGraph_ptsz,
+    [RT_STREAM_DESTROY] = (void *)cudaStreamDestroy,
+    [RT_DEVICE_RESET] = (void *)cudaDeviceReset,
 };
 #pragma GCC diagnostic pop
 
-#define MAX_HOOK_IDS 64
+#define MAX_HOOK_IDS 128
 static struct {
     pthread_mutex_t lock;
     _Atomic bool built;
@@ -1078,6 +1395,7 @@ static void fork_child(void)
 {
     vmm_atfork_child();
     heap_atfork_child();
+    streams_changed(); /* the parent's streams are not the child's */
 }
 
 static void fork_child_init(void)

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -43,8 +44,13 @@ struct tdev {
     char hms[10]; /* "HH:MM:SS." */
 };
 
+/* Whether recording is on, as trace_enabled answers it on every allocation: undecided until
+ * the configuration was read, then off or on (trace_start turns it on at any time). */
+enum trace_state { TRACE_UNDECIDED, TRACE_OFF, TRACE_ON };
+
 static struct {
     pthread_once_t once;
+    _Atomic int state; /* enum trace_state */
     bool on;
     bool extensions;
     bool closing; /* after trace_stop(): write each event at once */
@@ -260,6 +266,7 @@ int trace_start(const char *path, bool extensions)
     }
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     __atomic_store_n(&tr.on, true, __ATOMIC_RELEASE);
+    atomic_store_explicit(&tr.state, TRACE_ON, memory_order_release);
     return 0;
 }
 
@@ -270,10 +277,23 @@ static void start_from_config(void)
         log_info("trace: recording allocation events to %s (.devN per device)", c->trace_path);
 }
 
-bool trace_enabled(void)
+/* Reads the configuration once; off unless it started recording (or trace_start did). */
+static int decide(void)
 {
     pthread_once(&tr.once, start_from_config);
-    return __atomic_load_n(&tr.on, __ATOMIC_ACQUIRE);
+    int expected = TRACE_UNDECIDED;
+    atomic_compare_exchange_strong_explicit(&tr.state, &expected, TRACE_OFF, memory_order_acq_rel,
+                                            memory_order_acquire);
+    return atomic_load_explicit(&tr.state, memory_order_acquire);
+}
+
+/* One load once decided (acquire: what trace_start set up is seen with it). */
+bool trace_enabled(void)
+{
+    int state = atomic_load_explicit(&tr.state, memory_order_acquire);
+    if (FL_UNLIKELY(state == TRACE_UNDECIDED))
+        state = decide();
+    return state == TRACE_ON;
 }
 
 void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size, CUstream stream)

@@ -112,6 +112,44 @@ Test(interpose, context_hooks_pass_the_drivers_error)
     run_prog("ip_ctxcache", "bad-device", NULL);
 }
 
+Test(interpose, no_capture_query_until_a_capture_is_begun)
+{
+    run_prog("ip_capture", "none", NULL);
+}
+
+Test(interpose, a_capture_begun_through_any_entry_point_is_seen)
+{
+    static const char *const ways[] = {
+        "runtime",       "runtime-ptsz", "driver",          "driver-ptsz", "procaddr",
+        "procaddr-ptsz", "entry-point",  "dlsym",           "driver-v1",   "driver-v1-ptsz",
+        "procaddr-v1",   "to-graph",     "runtime-to-graph"};
+    for (size_t i = 0; i < sizeof ways / sizeof ways[0]; i++)
+        run_prog("ip_capture", ways[i], NULL);
+}
+
+Test(interpose, a_streams_context_is_remembered_until_a_stream_is_destroyed)
+{
+    run_prog("ip_streams", "steady", NULL);
+}
+
+Test(interpose, a_destroyed_streams_context_is_forgotten)
+{
+    static const char *const ways[] = {"runtime", "driver", "procaddr", "driver-v1", "procaddr-v1"};
+    const char *env[] = {"FRAGLESS_EMU_DEVICES=2", NULL};
+    for (size_t i = 0; i < sizeof ways / sizeof ways[0]; i++) {
+        struct tu_result r;
+        run_ok(&r, "ip_streams", "destroy", ways[i], env);
+        tu_result_free(&r);
+    }
+}
+
+Test(interpose, streams_are_forgotten_when_their_context_is_reset)
+{
+    static const char *const ways[] = {"runtime", "driver", "release"};
+    for (size_t i = 0; i < 3; i++)
+        run_prog("ip_streams", "reset", ways[i]);
+}
+
 Test(interpose, failed_capture_query_returns_its_error)
 {
     run_prog("ip_faults", "capture-query", NULL);
@@ -197,12 +235,15 @@ Test(interpose, a_program_that_never_uses_cuda_loads_nothing)
 }
 
 /* The exported CUDA names and dlsym, as `LC_ALL=C sort` orders them. */
-static const char expected_hooks[] = "cuCtxDisablePeerAccess\n"
+static const char expected_hooks[] = "cuCtxDestroy\n"
+                                     "cuCtxDestroy_v2\n"
+                                     "cuCtxDisablePeerAccess\n"
                                      "cuCtxEnablePeerAccess\n"
                                      "cuDevicePrimaryCtxRelease_v2\n"
                                      "cuDevicePrimaryCtxReset_v2\n"
                                      "cuGetProcAddress\n"
                                      "cuGetProcAddress_v2\n"
+                                     "cuGreenCtxDestroy\n"
                                      "cuIpcGetMemHandle\n"
                                      "cuMemAllocAsync\n"
                                      "cuMemAllocAsync_ptsz\n"
@@ -213,6 +254,15 @@ static const char expected_hooks[] = "cuCtxDisablePeerAccess\n"
                                      "cuMemGetAddressRange_v2\n"
                                      "cuMemGetInfo_v2\n"
                                      "cuPointerGetAttribute\n"
+                                     "cuStreamBeginCapture\n"
+                                     "cuStreamBeginCaptureToGraph\n"
+                                     "cuStreamBeginCaptureToGraph_ptsz\n"
+                                     "cuStreamBeginCapture_ptsz\n"
+                                     "cuStreamBeginCapture_v2\n"
+                                     "cuStreamBeginCapture_v2_ptsz\n"
+                                     "cuStreamDestroy\n"
+                                     "cuStreamDestroy_v2\n"
+                                     "cudaDeviceReset\n"
                                      "cudaFree\n"
                                      "cudaFreeAsync\n"
                                      "cudaFreeAsync_ptsz\n"
@@ -225,6 +275,11 @@ static const char expected_hooks[] = "cuCtxDisablePeerAccess\n"
                                      "cudaMallocAsync\n"
                                      "cudaMallocAsync_ptsz\n"
                                      "cudaMemGetInfo\n"
+                                     "cudaStreamBeginCapture\n"
+                                     "cudaStreamBeginCaptureToGraph\n"
+                                     "cudaStreamBeginCaptureToGraph_ptsz\n"
+                                     "cudaStreamBeginCapture_ptsz\n"
+                                     "cudaStreamDestroy\n"
                                      "dlsym\n";
 
 /* The library's exported names selected by `grep` must be `expected`, one per line. */

@@ -11,17 +11,6 @@
 typedef cudaError_t (*malloc_async_fn)(void **, size_t, cudaStream_t);
 typedef cudaError_t (*free_async_fn)(void *, cudaStream_t);
 
-static fragless_stats_t stats_of(int device)
-{
-    fragless_stats_t s;
-    int rc = ip_stats(device, &s);
-    if (rc == FRAGLESS_ENODEV)
-        memset(&s, 0, sizeof s);
-    else
-        CHECK(rc == 0, "fragless_get_stats(%d) = %d", device, rc);
-    return s;
-}
-
 static int device_of(CUdeviceptr p)
 {
     int ordinal = -1;
@@ -45,7 +34,7 @@ static void on_other_device(cudaStream_t s1, CUcontext ctx0)
     malloc_async_fn malloc_ptsz = (malloc_async_fn)dlsym(RTLD_DEFAULT, "cudaMallocAsync_ptsz");
     free_async_fn free_ptsz = (free_async_fn)dlsym(RTLD_DEFAULT, "cudaFreeAsync_ptsz");
     CHECK(malloc_ptsz && free_ptsz, "the _ptsz forms are exported");
-    fragless_stats_t before0 = stats_of(0), before1 = stats_of(1);
+    fragless_stats_t before0 = ip_stats_of(0), before1 = ip_stats_of(1);
     void *a = NULL, *b = NULL;
     CUdeviceptr c = 0;
     CHECK(cudaMallocAsync(&a, n, s1) == cudaSuccess, "cudaMallocAsync on device 1's stream");
@@ -63,14 +52,14 @@ static void on_other_device(cudaStream_t s1, CUcontext ctx0)
     CHECK(cuMemFreeAsync(c, (CUstream)s1) == CUDA_SUCCESS, "cuMemFreeAsync");
     expect_device0_current(ctx0);
     CHECK(cudaStreamSynchronize(s1) == cudaSuccess, "sync");
-    fragless_stats_t after0 = stats_of(0), after1 = stats_of(1);
+    fragless_stats_t after0 = ip_stats_of(0), after1 = ip_stats_of(1);
     ip_expect_served(&before1, &after1, 3, 3);
     ip_expect_served(&before0, &after0, 0, 0);
 }
 
 static void on_default_streams(CUcontext ctx0)
 {
-    fragless_stats_t before = stats_of(0);
+    fragless_stats_t before = ip_stats_of(0);
     void *a = NULL;
     CUdeviceptr c = 0;
     CHECK(cudaMallocAsync(&a, 4096, NULL) == cudaSuccess, "legacy default stream");
@@ -80,7 +69,7 @@ static void on_default_streams(CUcontext ctx0)
     CHECK(cuMemFreeAsync(c, CU_STREAM_PER_THREAD) == CUDA_SUCCESS, "free");
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
     expect_device0_current(ctx0);
-    fragless_stats_t after = stats_of(0);
+    fragless_stats_t after = ip_stats_of(0);
     ip_expect_served(&before, &after, 2, 2);
 }
 

@@ -7,15 +7,18 @@
  *                  fails with each API's out-of-memory error, the runtime's calls leave
  *                  cudaErrorMemoryAllocation as the runtime's last error (read once), fragless
  *                  counts exactly those three, and a small allocation still works;
- *   "capture-query" cuStreamIsCapturing fails once: the stream-ordered call returns that
- *                  error (as the runtime's code) and the next one is served;
+ *   "capture-query" once a capture was begun (and ended) in the process, stream-ordered
+ *                  calls ask cuStreamIsCapturing; it fails once: the stream-ordered call
+ *                  returns that error (as the runtime's code) and the next one is served;
  *   "ctx-state"    cuDevicePrimaryCtxGetState fails once: fragless cannot tell the context
  *                  is primary, so that allocation goes to the real function; the next is
  *                  served;
  *   "stream-ctx"   (FRAGLESS_EMU_DEVICES=2) stream-ordered calls on a stream of device 1
  *                  while device 0 is current: cuStreamGetCtx or the switch to the stream's
  *                  context failing returns that error and changes nothing; the switch back
- *                  failing leaves the stream's context current, with an error message.
+ *                  failing leaves the stream's context current, with an error message. (A
+ *                  stream's context is asked once and then remembered until some stream is
+ *                  destroyed: destroying a scratch stream makes the free ask again.)
  */
 #include "ip_prog.h"
 
@@ -74,7 +77,11 @@ static void capture_query(void)
 {
     cudaStream_t s = NULL;
     void *p = NULL;
+    cudaGraph_t graph = NULL;
     CHECK(cudaStreamCreate(&s) == cudaSuccess, "stream");
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess, "capture");
+    CHECK(cudaStreamEndCapture(s, &graph) == cudaSuccess && graph, "end capture");
+    CHECK(cudaGraphDestroy(graph) == cudaSuccess, "graph destroy");
     arm("cuStreamIsCapturing@1=CUDA_ERROR_INVALID_HANDLE");
     CHECK(cudaMallocAsync(&p, 4096, s) == cudaErrorInvalidResourceHandle, "query error");
     fragless_stats_t before = ip_stats0();
@@ -141,6 +148,9 @@ static void stream_ctx(void)
     expect_context(ctx1, "the stream's context stays current (and an error says so)");
     CHECK(cudaSetDevice(0) == cudaSuccess, "back to device 0");
 
+    cudaStream_t scratch = NULL;
+    CHECK(cudaStreamCreate(&scratch) == cudaSuccess && cudaStreamDestroy(scratch) == cudaSuccess,
+          "scratch stream");
     arm_next("cuStreamGetCtx", 1, "CUDA_ERROR_INVALID_HANDLE");
     CHECK(cudaFreeAsync(p, s1) == cudaErrorInvalidResourceHandle, "free: stream query fails");
     CHECK(ip_stats(1, &s) == 0 && s.num_frees == 0 && s.num_allocs == 1, "still allocated");

@@ -44,16 +44,22 @@ static inline int ip_stats(int device, fragless_stats_t *s)
     return fn(device, s);
 }
 
-/* Device 0's statistics; all zero while fragless has not used the device. */
-static inline fragless_stats_t ip_stats0(void)
+/* A device's statistics; all zero while fragless has not used the device. */
+static inline fragless_stats_t ip_stats_of(int device)
 {
     fragless_stats_t s;
-    int rc = ip_stats(0, &s);
+    int rc = ip_stats(device, &s);
     if (rc == FRAGLESS_ENODEV)
         memset(&s, 0, sizeof s);
     else
-        CHECK(rc == 0, "fragless_get_stats(0) = %d", rc);
+        CHECK(rc == 0, "fragless_get_stats(%d) = %d", device, rc);
     return s;
+}
+
+/* Device 0's statistics, as ip_stats_of. */
+static inline fragless_stats_t ip_stats0(void)
+{
+    return ip_stats_of(0);
 }
 
 /* Fails unless exactly `allocs` allocations and `frees` frees went through fragless

@@ -7,8 +7,12 @@
 
 #include "emu.h"
 
-/* cuda.h maps cuStreamGetCaptureInfo to _v3; the library exports every version. */
+/* cuda.h maps cuStreamGetCaptureInfo to _v3 and cuStreamBeginCapture to _v2; the library
+ * exports every version. */
 #undef cuStreamGetCaptureInfo
+#undef cuStreamBeginCapture
+CUresult cuStreamBeginCapture(CUstream hStream);
+CUresult cuStreamBeginCapture_ptsz(CUstream hStream);
 CUresult cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *status, cuuint64_t *id);
 CUresult cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstreamCaptureStatus *status,
                                      cuuint64_t *id);
@@ -39,6 +43,19 @@ static CUresult begin_capture(CUstream h, CUstreamCaptureMode mode, bool ptds)
     }
     emu_unlock();
     return r;
+}
+
+/* CUDA 10.0's forms, without a mode: every capture then was global. */
+EMU_API CUresult cuStreamBeginCapture(CUstream hStream)
+{
+    EMU_ENTER(cuStreamBeginCapture);
+    return begin_capture(hStream, CU_STREAM_CAPTURE_MODE_GLOBAL, false);
+}
+
+EMU_API CUresult cuStreamBeginCapture_ptsz(CUstream hStream)
+{
+    EMU_ENTER(cuStreamBeginCapture_ptsz);
+    return begin_capture(hStream, CU_STREAM_CAPTURE_MODE_GLOBAL, true);
 }
 
 EMU_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)

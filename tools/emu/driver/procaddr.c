@@ -14,6 +14,11 @@
 #undef cuEventElapsedTime
 #undef cuDeviceGetUuid
 #undef cuStreamGetCaptureInfo
+#undef cuStreamBeginCapture
+#undef cuStreamDestroy
+CUresult cuStreamBeginCapture(CUstream hStream);
+CUresult cuStreamBeginCapture_ptsz(CUstream hStream);
+CUresult cuStreamDestroy(CUstream hStream);
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
 CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
 CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev);
@@ -87,6 +92,7 @@ static const struct proc procs[] = {
     P(cuMemRetainAllocationHandle, 11000, cuMemRetainAllocationHandle),
     P(cuStreamCreate, 2000, cuStreamCreate),
     P(cuStreamCreateWithPriority, 5050, cuStreamCreateWithPriority),
+    P(cuStreamDestroy, 2000, cuStreamDestroy),
     P(cuStreamDestroy, 4000, cuStreamDestroy_v2),
     PT(cuStreamSynchronize, 2000, cuStreamSynchronize, cuStreamSynchronize_ptsz),
     PT(cuStreamQuery, 2000, cuStreamQuery, cuStreamQuery_ptsz),
@@ -95,6 +101,7 @@ static const struct proc procs[] = {
     PT(cuStreamGetPriority, 5050, cuStreamGetPriority, cuStreamGetPriority_ptsz),
     PT(cuStreamGetFlags, 5050, cuStreamGetFlags, cuStreamGetFlags_ptsz),
     PT(cuStreamIsCapturing, 10000, cuStreamIsCapturing, cuStreamIsCapturing_ptsz),
+    PT(cuStreamBeginCapture, 10000, cuStreamBeginCapture, cuStreamBeginCapture_ptsz),
     PT(cuStreamBeginCapture, 10010, cuStreamBeginCapture_v2, cuStreamBeginCapture_v2_ptsz),
     PT(cuStreamEndCapture, 10000, cuStreamEndCapture, cuStreamEndCapture_ptsz),
     PT(cuStreamGetCaptureInfo, 10010, cuStreamGetCaptureInfo, cuStreamGetCaptureInfo_ptsz),

@@ -10,6 +10,10 @@
 
 #include "emu.h"
 
+/* cuda.h maps cuStreamDestroy to _v2; the library exports both. */
+#undef cuStreamDestroy
+CUresult cuStreamDestroy(CUstream hStream);
+
 static __thread struct emu_stream *per_thread[EMU_MAX_DEVICES];
 
 static bool stream_blocking(const struct emu_stream *s)
@@ -22,10 +26,20 @@ static bool stream_is_legacy(const struct emu_stream *s)
     return s == &s->ctx->legacy;
 }
 
+/* The last destroyed stream's memory, kept for the next stream created (emulator lock held):
+ * like a real driver, the emulated one hands a destroyed stream's handle out again, which is
+ * what anything that remembers streams by handle must survive. */
+static struct emu_stream *spare_stream;
+
 static struct emu_stream *stream_new(struct emu_ctx *ctx, unsigned flags, int priority)
 {
-    struct emu_stream *s = calloc(1, sizeof *s);
+    struct emu_stream *s = spare_stream;
 
+    spare_stream = NULL;
+    if (s)
+        memset(s, 0, sizeof *s);
+    else
+        s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->magic = EMU_MAGIC_STREAM;
@@ -46,7 +60,8 @@ static void stream_free(struct emu_stream *s)
         a->free_stream = NULL;
     HASH_DEL(emu.streams, s);
     s->magic = 0;
-    free(s);
+    free(spare_stream);
+    spare_stream = s;
 }
 
 static struct emu_stream *stream_per_thread(struct emu_ctx *ctx)
@@ -220,13 +235,12 @@ EMU_API CUresult cuStreamCreateWithPriority(CUstream *phStream, unsigned int fla
     return stream_create(phStream, flags, priority);
 }
 
-EMU_API CUresult cuStreamDestroy_v2(CUstream hStream)
+static CUresult stream_destroy(CUstream hStream)
 {
     CUresult r;
     struct emu_ctx *c = NULL;
     struct emu_stream *s = NULL;
 
-    EMU_ENTER(cuStreamDestroy_v2);
     emu_lock();
     r = emu_current_stream(hStream, false, &c, &s);
     if (r == CUDA_SUCCESS && s->implicit)
@@ -235,6 +249,19 @@ EMU_API CUresult cuStreamDestroy_v2(CUstream hStream)
         stream_free(s); /* queued work still completes: fills are queued apart */
     emu_unlock();
     return r;
+}
+
+EMU_API CUresult cuStreamDestroy_v2(CUstream hStream)
+{
+    EMU_ENTER(cuStreamDestroy_v2);
+    return stream_destroy(hStream);
+}
+
+/* The pre-4.0 name, which the driver still exports. */
+EMU_API CUresult cuStreamDestroy(CUstream hStream)
+{
+    EMU_ENTER(cuStreamDestroy);
+    return stream_destroy(hStream);
 }
 
 static CUresult stream_synchronize(CUstream h, bool ptds)
