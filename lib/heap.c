@@ -451,7 +451,7 @@ static void put_freed(struct heap *h, struct block *b, CUstream stream, enum hea
 }
 
 /* The device of the calling thread's last free: its heap's live map is looked in first. */
-static __attribute__((tls_model("initial-exec"))) _Thread_local int free_hint;
+static FL_HOT_TLS _Thread_local int free_hint;
 
 /* The live block at ptr in the heap of the calling thread's last free, with that heap locked
  * (*hp); NULL, nothing locked, if it is not there. Spares most frees the segment map. */

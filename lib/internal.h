@@ -22,6 +22,9 @@
 
 #define FL_EXPORT        __attribute__((visibility("default")))
 #define FL_UNUSED        __attribute__((unused))
+/* Thread-locals read on every allocation or free: the initial-exec model makes each read one
+ * load, not a call to __tls_get_addr (libfragless is preloaded, so its TLS is static). */
+#define FL_HOT_TLS       __attribute__((tls_model("initial-exec")))
 #define FL_LIKELY(x)     __builtin_expect(!!(x), 1)
 #define FL_UNLIKELY(x)   __builtin_expect(!!(x), 0)
 #define FL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

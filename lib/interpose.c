@@ -76,15 +76,11 @@ static struct {
     CUresult result;
 } init = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-/* Read on every hooked call: the initial-exec model makes each read one load, not a call to
- * __tls_get_addr (libfragless is preloaded, so its thread-local storage is static). */
-#define HOT_TLS __attribute__((tls_model("initial-exec")))
-
 /* This thread is initializing fragless: hooked calls it makes go to the real function. */
-static _Thread_local bool in_init HOT_TLS;
+static _Thread_local bool in_init FL_HOT_TLS;
 /* This thread is inside a real runtime function fragless called: driver entry points the
  * runtime calls from there go to the real driver (the runtime does its own bookkeeping). */
-static _Thread_local int in_real_runtime HOT_TLS;
+static _Thread_local int in_real_runtime FL_HOT_TLS;
 
 static void build_hook_table(void);
 static void register_fork_handlers(void);
@@ -408,7 +404,7 @@ struct stream_entry {
 static _Thread_local struct {
     struct stream_entry e[STREAM_CACHE_SIZE];
     unsigned next; /* the entry replaced next */
-} stream_cache HOT_TLS;
+} stream_cache FL_HOT_TLS;
 
 /* The context of `stream`, a created stream: this thread's cached answer while the epoch
  * lasts, else the driver's (cuStreamGetCtx), which is then cached. */

@@ -25,7 +25,7 @@
 /* Per-thread default streams: one pool per thread, keyed by the address of a thread-local
  * token; when the thread exits, its pools' blocks wait for a device sync (a later thread may
  * get the same token, and the dead thread's stream may still be working). */
-static _Thread_local char thread_token;
+static FL_HOT_TLS _Thread_local char thread_token;
 static pthread_key_t exit_key;
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
