@@ -15,6 +15,8 @@
  *                         per second of all threads together and its ratio to 1 thread,
  *                         beside glibc malloc+free's on as many threads (and its ratio to 1
  *                         thread) in the same run
+ *   bench_heap loop API PASSES  PASSES untimed passes of one API's pairs (glibc, plain,
+ *                         async), for bench/instructions.sh or a profiler
  *   bench_heap train      a 1,000-step synthetic training loop (plain and stream-ordered API),
  *                         with fragless's classic and expandable segments and again with
  *                         FRAGLESS_CONF=passthrough:true (child runs of this program): driver
@@ -406,11 +408,38 @@ static bool known_row(const char *what)
     return false;
 }
 
+/* bench_heap loop API PASSES: PASSES passes of API's pairs (glibc, plain or async) and nothing
+ * else, untimed: what bench/instructions.sh counts instructions of, or a profiler samples. */
+static int loop(const char *api, const char *passes)
+{
+    char *end = NULL;
+    long n = strtol(passes, &end, 10);
+    bool async = !strcmp(api, "async"), plain = !strcmp(api, "plain");
+    if (!*passes || *end || n < 1 || n > 1000000 || (!async && !plain && strcmp(api, "glibc"))) {
+        fprintf(stderr, "usage: bench_heap loop glibc|plain|async PASSES (1 to 1000000)\n");
+        return 2;
+    }
+    cudaStream_t s;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+    for (long i = 0; i < n; i++)
+        if (async || plain)
+            cuda_pass(async, s, NULL, NULL);
+        else
+            glibc_pass();
+    check(cudaStreamDestroy(s), "cudaStreamDestroy");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "all";
+    if (argc == 4 && !strcmp(what, "loop")) {
+        make_sizes();
+        return loop(argv[2], argv[3]);
+    }
     if (argc > 2 || !known_row(what)) {
-        fprintf(stderr, "usage: bench_heap [all|pairs|pairs-async|threads|train]\n");
+        fprintf(stderr, "usage: bench_heap [all|pairs|pairs-async|threads|train]\n"
+                        "       bench_heap loop glibc|plain|async PASSES\n");
         return 2;
     }
     make_sizes();
