@@ -11,11 +11,6 @@
 
 #include "internal.h"
 
-static bool valid_device(int device)
-{
-    return device >= 0 && device < FL_MAX_DEVICES;
-}
-
 /* Bit d: fragless was asked to allocate on device d. */
 static _Atomic uint64_t used_devices;
 
@@ -24,14 +19,14 @@ _Static_assert(FL_MAX_DEVICES <= 64, "used_devices has one bit per device");
 static bool device_used(int device)
 {
     uint64_t used = atomic_load_explicit(&used_devices, memory_order_acquire);
-    return valid_device(device) && (used >> device & 1);
+    return fl_device_in_range(device) && (used >> device & 1);
 }
 
 /* On every allocation: a load, and a write only the first time, so that threads allocating at
  * once do not contend for the word's cache line. */
 void api_note_device(int device)
 {
-    if (valid_device(device) && FL_UNLIKELY(!device_used(device)))
+    if (fl_device_in_range(device) && FL_UNLIKELY(!device_used(device)))
         atomic_fetch_or_explicit(&used_devices, (uint64_t)1 << device, memory_order_release);
 }
 

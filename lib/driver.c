@@ -683,14 +683,9 @@ CUresult drv_mem_unmap(CUdeviceptr ptr, size_t size)
 
 /* ---- peer access to mapped memory ----------------------------------------------------- */
 
-static bool device_ok(int device)
-{
-    return device >= 0 && device < FL_MAX_DEVICES;
-}
-
 void drv_peer_set(int owner, int peer, bool on)
 {
-    if (!device_ok(owner) || !device_ok(peer) || owner == peer)
+    if (!fl_device_in_range(owner) || !fl_device_in_range(peer) || owner == peer)
         return;
     uint64_t bit = (uint64_t)1 << peer;
     if (on)
@@ -701,7 +696,8 @@ void drv_peer_set(int owner, int peer, bool on)
 
 uint64_t drv_peers(int owner)
 {
-    return device_ok(owner) ? atomic_load_explicit(&drv.peers[owner], memory_order_acquire) : 0;
+    return fl_device_in_range(owner) ? atomic_load_explicit(&drv.peers[owner], memory_order_acquire)
+                                     : 0;
 }
 
 static CUmemAccessDesc access_desc(int device, CUmemAccess_flags flags)

@@ -21,11 +21,6 @@
 static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct heap *_Atomic heaps[FL_MAX_DEVICES];
 
-static bool device_in_range(int device)
-{
-    return device >= 0 && device < FL_MAX_DEVICES;
-}
-
 /* Whether device supports VMM (then expandable segments are its default). */
 static bool device_has_vmm(int device, size_t *mem)
 {
@@ -84,7 +79,7 @@ static struct heap *heap_create(int device)
 /* The heap of `device`; created on first use when `create`. */
 static struct heap *heap_of(int device, bool create)
 {
-    if (!device_in_range(device))
+    if (!fl_device_in_range(device))
         return NULL;
     struct heap *h = atomic_load_explicit(&heaps[device], memory_order_acquire);
     if (FL_LIKELY(h) || !create)
@@ -396,7 +391,7 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
         return CUDA_ERROR_INVALID_VALUE;
     struct heap *h = heap_of(device, true);
     if (!h)
-        return device_in_range(device) ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_DEVICE;
+        return fl_device_in_range(device) ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_DEVICE;
     size_t rounded = size_round(size, h->cfg);
     heap_lock(h);
     if (FL_UNLIKELY(!rounded)) {
@@ -597,7 +592,7 @@ int heap_get_stats(int device, fragless_stats_t *out)
 
 int heap_reset_peaks(int device)
 {
-    if (device != -1 && !device_in_range(device))
+    if (device != -1 && !fl_device_in_range(device))
         return FRAGLESS_ENODEV;
     for (int d = 0; d < FL_MAX_DEVICES; d++) {
         struct heap *h = heap_of(d, false);

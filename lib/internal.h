@@ -36,6 +36,12 @@
 /* Most devices fragless keeps state for. */
 #define FL_MAX_DEVICES 64
 
+/* Whether `device` is an ordinal fragless keeps state for (0 .. FL_MAX_DEVICES - 1). */
+static inline bool fl_device_in_range(int device)
+{
+    return device >= 0 && device < FL_MAX_DEVICES;
+}
+
 /* ---- log.c: the one path for every message ------------------------------------------- */
 
 /* Errors and warnings are always printed; info from verbose 2, debug from verbose 3. */
@@ -683,7 +689,6 @@ struct vmm_spare {
     CUmemGenericAllocationHandle handle;
     size_t size;
 };
-bool vmm_device_ok(int device);
 /* Locks the list of `device`'s live ranges (and so every change to their mappings) and
  * returns its head; vmm.c links the ranges through it. */
 struct vrange **vmm_ranges_lock(int device);

@@ -449,7 +449,7 @@ static void remember_primary(CUdevice dev, CUcontext ctx)
 
 static void forget_primary(CUdevice dev)
 {
-    if (dev >= 0 && dev < FL_MAX_DEVICES)
+    if (fl_device_in_range(dev))
         atomic_store_explicit(&primary_ctx[dev], NULL, memory_order_release);
 }
 
@@ -496,7 +496,7 @@ static CUresult context_device(CUcontext ctx, int *dev, bool *primary)
     if (r != CUDA_SUCCESS)
         return r;
     *dev = d;
-    *primary = d >= 0 && d < FL_MAX_DEVICES && is_primary(ctx, d);
+    *primary = fl_device_in_range(d) && is_primary(ctx, d);
     return CUDA_SUCCESS;
 }
 

@@ -260,7 +260,7 @@ CUresult heap_empty_cache(int device, size_t *released)
 {
     size_t bytes = 0;
     CUresult r = CUDA_SUCCESS;
-    if (device != -1 && (device < 0 || device >= FL_MAX_DEVICES))
+    if (device != -1 && !fl_device_in_range(device))
         return CUDA_ERROR_INVALID_DEVICE;
     for (int d = 0; d < FL_MAX_DEVICES; d++) {
         struct heap *h = heap_find(d);

@@ -298,7 +298,7 @@ bool trace_enabled(void)
 
 void trace_record(int device, enum trace_action a, CUdeviceptr ptr, size_t size, CUstream stream)
 {
-    if (!trace_enabled() || device < 0 || device >= FL_MAX_DEVICES ||
+    if (!trace_enabled() || !fl_device_in_range(device) ||
         (a == TRACE_EMPTY_CACHE && !tr.extensions))
         return;
     if (FL_UNLIKELY(!thread_field.len)) {

@@ -182,7 +182,7 @@ CUresult vrange_reserve(int device, size_t va_size, size_t page_size, struct vra
     size_t gran = 0;
     CUresult err;
 
-    if (!out || !vmm_device_ok(device) || va_size == 0)
+    if (!out || !fl_device_in_range(device) || va_size == 0)
         return CUDA_ERROR_INVALID_VALUE;
     *out = NULL;
     err = drv_init();
@@ -711,7 +711,7 @@ static CUresult walk_ready(struct vrange *head, struct peer_walk *w)
 
 CUresult vmm_peer_enable(int owner, int peer)
 {
-    if (!vmm_device_ok(owner) || !vmm_device_ok(peer) || owner == peer)
+    if (!fl_device_in_range(owner) || !fl_device_in_range(peer) || owner == peer)
         return CUDA_ERROR_INVALID_DEVICE;
     struct vrange **head = vmm_ranges_lock(owner);
     struct peer_walk grant = {.peer = peer, .on = true, .limit = SIZE_MAX};
@@ -740,7 +740,7 @@ forget_peer:
 
 void vmm_peer_disable(int owner, int peer)
 {
-    if (!vmm_device_ok(owner) || !vmm_device_ok(peer))
+    if (!fl_device_in_range(owner) || !fl_device_in_range(peer))
         return;
     vmm_ranges_lock(owner);
     drv_peer_set(owner, peer, false);

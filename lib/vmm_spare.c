@@ -37,14 +37,9 @@ static void devices_init(void)
     }
 }
 
-bool vmm_device_ok(int device)
-{
-    return device >= 0 && device < FL_MAX_DEVICES;
-}
-
 static struct vmm_device *dev_get(int device)
 {
-    if (!vmm_device_ok(device))
+    if (!fl_device_in_range(device))
         return NULL;
     pthread_once(&devices_once, devices_init);
     return &devices[device];
