@@ -48,6 +48,8 @@ void fi_init(struct freeindex *fi)
 void fi_insert(struct freeindex *fi, struct block *b)
 {
     struct fi_class c = class_of(b->size);
+    b->fi_fl = (uint16_t)c.fl;
+    b->fi_sl = (uint16_t)c.sl;
     struct block **head = &fi->heads[c.fl][c.sl];
     b->lprev = NULL;
     b->lnext = *head;
@@ -63,7 +65,7 @@ void fi_insert(struct freeindex *fi, struct block *b)
 
 void fi_remove(struct freeindex *fi, struct block *b)
 {
-    struct fi_class c = class_of(b->size);
+    struct fi_class c = {b->fi_fl, b->fi_sl};
     if (b->lprev)
         b->lprev->lnext = b->lnext;
     else
@@ -81,8 +83,8 @@ void fi_remove(struct freeindex *fi, struct block *b)
     fi->count--;
 }
 
-/* b moves from old_size's class to its own. Kept out of line: fi_resize's common case (same
- * class) stays a few instructions. */
+/* b moves from the class it was filed under to its own. Kept out of line: fi_resize's common
+ * case (same class) stays a few instructions. */
 static __attribute__((noinline)) void reclass(struct freeindex *fi, struct block *b,
                                               size_t old_size)
 {
@@ -95,8 +97,8 @@ static __attribute__((noinline)) void reclass(struct freeindex *fi, struct block
 
 void fi_resize(struct freeindex *fi, struct block *b, size_t old_size)
 {
-    struct fi_class was = class_of(old_size), now = class_of(b->size);
-    if (FL_LIKELY(was.fl == now.fl && was.sl == now.sl))
+    struct fi_class now = class_of(b->size);
+    if (FL_LIKELY(now.fl == b->fi_fl && now.sl == b->fi_sl))
         fi->bytes += b->size - old_size;
     else
         reclass(fi, b, old_size);
@@ -203,7 +205,8 @@ static bool class_is_valid(const struct freeindex *fi, unsigned f, unsigned s, s
         return false;
     for (const struct block *b = fi->heads[f][s]; b; prev = b, b = b->lnext) {
         struct fi_class c = class_of(b->size);
-        if (b->lprev != prev || b->index != fi || b->state != BLOCK_FREE || c.fl != f || c.sl != s)
+        if (b->lprev != prev || b->index != fi || b->state != BLOCK_FREE || c.fl != f ||
+            c.sl != s || b->fi_fl != f || b->fi_sl != s)
             return false;
         *bytes += b->size;
         (*count)++;

@@ -324,6 +324,7 @@ struct block {
     struct freeindex *index;     /* the index holding a BLOCK_FREE block */
     uint64_t free_seq;           /* heap's free sequence number when it was freed */
     enum block_state state;
+    uint16_t fi_fl, fi_sl; /* its class in the free index holding it (freeindex.c) */
 };
 
 /* ---- livemap.c: a heap's live blocks by address (open addressing; never allocates on
