@@ -172,10 +172,12 @@ static void collect_before_mapping(struct heap *h, size_t need)
     release_count_automatic(h, expand_release(h, reserved + need - h->gc_limit, NULL));
 }
 
-/* Whether every page below s's mapped_end is mapped (then nothing below it needs a page). */
+/* Whether every page below s's mapped_end is ready (mapped with access set; no page at or
+ * beyond it is mapped): then nothing below it needs a page. Ready, not only mapped: a page
+ * whose access could not be set is repaired by the vrange_map that a need makes. */
 static bool mapped_below_end(const struct segment *s)
 {
-    return vrange_mapped_bytes(s->vr) == s->mapped_end;
+    return vrange_ready_bytes(s->vr) == s->mapped_end;
 }
 
 size_t expand_pages_needed(const struct block *b, size_t rounded)

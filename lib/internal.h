@@ -656,6 +656,9 @@ CUresult vrange_unmap(struct vrange *r, size_t off, size_t len, bool keep);
 CUresult vrange_move(struct vrange *src, size_t src_off, struct vrange *dst, size_t dst_off,
                      size_t len);
 size_t vrange_mapped_bytes(const struct vrange *r);
+/* Bytes of pages mapped with access set (usable); less than mapped while a page whose access
+ * could not be set waits for the next vrange_map over it. */
+size_t vrange_ready_bytes(const struct vrange *r);
 /* Bytes of [off, off+len) (rounded out to pages) already mapped. */
 size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len);
 /* The first run of whole pages inside [off, end) that are all ready (mapped) or all empty

@@ -43,6 +43,7 @@ struct vrange {
     size_t page_size;
     size_t npages;
     size_t mapped_pages; /* pages with PG_MAPPED */
+    size_t ready_pages;  /* pages whose flags are PG_READY: mapped and accessible */
     struct vpage *pages;
     uint64_t *ready; /* one bit per page: flags == PG_READY (finds mapped runs fast) */
 };
@@ -102,10 +103,11 @@ static void bits_refresh(struct vrange *r, size_t first, size_t end)
 {
     for (size_t i = first; i < end; i++) {
         uint64_t bit = (uint64_t)1 << (i % 64);
-        if (r->pages[i].flags == PG_READY)
-            r->ready[i / 64] |= bit;
-        else
-            r->ready[i / 64] &= ~bit;
+        bool ready = r->pages[i].flags == PG_READY;
+        if (ready == ((r->ready[i / 64] & bit) != 0))
+            continue;
+        r->ready[i / 64] ^= bit;
+        r->ready_pages = ready ? r->ready_pages + 1 : r->ready_pages - 1;
     }
 }
 
@@ -754,6 +756,11 @@ size_t vrange_mapped_bytes(const struct vrange *r)
     return r->mapped_pages * r->page_size;
 }
 
+size_t vrange_ready_bytes(const struct vrange *r)
+{
+    return r->ready_pages * r->page_size;
+}
+
 size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
 {
     if (!span_ok(r, off, len) || len == 0)
@@ -841,6 +848,11 @@ bool vrange_is_valid(const struct vrange *r)
     if (ok && n != r->mapped_pages) {
         log_error("vmm: range %#llx has %zu mapped pages, its count says %zu",
                   (unsigned long long)r->base, n, r->mapped_pages);
+        ok = false;
+    }
+    if (ok && count_ready(r, 0, r->npages) != r->ready_pages) {
+        log_error("vmm: range %#llx: its count of ready pages disagrees with its ready bits",
+                  (unsigned long long)r->base);
         ok = false;
     }
     for (size_t i = 0; ok && i < r->npages; i++)
