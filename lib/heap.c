@@ -513,6 +513,33 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
     return CUDA_SUCCESS;
 }
 
+/* ---- streams that go away ------------------------------------------------------------- */
+
+/* reuse_retire(key) in the heap of every device (`device` alone when not -1). */
+static void retire_pools(int device, CUstream key, const char *why)
+{
+    for (int d = 0; d < FL_MAX_DEVICES; d++) {
+        struct heap *h = heap_of(d, false);
+        if (!h || (device != -1 && d != device))
+            continue;
+        heap_lock(h);
+        reuse_retire(h, key, why);
+        heap_unlock(h);
+    }
+}
+
+void heap_stream_destroyed(CUstream stream)
+{
+    if (stream && stream != CU_STREAM_LEGACY && stream != CU_STREAM_PER_THREAD)
+        retire_pools(-1, stream, "it is destroyed");
+}
+
+void heap_streams_reset(int device)
+{
+    if (device == -1 || fl_device_in_range(device))
+        retire_pools(device, NULL, "its context is released or reset");
+}
+
 /* ---- queries -------------------------------------------------------------------------- */
 
 /* The block holding ptr (lock held): the live map for a block's own address, else a walk of

@@ -275,6 +275,13 @@ size_t heap_cached_bytes(int device);
 int heap_get_stats(int device, fragless_stats_t *out);
 int heap_reset_peaks(int device);
 CUresult heap_empty_cache(int device, size_t *released);
+/* The program is destroying `stream` (a created one): its stream-ordered frees in every heap
+ * wait for a device sync, since a new stream may get its handle while the old one's work
+ * runs. Call before the destroy. */
+void heap_stream_destroyed(CUstream stream);
+/* `device`'s primary context (every device's when -1) is being released or reset: every
+ * stream pool of its heap goes, its blocks waiting for a device sync. */
+void heap_streams_reset(int device);
 /* Checks every invariant of every device's heap; logs and returns false on the first
  * violation. Run after every operation in test builds (FRAGLESS_CHECK=1 in the env). */
 bool heap_is_valid(void);
@@ -565,6 +572,10 @@ bool reuse_has_pending(const struct heap *h);
 /* Drops stream pools that hold no block; their events go to *events (up to max), count
  * returned. */
 int reuse_drop_idle(struct heap *h, CUevent *events, int max);
+/* The pool keyed `key` (every pool when NULL) can no longer be trusted: its stream was
+ * destroyed (a new stream may get its handle while the old one's work runs), its thread
+ * exited or its context was reset. Its blocks wait for a device sync; the pool goes. */
+void reuse_retire(struct heap *h, CUstream key, const char *why);
 
 /* ---- heapcheck.c: the invariant walker behind heap_is_valid() ---- */
 /* Checks every invariant of h (lock held); logs the first violation and returns false. */

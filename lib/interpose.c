@@ -523,6 +523,7 @@ static void primary_changed(CUdevice dev)
 FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 {
     primary_changed(dev);
+    heap_streams_reset((int)dev);
     CUresult r = drv_primary_ctx_release(dev);
     primary_changed(dev);
     return r;
@@ -531,6 +532,7 @@ FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 FL_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
 {
     primary_changed(dev);
+    heap_streams_reset((int)dev);
     CUresult r = drv_primary_ctx_reset(dev);
     primary_changed(dev);
     return r;
@@ -592,32 +594,38 @@ static CUresult streams_gone(CUresult r)
 FL_EXPORT CUresult cuStreamDestroy(CUstream stream)
 {
     streams_changed();
+    heap_stream_destroyed(stream);
     return streams_gone(drv_stream_destroy_v1(stream));
 }
 
 FL_EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
 {
     streams_changed();
+    heap_stream_destroyed(stream);
     return streams_gone(drv_stream_destroy(stream));
 }
 
 /* A context fragless serves is a primary one, which cuCtxDestroy does not destroy; but the
- * streams of the context it destroys go with it. */
+ * streams of the context it destroys go with it, and a fragless block may have been freed on
+ * one of them: every stream pool goes (their blocks wait for a device sync). */
 FL_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
 {
     streams_changed();
+    heap_streams_reset(-1);
     return streams_gone(drv_ctx_destroy_v1(ctx));
 }
 
 FL_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
 {
     streams_changed();
+    heap_streams_reset(-1);
     return streams_gone(drv_ctx_destroy(ctx));
 }
 
 FL_EXPORT CUresult cuGreenCtxDestroy(CUgreenCtx ctx)
 {
     streams_changed();
+    heap_streams_reset(-1);
     return streams_gone(drv_green_ctx_destroy(ctx));
 }
 
@@ -1184,6 +1192,7 @@ FL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph_ptsz(cudaStream_t stream, cu
 FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
     streams_changed();
+    heap_stream_destroyed(stream);
     cudaError_t e = real_stream_destroy(stream);
     streams_changed();
     return e;
@@ -1202,6 +1211,7 @@ static void devices_changed(void)
 FL_EXPORT cudaError_t cudaDeviceReset(void)
 {
     devices_changed();
+    heap_streams_reset(-1);
     cudaError_t e = real_device_reset();
     devices_changed();
     return e;

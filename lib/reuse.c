@@ -29,8 +29,6 @@ static FL_HOT_TLS _Thread_local char thread_token;
 static pthread_key_t exit_key;
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
-static void retire(struct heap *h, int i);
-
 static void on_thread_exit(void *token)
 {
     for (int d = 0; d < FL_MAX_DEVICES; d++) {
@@ -38,10 +36,7 @@ static void on_thread_exit(void *token)
         if (!h)
             continue;
         heap_lock(h);
-        for (int i = 0; i < h->nstreams; i++)
-            if (h->streams[i]->stream == (CUstream)token)
-                retire(h, i--);
-        heap_settle(h);
+        reuse_retire(h, (CUstream)token, "its thread exited");
         heap_unlock(h);
     }
 }
@@ -148,11 +143,11 @@ static bool poll(struct heap *h, struct stream_pool *sp)
 
 /* A stream pool whose events fail (its stream was destroyed, or events ran out): its blocks
  * wait for a device sync on the pending list, and the pool goes. */
-static void retire(struct heap *h, int i)
+static void retire(struct heap *h, int i, const char *why)
 {
     struct stream_pool *sp = h->streams[i];
-    log_debug("stream %p: events unavailable; its %zu freed bytes wait for a device sync",
-              (void *)sp->stream, sp->index[POOL_SMALL].bytes + sp->index[POOL_LARGE].bytes);
+    log_debug("stream %p: %s; its %zu freed bytes wait for a device sync", (void *)sp->stream, why,
+              sp->index[POOL_SMALL].bytes + sp->index[POOL_LARGE].bytes);
     migrate(h, sp, UINT64_MAX, true);
     if (sp->event)
         drv_event_destroy(sp->event);
@@ -173,7 +168,7 @@ void reuse_collect(struct heap *h)
         if (ok && sp->event_pending)
             ok = poll(h, sp);
         if (!ok)
-            retire(h, i--);
+            retire(h, i--, "its events are unavailable");
     }
 }
 
@@ -213,6 +208,13 @@ CUresult reuse_device_sync(struct heap *h)
     for (int i = 0; i < h->nstreams; i++)
         migrate(h, h->streams[i], seq, false);
     return CUDA_SUCCESS;
+}
+
+void reuse_retire(struct heap *h, CUstream key, const char *why)
+{
+    for (int i = 0; i < h->nstreams; i++)
+        if (!key || h->streams[i]->stream == key)
+            retire(h, i--, why);
 }
 
 int reuse_drop_idle(struct heap *h, CUevent *events, int max)

@@ -9,7 +9,9 @@
  * cudaFreeAsync on s1. The next allocation of the same size — plain, or stream-ordered on
  * another stream — must either not overlap A or come after the fill finished (the event says
  * which); and the new block, set to 0x22 at once, must still read 0x22 after all work is
- * done, which it would not if the fill landed in it.
+ * done, which it would not if the fill landed in it. One way frees A on a stream of its own
+ * and destroys that stream at once; the next stream created may get its handle (the emulated
+ * device gives it, as a real driver may) and must not get A while the fill runs.
  */
 #include "ip_prog.h"
 
@@ -29,13 +31,15 @@ static cudaStream_t s1, s2, legacy;
 static const struct way {
     const char *name;
     enum api a_api, b_api;
-    cudaStream_t *b_stream;
+    cudaStream_t *b_stream; /* NULL: A's stream is destroyed, B's is created after */
 } ways[] = {
     {"cudaFree, then cudaMalloc", API_CUDA, API_CUDA, &legacy},
     {"cuMemFree, then cuMemAlloc", API_CU, API_CU, &legacy},
     {"cudaFreeAsync on s1, then cudaMallocAsync on s2", API_ASYNC, API_ASYNC, &s2},
     {"cudaFree, then cudaMallocAsync on the legacy stream", API_CUDA, API_ASYNC, &legacy},
     {"cudaFree, then cudaMallocAsync on s2", API_CUDA, API_ASYNC, &s2},
+    {"cudaFreeAsync on a stream destroyed at once, then cudaMallocAsync on a new stream", API_ASYNC,
+     API_ASYNC, NULL},
 };
 
 static bool overlap(CUdeviceptr a, CUdeviceptr b)
@@ -85,18 +89,32 @@ static void empty_cache(void)
     CHECK(empty && empty(-1, NULL) == 0, "fragless_empty_cache");
 }
 
+static cudaStream_t new_stream(void)
+{
+    cudaStream_t s = NULL;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "stream");
+    return s;
+}
+
 static void check_way(const struct way *w)
 {
     empty_cache();
     cudaEvent_t done = NULL;
     CHECK(cudaEventCreate(&done) == cudaSuccess, "event");
-    CUdeviceptr a = alloc(w->a_api, s1);
-    CHECK(cudaStreamSynchronize(s1) == cudaSuccess, "sync");
-    CHECK(fill((CUstream)s1, a, 0x11, SIZE, FILL_USEC) == 0, "queue the fill");
-    CHECK(cudaEventRecord(done, s1) == cudaSuccess, "record");
-    release(w->a_api, a, s1);
+    cudaStream_t as = w->b_stream ? s1 : new_stream();
+    CUdeviceptr a = alloc(w->a_api, as);
+    CHECK(cudaStreamSynchronize(as) == cudaSuccess, "sync");
+    CHECK(fill((CUstream)as, a, 0x11, SIZE, FILL_USEC) == 0, "queue the fill");
+    CHECK(cudaEventRecord(done, as) == cudaSuccess, "record");
+    release(w->a_api, a, as);
 
-    cudaStream_t bs = *w->b_stream;
+    cudaStream_t bs = w->b_stream ? *w->b_stream : NULL;
+    if (!w->b_stream) {
+        CHECK(cudaStreamDestroy(as) == cudaSuccess, "destroy");
+        bs = new_stream();
+        printf("%s: the new stream %s the destroyed one's handle\n", w->name,
+               bs == as ? "has" : "does not have");
+    }
     CUdeviceptr b = alloc(w->b_api, bs);
     bool reused = overlap(a, b);
     CHECK(!reused || cudaEventQuery(done) == cudaSuccess,
@@ -107,6 +125,8 @@ static void check_way(const struct way *w)
     expect_bytes(w->name, b, 0x22);
     release(w->b_api, b, bs);
     CHECK(cudaDeviceSynchronize() == cudaSuccess && cudaEventDestroy(done) == cudaSuccess, "end");
+    if (!w->b_stream)
+        CHECK(cudaStreamDestroy(bs) == cudaSuccess, "destroy");
     printf("%s: %s\n", w->name, reused ? "reused after the fill" : "not reused");
 }
 

@@ -249,3 +249,42 @@ Test(streams, frees_of_a_destroyed_stream_wait_for_a_sync)
     ht_stream_destroy(t);
     cr_assert_eq(ht_audit(), 0);
 }
+
+/* A stream's handle can come back for the next stream created after it is destroyed (the
+ * emulated device gives it): the interposer tells the heap before the destroy, and the old
+ * stream's frees then wait for a device sync instead of going to the new stream at once. */
+Test(streams, a_destroyed_streams_frees_do_not_go_to_a_stream_with_its_handle)
+{
+    CUstream s = ht_stream();
+    CUdeviceptr a = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    ht_fill(s, a, 0x5a, 4096, 200000); /* writes a for 200 ms */
+    ht_free(a, s, HEAP_ASYNC);
+    heap_stream_destroyed(s);
+    ht_stream_destroy(s);
+    CUstream t = ht_stream();
+    cr_assert_eq(t, s, "the emulated device gives the destroyed stream's handle back");
+    CUdeviceptr b = ht_alloc(FL_MiB, t, HEAP_ASYNC);
+    cr_assert(!ht_overlap(a, FL_MiB, b, FL_MiB), "a went to the new stream while written");
+    cr_assert(heap_is_valid());
+    ht_free(b, t, HEAP_ASYNC);
+    ht_stream_destroy(t);
+}
+
+/* A context reset (or release) takes every stream pool of its device with it. */
+Test(streams, a_context_reset_sends_every_stream_pool_to_the_pending_list)
+{
+    CUstream s = ht_stream();
+    CUdeviceptr a = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    ht_fill(s, a, 0x5a, 4096, 200000);
+    ht_free(a, s, HEAP_ASYNC);
+    fragless_stats_t st = ht_stats(0);
+    uint64_t active = st.active_bytes.current;
+    heap_streams_reset(0);
+    CUdeviceptr b = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    cr_assert(!ht_overlap(a, FL_MiB, b, FL_MiB), "a was reused on its stream after the reset");
+    st = ht_stats(0);
+    cr_assert_eq(st.active_bytes.current, active + FL_MiB, "a pending, b live");
+    cr_assert(heap_is_valid());
+    ht_free(b, s, HEAP_ASYNC);
+    ht_stream_destroy(s);
+}
