@@ -27,9 +27,11 @@ ifneq ($(SAN),)
 SANFLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 BASEFLAGS += -DFRAGLESS_SANITIZE=1
 endif
-# The library is built with link-time optimization: its allocation path crosses files (heap,
-# blocks, free index, page layer). Fat objects keep the unit tests' plain links working.
-LIB_LTO     := -flto=auto -ffat-lto-objects
+# With gcc the library is built with link-time optimization: its allocation path crosses files
+# (heap, blocks, free index, page layer). Fat objects keep the unit tests' plain links working;
+# other compilers (clang has no fat objects) build without it, and LIB_LTO= turns it off.
+CC_IS_GCC   := $(shell $(CC) --version 2>/dev/null | head -n 1 | grep -qi -e gcc -e 'Free Software' && echo yes)
+LIB_LTO     ?= $(if $(CC_IS_GCC),-flto=auto -ffat-lto-objects,)
 ALL_CFLAGS  = $(BASEFLAGS) $(SANFLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SANFLAGS) $(LDFLAGS)
 SYSLIBS     := -ldl -lpthread -lrt -lm

@@ -1,7 +1,8 @@
 /*
  * block.c — the blocks of a heap: creating and recycling their records, splitting a free
  * block to serve a request, merging a freed block with its free neighbours, moving blocks
- * between the free indexes and the pending list, and each block's share of the statistics.
+ * between the free indexes and the pending list, and each block's share of the statistics
+ * (block_account, inline in internal.h).
  *
  * Every change to a block goes through block_account(): a block's share is removed before it
  * changes and added back after, so the heap's levels always equal the sum over its blocks

@@ -305,8 +305,7 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
 {
     h->st.num_alloc_retries++;
     release_count_automatic(h, expand_release(h, SIZE_MAX, NULL));
-    heap_settle(h);
-    if (reuse_has_pending(h))
+    if (reuse_has_pending(h)) /* the sync settles the statistics before it drops the lock */
         reuse_device_sync(h);
     reuse_collect(h);
     bool backed;

@@ -542,7 +542,7 @@ bool expand_segment_is_valid(const struct heap *h, const struct segment *s);
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
 void block_recycle(struct heap *h, struct block *b);
-/* block_account (inline, below the statistics helpers): b's share of the statistics. */
+/* block_account, b's share of the statistics, is inline below the statistics helpers. */
 
 /* Serves a rounded request from free block b: splits the first `rounded` bytes off b when the
  * rest is worth keeping (the rest stays free in b's index), else takes b out of its index.
@@ -606,9 +606,8 @@ static inline void level_peak(fragless_stat_t *s)
         s->peak = s->current;
 }
 
-/* block.c: */
-/* Adds (sign +1) or removes (-1) b's share of the heap's statistics (their peaks wait for
- * heap_settle). */
+/* block.c's shares, inline (the allocation path calls them several times per request). */
+/* Whether fi is one of the heap's global indexes (free and safe for every stream). */
 static inline bool block_index_is_global(const struct heap *h, const struct freeindex *fi)
 {
     return fi == &h->global[POOL_SMALL] || fi == &h->global[POOL_LARGE];
@@ -621,6 +620,8 @@ static inline bool block_is_inactive_active(const struct heap *h, const struct b
            (b->state == BLOCK_FREE && b->index && !block_index_is_global(h, b->index));
 }
 
+/* Adds (sign +1) or removes (-1) b's share of the heap's statistics (their peaks wait for
+ * heap_settle). */
 static inline void block_account(struct heap *h, const struct block *b, int sign)
 {
     int64_t size = sign * (int64_t)b->size;

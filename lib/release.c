@@ -80,7 +80,6 @@ static void take_free_segments(struct heap *h, struct segment **out, size_t want
         taken += s->size;
         unlink_segment(h, s, out);
     }
-    heap_settle(h);
 }
 
 /* Puts back a segment the driver refused to free; lock not held. */
@@ -95,7 +94,6 @@ static void readd_segment(struct heap *h, struct segment *s)
                           .pool = s->pool};
     if (heap_add_segment(h, s))
         s = NULL;
-    heap_settle(h);
     heap_unlock(h);
     if (s)
         log_error("segment %#llx lost: no host memory to keep its record",
@@ -143,10 +141,8 @@ size_t release_free_segments(struct heap *h, size_t want)
     heap_lock(h);
     if (!h->expandable || want == SIZE_MAX)
         take_free_segments(h, &list, want);
-    if (h->expandable) {
+    if (h->expandable)
         bytes = expand_release(h, want, NULL);
-        heap_settle(h);
-    }
     heap_unlock(h);
     return bytes + destroy_segments(h, list, NULL);
 }
@@ -235,10 +231,8 @@ static CUresult empty_one(struct heap *h, size_t *released)
     if (h->expandable)
         settle_frees(h);
     take_free_segments(h, &list, SIZE_MAX);
-    if (h->expandable) {
+    if (h->expandable)
         bytes = expand_release(h, SIZE_MAX, &r);
-        heap_settle(h);
-    }
     int nevents = reuse_drop_idle(h, events, EMPTY_MAX_EVENTS);
     heap_unlock(h);
     bytes += destroy_segments(h, list, &r);
