@@ -21,8 +21,10 @@
 #define REQUIRED  (-1)
 /* Not a feature either: without it only its wrapper fails (CUDA_ERROR_NOT_SUPPORTED). */
 #define OPTIONAL  (-2)
-/* As OPTIONAL, but not worth a message: only a hook forwards to it, and a program can reach
- * that hook only when the driver has the entry point (interpose.c). */
+/* As OPTIONAL, but not worth a message: only a hook forwards to it, and a program normally
+ * reaches that hook only through the driver's own export or cuGetProcAddress answer (a
+ * program that looks the name up with dlsym(RTLD_DEFAULT) on a driver without it gets the
+ * hook, which then answers CUDA_ERROR_NOT_SUPPORTED). */
 #define FORWARDED (-3)
 
 /* The real entry points. Each member is filled from the first name in its table row that the
