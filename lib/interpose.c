@@ -520,12 +520,24 @@ static void primary_changed(CUdevice dev)
     streams_changed();
 }
 
+/* Whether `dev`'s primary context still exists (a failed query counts as gone). */
+static bool primary_alive(CUdevice dev)
+{
+    unsigned int flags = 0;
+    int active = 0;
+    return drv_primary_ctx_get_state(dev, &flags, &active) == CUDA_SUCCESS && active;
+}
+
+/* A release that destroys the context (its last) takes the context's streams with it: their
+ * pools go (heap_streams_reset). Libraries that retain and release around each use keep the
+ * context alive, and their pools. */
 FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 {
     primary_changed(dev);
-    heap_streams_reset((int)dev);
     CUresult r = drv_primary_ctx_release(dev);
     primary_changed(dev);
+    if (r == CUDA_SUCCESS && !primary_alive(dev))
+        heap_streams_reset((int)dev);
     return r;
 }
 
