@@ -30,7 +30,7 @@ endif
 # With gcc the library is built with link-time optimization: its allocation path crosses files
 # (heap, blocks, free index, page layer). Fat objects keep the unit tests' plain links working;
 # other compilers (clang has no fat objects) build without it, and LIB_LTO= turns it off.
-CC_IS_GCC   := $(shell $(CC) --version 2>/dev/null | head -n 1 | grep -qi -e gcc -e 'Free Software' && echo yes)
+CC_IS_GCC   := $(shell $(CC) --version 2>/dev/null | grep -q 'Free Software Foundation' && echo yes)
 LIB_LTO     ?= $(if $(CC_IS_GCC),-flto=auto -ffat-lto-objects,)
 ALL_CFLAGS  = $(BASEFLAGS) $(SANFLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SANFLAGS) $(LDFLAGS)

@@ -34,7 +34,7 @@ count() {
     callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'
 }
 
-echo "instructions per pair (callgrind, passes 11-60 of 1,024 sizes 512 B .. 32 MiB; $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "instructions per pair (callgrind, passes 11-60 of 1,024 sizes 512 B .. 32 MiB; $build/libfragless.so)"
 for api in glibc plain async; do
     a=$(count "$api" 10) && b=$(count "$api" 60) || exit 1
     printf '%-6s %6d\n' "$api" $(((b - a) / (50 * 1024)))

@@ -514,15 +514,15 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
 
 /* ---- streams that go away ------------------------------------------------------------- */
 
-/* reuse_retire(key) in the heap of every device (`device` alone when not -1). */
-static void retire_pools(int device, CUstream key, const char *why)
+/* reuse_retire(key) in the heap of every device. */
+static void retire_pools(CUstream key, const char *why, bool context_gone)
 {
     for (int d = 0; d < FL_MAX_DEVICES; d++) {
         struct heap *h = heap_of(d, false);
-        if (!h || (device != -1 && d != device))
+        if (!h)
             continue;
         heap_lock(h);
-        reuse_retire(h, key, why);
+        reuse_retire(h, key, why, context_gone);
         heap_unlock(h);
     }
 }
@@ -530,13 +530,12 @@ static void retire_pools(int device, CUstream key, const char *why)
 void heap_stream_destroyed(CUstream stream)
 {
     if (stream && stream != CU_STREAM_LEGACY && stream != CU_STREAM_PER_THREAD)
-        retire_pools(-1, stream, "it is destroyed");
+        retire_pools(stream, "it is destroyed", false);
 }
 
-void heap_streams_reset(int device)
+void heap_streams_reset(bool context_gone)
 {
-    if (device == -1 || fl_device_in_range(device))
-        retire_pools(device, NULL, "its context is released or reset");
+    retire_pools(NULL, "its context goes", context_gone);
 }
 
 /* ---- queries -------------------------------------------------------------------------- */

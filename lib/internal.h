@@ -279,9 +279,11 @@ CUresult heap_empty_cache(int device, size_t *released);
  * wait for a device sync, since a new stream may get its handle while the old one's work
  * runs. Call before the destroy. */
 void heap_stream_destroyed(CUstream stream);
-/* `device`'s primary context (every device's when -1) is being released or reset: every
- * stream pool of its heap goes, its blocks waiting for a device sync. */
-void heap_streams_reset(int device);
+/* A context's streams go (a primary context reset, a context destroyed; context_gone: it is
+ * destroyed already, with its events): every stream pool of every heap goes, its blocks
+ * waiting for a device sync. A pool is keyed by a stream, not a context, and a pool in any
+ * heap may hold frees made on that context's streams. */
+void heap_streams_reset(bool context_gone);
 /* Checks every invariant of every device's heap; logs and returns false on the first
  * violation. Run after every operation in test builds (FRAGLESS_CHECK=1 in the env). */
 bool heap_is_valid(void);
@@ -574,8 +576,9 @@ bool reuse_has_pending(const struct heap *h);
 int reuse_drop_idle(struct heap *h, CUevent *events, int max);
 /* The pool keyed `key` (every pool when NULL) can no longer be trusted: its stream was
  * destroyed (a new stream may get its handle while the old one's work runs), its thread
- * exited or its context was reset. Its blocks wait for a device sync; the pool goes. */
-void reuse_retire(struct heap *h, CUstream key, const char *why);
+ * exited or its context is reset. Its blocks wait for a device sync; the pool goes, and its
+ * event with it unless context_gone (the driver destroyed the event with its context). */
+void reuse_retire(struct heap *h, CUstream key, const char *why, bool context_gone);
 
 /* ---- heapcheck.c: the invariant walker behind heap_is_valid() ---- */
 /* Checks every invariant of h (lock held); logs the first violation and returns false. */

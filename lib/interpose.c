@@ -537,14 +537,14 @@ FL_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     CUresult r = drv_primary_ctx_release(dev);
     primary_changed(dev);
     if (r == CUDA_SUCCESS && !primary_alive(dev))
-        heap_streams_reset((int)dev);
+        heap_streams_reset(true);
     return r;
 }
 
 FL_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
 {
     primary_changed(dev);
-    heap_streams_reset((int)dev);
+    heap_streams_reset(false);
     CUresult r = drv_primary_ctx_reset(dev);
     primary_changed(dev);
     return r;
@@ -623,21 +623,21 @@ FL_EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
 FL_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
 {
     streams_changed();
-    heap_streams_reset(-1);
+    heap_streams_reset(false);
     return streams_gone(drv_ctx_destroy_v1(ctx));
 }
 
 FL_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
 {
     streams_changed();
-    heap_streams_reset(-1);
+    heap_streams_reset(false);
     return streams_gone(drv_ctx_destroy(ctx));
 }
 
 FL_EXPORT CUresult cuGreenCtxDestroy(CUgreenCtx ctx)
 {
     streams_changed();
-    heap_streams_reset(-1);
+    heap_streams_reset(false);
     return streams_gone(drv_green_ctx_destroy(ctx));
 }
 
@@ -1223,7 +1223,7 @@ static void devices_changed(void)
 FL_EXPORT cudaError_t cudaDeviceReset(void)
 {
     devices_changed();
-    heap_streams_reset(-1);
+    heap_streams_reset(false);
     cudaError_t e = real_device_reset();
     devices_changed();
     return e;

@@ -36,7 +36,7 @@ static void on_thread_exit(void *token)
         if (!h)
             continue;
         heap_lock(h);
-        reuse_retire(h, (CUstream)token, "its thread exited");
+        reuse_retire(h, (CUstream)token, "its thread exited", false);
         heap_unlock(h);
     }
 }
@@ -143,13 +143,16 @@ static bool poll(struct heap *h, struct stream_pool *sp)
 
 /* A stream pool whose events fail (its stream was destroyed, or events ran out): its blocks
  * wait for a device sync on the pending list, and the pool goes. */
-static void retire(struct heap *h, int i, const char *why)
+/* Pool i goes, its blocks to the pending list. Its event is destroyed unless its context is
+ * gone already (the driver destroyed the event with it, and its handle may belong to another
+ * event by now). */
+static void retire(struct heap *h, int i, const char *why, bool context_gone)
 {
     struct stream_pool *sp = h->streams[i];
     log_debug("stream %p: %s; its %zu freed bytes wait for a device sync", (void *)sp->stream, why,
               sp->index[POOL_SMALL].bytes + sp->index[POOL_LARGE].bytes);
     migrate(h, sp, UINT64_MAX, true);
-    if (sp->event)
+    if (sp->event && !context_gone)
         drv_event_destroy(sp->event);
     h->streams[i] = h->streams[--h->nstreams];
     stat_add(&h->st.host_metadata_bytes, -(int64_t)sizeof *sp);
@@ -168,7 +171,7 @@ void reuse_collect(struct heap *h)
         if (ok && sp->event_pending)
             ok = poll(h, sp);
         if (!ok)
-            retire(h, i--, "its events are unavailable");
+            retire(h, i--, "its events are unavailable", false);
     }
 }
 
@@ -210,11 +213,11 @@ CUresult reuse_device_sync(struct heap *h)
     return CUDA_SUCCESS;
 }
 
-void reuse_retire(struct heap *h, CUstream key, const char *why)
+void reuse_retire(struct heap *h, CUstream key, const char *why, bool context_gone)
 {
     for (int i = 0; i < h->nstreams; i++)
         if (!key || h->streams[i]->stream == key)
-            retire(h, i--, why);
+            retire(h, i--, why, context_gone);
 }
 
 int reuse_drop_idle(struct heap *h, CUevent *events, int max)

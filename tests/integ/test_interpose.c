@@ -155,6 +155,13 @@ Test(interpose, failed_capture_query_returns_its_error)
     run_prog("ip_faults", "capture-query", NULL);
 }
 
+/* A last primary-context release destroys the context and its events: fragless's stream
+ * pools go without destroying those events again. */
+Test(interpose, a_released_contexts_stream_pools_go_without_its_events)
+{
+    run_expect("ip_release", NULL, "FRAGLESS_EMU_MEM=12M", NULL);
+}
+
 Test(interpose, failed_primary_context_query_passes_through)
 {
     run_prog("ip_faults", "ctx-state", NULL);

@@ -279,7 +279,7 @@ Test(streams, a_context_reset_sends_every_stream_pool_to_the_pending_list)
     ht_free(a, s, HEAP_ASYNC);
     fragless_stats_t st = ht_stats(0);
     uint64_t active = st.active_bytes.current;
-    heap_streams_reset(0);
+    heap_streams_reset(false);
     CUdeviceptr b = ht_alloc(FL_MiB, s, HEAP_ASYNC);
     cr_assert(!ht_overlap(a, FL_MiB, b, FL_MiB), "a was reused on its stream after the reset");
     st = ht_stats(0);
