@@ -190,7 +190,7 @@ size_t expand_pages_needed(const struct block *b, size_t rounded)
     size_t ps = vrange_page_size(s->vr);
     size_t first = page_down(b->ptr - s->base, ps);
     size_t end = page_up(b->ptr - s->base + rounded, ps);
-    return end - first - vrange_mapped_in(s->vr, first, end - first);
+    return end - first - vrange_ready_in(s->vr, first, end - first);
 }
 
 CUresult expand_back(struct heap *h, struct block *b)
@@ -199,7 +199,7 @@ CUresult expand_back(struct heap *h, struct block *b)
     size_t ps = vrange_page_size(s->vr);
     size_t first = page_down(b->ptr - s->base, ps);
     size_t end = page_up(b->ptr - s->base + b->size, ps);
-    size_t need = end - first - vrange_mapped_in(s->vr, first, end - first);
+    size_t need = end - first - vrange_ready_in(s->vr, first, end - first);
     if (!need)
         return CUDA_SUCCESS;
     size_t before = heap_mapped(h);
@@ -252,7 +252,7 @@ static bool block_mapped(const struct block *b)
     size_t ps = vrange_page_size(s->vr);
     size_t first = page_down(b->ptr - s->base, ps);
     size_t end = page_up(b->ptr - s->base + b->size, ps);
-    return vrange_mapped_in(s->vr, first, end - first) == end - first;
+    return vrange_ready_in(s->vr, first, end - first) == end - first;
 }
 
 bool expand_segment_is_valid(const struct heap *h, const struct segment *s)

@@ -650,7 +650,7 @@ static void fill_map(const struct segment *s, char *map)
     for (int i = 0; i < HEAP_SEG_MAP_CHARS; i++) {
         size_t width = s->size - (size_t)i * slice < slice ? s->size - (size_t)i * slice : slice;
         bool unmapped =
-            s->kind == SEGMENT_EXPANDABLE && vrange_mapped_in(s->vr, (size_t)i * slice, width) == 0;
+            s->kind == SEGMENT_EXPANDABLE && vrange_ready_in(s->vr, (size_t)i * slice, width) == 0;
         map[i] = live[i] ? (live[i] >= width ? '#' : '+') : unmapped ? ' ' : '.';
     }
     map[HEAP_SEG_MAP_CHARS] = '\0';

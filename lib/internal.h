@@ -674,8 +674,8 @@ size_t vrange_mapped_bytes(const struct vrange *r);
 /* Bytes of pages mapped with access set (usable); less than mapped while a page whose access
  * could not be set waits for the next vrange_map over it. */
 size_t vrange_ready_bytes(const struct vrange *r);
-/* Bytes of [off, off+len) (rounded out to pages) already mapped. */
-size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len);
+/* Bytes of [off, off+len) (rounded out to pages) already mapped with access set (ready). */
+size_t vrange_ready_in(const struct vrange *r, size_t off, size_t len);
 /* The first run of whole pages inside [off, end) that are all ready (mapped) or all empty
  * (!mapped): returns its offset and sets *len to its bytes; returns end (*len 0) if none. */
 size_t vrange_next_run(const struct vrange *r, size_t off, size_t end, bool mapped, size_t *len);

@@ -761,7 +761,7 @@ size_t vrange_ready_bytes(const struct vrange *r)
     return r->ready_pages * r->page_size;
 }
 
-size_t vrange_mapped_in(const struct vrange *r, size_t off, size_t len)
+size_t vrange_ready_in(const struct vrange *r, size_t off, size_t len)
 {
     if (!span_ok(r, off, len) || len == 0)
         return 0;

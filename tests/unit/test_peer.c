@@ -129,7 +129,7 @@ static void fail_second_grant(const char *spec, bool undo_ok)
     const struct vrange *ranges[] = {a, b};
     for (size_t k = 0; k < 2; k++)
         for (size_t i = 0; i < 4 && i * VT_PAGE < vrange_size(ranges[k]); i++)
-            if (vrange_mapped_in(ranges[k], i * VT_PAGE, VT_PAGE))
+            if (vrange_ready_in(ranges[k], i * VT_PAGE, VT_PAGE))
                 kept += readwrite(ranges[k], i, 1);
     /* Undone: nothing granted stays; undo failing too: the one run granted (a run of one or
      * two pages, whichever the walk met first) keeps its access. */

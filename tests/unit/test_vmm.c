@@ -59,9 +59,9 @@ Test(vmm, map_covers_every_page_touched_and_sets_access_once)
     cr_assert_eq(vrange_map(r, FL_MiB, 4 * FL_MiB + 1), CUDA_SUCCESS);
     cr_assert_eq(vt_mapped_set(r), 0x7);
     cr_assert_eq(vrange_mapped_bytes(r), 3 * VT_PAGE);
-    cr_assert_eq(vrange_mapped_in(r, 0, 8 * VT_PAGE), 3 * VT_PAGE);
-    cr_assert_eq(vrange_mapped_in(r, 2 * VT_PAGE + 1, 1), VT_PAGE);
-    cr_assert_eq(vrange_mapped_in(r, 3 * VT_PAGE, VT_PAGE), 0);
+    cr_assert_eq(vrange_ready_in(r, 0, 8 * VT_PAGE), 3 * VT_PAGE);
+    cr_assert_eq(vrange_ready_in(r, 2 * VT_PAGE + 1, 1), VT_PAGE);
+    cr_assert_eq(vrange_ready_in(r, 3 * VT_PAGE, VT_PAGE), 0);
     cr_assert_eq(vt_calls("cuMemCreate") - creates, 3);
     cr_assert_eq(vt_calls("cuMemMap") - maps, 3);
     cr_assert_eq(vt_calls("cuMemSetAccess") - access, 1);
@@ -320,7 +320,7 @@ Test(vmm_big, whole_device_reservation_touches_no_memory)
     cr_assert(vt_holds(r, last / VT_PAGE, 0x141));
     cr_assert_eq(vt_used(), VT_PAGE);
     cr_assert(vrange_is_valid(r));
-    cr_assert_eq(vrange_mapped_in(r, 0, 141 * FL_GiB), VT_PAGE);
+    cr_assert_eq(vrange_ready_in(r, 0, 141 * FL_GiB), VT_PAGE);
     /* One small entry per page: 141 GiB of 2 MiB pages takes at most 2 MiB of host memory. */
     cr_assert_gt(vrange_host_bytes(r), 141 * FL_GiB / VT_PAGE);
     cr_assert_leq(vrange_host_bytes(r), 2 * FL_MiB);

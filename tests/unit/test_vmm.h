@@ -99,7 +99,7 @@ static inline uint64_t vt_mapped_set(const struct vrange *r)
 {
     uint64_t set = 0;
     for (size_t i = 0; i < vrange_size(r) / VT_PAGE && i < 64; i++)
-        if (vrange_mapped_in(r, i * VT_PAGE, VT_PAGE) == VT_PAGE)
+        if (vrange_ready_in(r, i * VT_PAGE, VT_PAGE) == VT_PAGE)
             set |= (uint64_t)1 << i;
     return set;
 }

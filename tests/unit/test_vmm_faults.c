@@ -206,7 +206,7 @@ Test(vmm_faults, map_undo_unmap_failure_keeps_pages_degraded)
     struct vrange *a = vt_reserve(4);
     map_failing(a, 2, "cuMemSetAccess@1,cuMemUnmap@1");
     cr_assert_eq(vrange_mapped_bytes(a), 2 * VT_PAGE);
-    cr_assert_eq(vrange_mapped_in(a, 0, 4 * VT_PAGE), 0);
+    cr_assert_eq(vrange_ready_in(a, 0, 4 * VT_PAGE), 0);
     uint64_t creates = vt_calls("cuMemCreate"), access = vt_calls("cuMemSetAccess");
     cr_assert_eq(vrange_map(a, 0, 3 * VT_PAGE), CUDA_SUCCESS);
     cr_assert_eq(vt_calls("cuMemCreate") - creates, 1);

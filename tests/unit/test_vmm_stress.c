@@ -37,7 +37,7 @@ static void check(const struct model *m, int step)
     for (int k = 0; k < 2; k++) {
         cr_assert(vrange_is_valid(m->r[k]), "step %d (seed %u)", step, m->seed);
         for (size_t i = 0; i < PAGES; i++) {
-            bool ready = vrange_mapped_in(m->r[k], i * VT_PAGE, VT_PAGE) == VT_PAGE;
+            bool ready = vrange_ready_in(m->r[k], i * VT_PAGE, VT_PAGE) == VT_PAGE;
             cr_assert_eq(ready, m->tag[k][i] != 0, "step %d: range %d page %zu", step, k, i);
             cr_assert(!ready || vt_holds(m->r[k], i, m->tag[k][i]),
                       "step %d: range %d page %zu lost its data", step, k, i);
@@ -79,7 +79,7 @@ static void step_unmap(struct model *m, int k)
     size_t len = pick(m, PAGES * VT_PAGE - off + 1);
     vrange_unmap(m->r[k], off, len, pick(m, 2));
     for (size_t i = 0; i < PAGES; i++)
-        if (vrange_mapped_in(m->r[k], i * VT_PAGE, VT_PAGE) == 0)
+        if (vrange_ready_in(m->r[k], i * VT_PAGE, VT_PAGE) == 0)
             m->tag[k][i] = 0;
 }
 
