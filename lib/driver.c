@@ -348,6 +348,14 @@ uint64_t drv_call_ns(void)
         return counted(drv.fn.member(__VA_ARGS__)); \
     } while (0)
 
+/* Forwards a program's own call that a hook saw (a stream destroyed, a capture begun): not
+ * counted, since fragless did not make it. */
+#define FORWARD(member, ...)               \
+    do {                                   \
+        CALL_PREPARE(member);              \
+        return drv.fn.member(__VA_ARGS__); \
+    } while (0)
+
 /* Calls an entry point that can be slow (it allocates, frees, maps, creates or destroys a
  * context, or waits for the device), counting the call and its time (driver_ns). */
 #define TIMED(member, ...)                                  \
@@ -552,33 +560,34 @@ CUresult drv_stream_synchronize(CUstream stream)
     TIMED(stream_synchronize, stream);
 }
 
-/* The entry points below are only forwarded to, by interpose.c's hooks of the same names. */
+/* The entry points below are only forwarded to, by interpose.c's hooks of the same names: the
+ * program's own calls, not counted as fragless's (driver_calls, driver_ns). */
 
 CUresult drv_stream_begin_capture_v1(CUstream stream)
 {
-    CALL(stream_begin_capture_v1, stream);
+    FORWARD(stream_begin_capture_v1, stream);
 }
 
 CUresult drv_stream_begin_capture_v1_ptsz(CUstream stream)
 {
-    CALL(stream_begin_capture_v1_ptsz, stream);
+    FORWARD(stream_begin_capture_v1_ptsz, stream);
 }
 
 CUresult drv_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode)
 {
-    CALL(stream_begin_capture, stream, mode);
+    FORWARD(stream_begin_capture, stream, mode);
 }
 
 CUresult drv_stream_begin_capture_ptsz(CUstream stream, CUstreamCaptureMode mode)
 {
-    CALL(stream_begin_capture_ptsz, stream, mode);
+    FORWARD(stream_begin_capture_ptsz, stream, mode);
 }
 
 CUresult drv_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode *deps,
                                            const CUgraphEdgeData *data, size_t ndeps,
                                            CUstreamCaptureMode mode)
 {
-    CALL(stream_begin_capture_to_graph, stream, graph, deps, data, ndeps, mode);
+    FORWARD(stream_begin_capture_to_graph, stream, graph, deps, data, ndeps, mode);
 }
 
 CUresult drv_stream_begin_capture_to_graph_ptsz(CUstream stream, CUgraph graph,
@@ -586,32 +595,32 @@ CUresult drv_stream_begin_capture_to_graph_ptsz(CUstream stream, CUgraph graph,
                                                 const CUgraphEdgeData *data, size_t ndeps,
                                                 CUstreamCaptureMode mode)
 {
-    CALL(stream_begin_capture_to_graph_ptsz, stream, graph, deps, data, ndeps, mode);
+    FORWARD(stream_begin_capture_to_graph_ptsz, stream, graph, deps, data, ndeps, mode);
 }
 
 CUresult drv_stream_destroy_v1(CUstream stream)
 {
-    TIMED(stream_destroy_v1, stream);
+    FORWARD(stream_destroy_v1, stream);
 }
 
 CUresult drv_stream_destroy(CUstream stream)
 {
-    TIMED(stream_destroy, stream);
+    FORWARD(stream_destroy, stream);
 }
 
 CUresult drv_ctx_destroy_v1(CUcontext ctx)
 {
-    TIMED(ctx_destroy_v1, ctx);
+    FORWARD(ctx_destroy_v1, ctx);
 }
 
 CUresult drv_ctx_destroy(CUcontext ctx)
 {
-    TIMED(ctx_destroy, ctx);
+    FORWARD(ctx_destroy, ctx);
 }
 
 CUresult drv_green_ctx_destroy(CUgreenCtx ctx)
 {
-    TIMED(green_ctx_destroy, ctx);
+    FORWARD(green_ctx_destroy, ctx);
 }
 
 CUresult drv_event_create(CUevent *event, unsigned int flags)
