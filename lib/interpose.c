@@ -603,41 +603,51 @@ static CUresult streams_gone(CUresult r)
     return r;
 }
 
-FL_EXPORT CUresult cuStreamDestroy(CUstream stream)
+/* Before `stream` is destroyed: no thread serves its context from the cache, and its pools'
+ * frees wait for a device sync. */
+static void stream_dying(CUstream stream)
 {
     streams_changed();
     heap_stream_destroyed(stream);
+}
+
+/* Before a context is destroyed. A context fragless serves is a primary one, which
+ * cuCtxDestroy does not destroy; but the streams of the context it destroys go with it, and a
+ * fragless block may have been freed on one of them: every stream pool goes (their blocks
+ * wait for a device sync). */
+static void context_dying(void)
+{
+    streams_changed();
+    heap_streams_reset(false);
+}
+
+FL_EXPORT CUresult cuStreamDestroy(CUstream stream)
+{
+    stream_dying(stream);
     return streams_gone(drv_stream_destroy_v1(stream));
 }
 
 FL_EXPORT CUresult cuStreamDestroy_v2(CUstream stream)
 {
-    streams_changed();
-    heap_stream_destroyed(stream);
+    stream_dying(stream);
     return streams_gone(drv_stream_destroy(stream));
 }
 
-/* A context fragless serves is a primary one, which cuCtxDestroy does not destroy; but the
- * streams of the context it destroys go with it, and a fragless block may have been freed on
- * one of them: every stream pool goes (their blocks wait for a device sync). */
 FL_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
 {
-    streams_changed();
-    heap_streams_reset(false);
+    context_dying();
     return streams_gone(drv_ctx_destroy_v1(ctx));
 }
 
 FL_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
 {
-    streams_changed();
-    heap_streams_reset(false);
+    context_dying();
     return streams_gone(drv_ctx_destroy(ctx));
 }
 
 FL_EXPORT CUresult cuGreenCtxDestroy(CUgreenCtx ctx)
 {
-    streams_changed();
-    heap_streams_reset(false);
+    context_dying();
     return streams_gone(drv_green_ctx_destroy(ctx));
 }
 
@@ -1203,8 +1213,7 @@ FL_EXPORT cudaError_t cudaStreamBeginCaptureToGraph_ptsz(cudaStream_t stream, cu
 
 FL_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
-    streams_changed();
-    heap_stream_destroyed(stream);
+    stream_dying(stream);
     cudaError_t e = real_stream_destroy(stream);
     streams_changed();
     return e;
