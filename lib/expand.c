@@ -156,7 +156,7 @@ static size_t move_budget(const struct heap *h, size_t need)
 {
     if (!h->cfg->page_moving)
         return 0;
-    size_t cached = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
+    size_t cached = h->st.reserved_bytes.current - heap_allocated(h);
     size_t keep = h->cfg->free_mapped_keep;
     if (keep != SIZE_MAX && cached + need > keep)
         return cached + need - keep < need ? cached + need - keep : need;

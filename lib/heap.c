@@ -130,13 +130,27 @@ void heap_check_if_enabled(void)
 void heap_settle(struct heap *h)
 {
     fragless_stats_t *st = &h->st;
-    stat_set(&st->reserved_unallocated_bytes,
-             st->reserved_bytes.current - st->allocated_bytes.current);
-    level_peak(&st->allocated_bytes);
-    level_peak(&st->requested_bytes);
+    struct front_sum hi = {0};
+    int64_t lo = 0; /* threads' lowest carved bytes since the last fold */
+    if (atomic_load_explicit(&h->fronts, memory_order_relaxed))
+        front_fold(h, &hi, &lo);
+    st->reserved_unallocated_bytes.current =
+        st->reserved_bytes.current - st->allocated_bytes.current;
+    raise_peak(&st->reserved_unallocated_bytes,
+               st->reserved_unallocated_bytes.current - (uint64_t)lo);
+    raise_peak(&st->allocated_bytes, st->allocated_bytes.current + (uint64_t)hi.allocated);
+    raise_peak(&st->requested_bytes, st->requested_bytes.current + (uint64_t)hi.requested);
+    raise_peak(&st->blocks, st->blocks.current + (uint64_t)hi.blocks);
     level_peak(&st->active_bytes);
     level_peak(&st->inactive_split_bytes);
-    level_peak(&st->blocks);
+}
+
+uint64_t heap_allocated(const struct heap *h)
+{
+    struct front_sum s = {0};
+    if (atomic_load_explicit(&h->fronts, memory_order_relaxed))
+        front_sum(h, &s);
+    return h->st.allocated_bytes.current + (uint64_t)s.allocated;
 }
 
 /* ---- allocation ----------------------------------------------------------------------- */
@@ -167,8 +181,8 @@ static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t r
 
 /* A free block this request may use now: the stream's own frees, then the global ones;
  * *backed as fit_in says. */
-static struct block *find_cached(struct heap *h, size_t rounded, CUstream stream,
-                                 enum heap_mode mode, bool *backed)
+struct block *heap_find_cached(struct heap *h, size_t rounded, CUstream stream,
+                               enum heap_mode mode, bool *backed)
 {
     enum heap_pool_kind k = size_pool(rounded);
     if (mode == HEAP_ASYNC) {
@@ -209,18 +223,18 @@ static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t si
 static struct block *cached_block(struct heap *h, size_t rounded, CUstream stream,
                                   enum heap_mode mode, bool *backed)
 {
-    struct block *b = find_cached(h, rounded, stream, mode, backed);
+    struct block *b = heap_find_cached(h, rounded, stream, mode, backed);
     if (b && *backed)
         return b;
     reuse_collect(h);
-    b = find_cached(h, rounded, stream, mode, backed);
+    b = heap_find_cached(h, rounded, stream, mode, backed);
     /* an expandable heap's sync pays once enough is pending to move its pages */
     size_t want = h->expandable ? 0 : rounded;
     if ((b && *backed) || !reuse_sync_pays(h, want))
         return b;
     /* the lock was dropped around the sync, even a failed one: look again */
     reuse_device_sync(h);
-    return find_cached(h, rounded, stream, mode, backed);
+    return heap_find_cached(h, rounded, stream, mode, backed);
 }
 
 /* Makes new segment s part of the heap with one free block; false if out of host memory. */
@@ -263,7 +277,7 @@ static double mib(uint64_t bytes)
 static void log_oom(struct heap *h, size_t size)
 {
     uint64_t reserved = h->st.reserved_bytes.current;
-    uint64_t allocated = h->st.allocated_bytes.current;
+    uint64_t allocated = heap_allocated(h);
     log_error("out of memory on device %d: tried to allocate %.2f MiB; fragless holds %.2f MiB "
               "reserved, %.2f MiB allocated, %.2f MiB reserved but unallocated",
               h->device, mib(size), mib(reserved), mib(allocated), mib(reserved - allocated));
@@ -274,6 +288,7 @@ static void log_oom(struct heap *h, size_t size)
 static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream stream,
                         enum heap_mode mode, struct segment **seg, CUdeviceptr *ptr)
 {
+    front_reclaim(h->device, true, NULL);
     size_t released = release_free_segments(h, SIZE_MAX);
     heap_lock(h);
     h->st.num_alloc_retries++;
@@ -286,7 +301,7 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     struct block *b = NULL;
     bool backed;
     if (reuse_has_pending(h) && reuse_device_sync(h) == CUDA_SUCCESS)
-        b = find_cached(h, rounded, stream, mode, &backed);
+        b = heap_find_cached(h, rounded, stream, mode, &backed);
     if (b && serve(h, b, rounded, size, false, ptr) == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
         r = CUDA_SUCCESS;
@@ -309,7 +324,7 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
         reuse_device_sync(h);
     reuse_collect(h);
     bool backed;
-    struct block *b = find_cached(h, rounded, stream, mode, &backed);
+    struct block *b = heap_find_cached(h, rounded, stream, mode, &backed);
     CUresult r = b ? serve(h, b, rounded, size, false, out) : CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
@@ -392,6 +407,10 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     if (!h)
         return fl_device_in_range(device) ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_ERROR_INVALID_DEVICE;
     size_t rounded = size_round(size, h->cfg);
+    if (FL_LIKELY(rounded) && front_alloc(h, rounded, size, stream, mode, out)) {
+        check();
+        return CUDA_SUCCESS;
+    }
     heap_lock(h);
     if (FL_UNLIKELY(!rounded)) {
         h->st.num_ooms++;
@@ -401,6 +420,12 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     }
     bool backed;
     struct block *b = cached_block(h, rounded, stream, mode, &backed);
+    if ((!b || !backed) && h->held) { /* threads give their regions back before the heap grows */
+        heap_unlock(h);
+        front_reclaim(device, true, NULL);
+        heap_lock(h);
+        b = cached_block(h, rounded, stream, mode, &backed);
+    }
     CUresult r = b ? serve(h, b, rounded, size, backed, out) : CUDA_SUCCESS;
     if (b && r != CUDA_SUCCESS)
         r = expand_recover(h, rounded, size, stream, mode, out);
@@ -481,16 +506,43 @@ static struct block *find_mapped(CUdeviceptr ptr, struct heap **hp)
     return b;
 }
 
+static struct block *block_containing(struct heap *h, CUdeviceptr ptr);
+
+/* The thread front holding ptr in a region of heap h, or NULL. */
+static struct front *holder_of(struct heap *h, CUdeviceptr ptr)
+{
+    heap_lock(h);
+    struct block *b = h->held ? block_containing(h, ptr) : NULL;
+    struct front *f = b && b->state == BLOCK_HELD ? b->owner : NULL;
+    heap_unlock(h);
+    return f;
+}
+
+/* How many times a free or look-up looks again after a region it found went back. */
+#define HELD_RETRIES 8
+
 CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *foreign)
 {
     bool ignored;
     foreign = foreign ? foreign : &ignored;
     *foreign = false;
+    enum front_result fr = ptr ? front_free_own(ptr, stream, mode) : FRONT_NONE;
     struct heap *h = NULL;
-    struct block *b = ptr ? find_hinted(ptr, &h) : NULL;
-    if (!b && ptr)
-        b = find_mapped(ptr, &h);
-    if (!h) {
+    struct block *b = NULL;
+    for (int tries = 0; fr == FRONT_NONE && tries < HELD_RETRIES; tries++) {
+        b = ptr ? find_hinted(ptr, &h) : NULL;
+        if (!b && ptr)
+            b = find_mapped(ptr, &h);
+        struct front *f = !b && h ? holder_of(h, ptr) : NULL;
+        if (!f)
+            break;
+        fr = front_free_in(f, ptr, stream, mode); /* another thread's block */
+    }
+    if (fr == FRONT_DONE) {
+        check();
+        return CUDA_SUCCESS;
+    }
+    if (fr == FRONT_NONE && !h) {
         *foreign = true;
         if (ptr)
             count_foreign();
@@ -529,12 +581,15 @@ static void retire_pools(CUstream key, const char *why, bool context_gone)
 
 void heap_stream_destroyed(CUstream stream)
 {
-    if (stream && stream != CU_STREAM_LEGACY && stream != CU_STREAM_PER_THREAD)
-        retire_pools(stream, "it is destroyed", false);
+    if (!stream || stream == CU_STREAM_LEGACY || stream == CU_STREAM_PER_THREAD)
+        return;
+    front_reclaim(-1, false, stream);
+    retire_pools(stream, "it is destroyed", false);
 }
 
 void heap_streams_reset(bool context_gone)
 {
+    front_reclaim(-1, true, NULL);
     retire_pools(NULL, "its context goes", context_gone);
 }
 
@@ -560,19 +615,33 @@ bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device)
     struct heap *h = segmap_find(ptr, &dev, NULL) ? heap_of(dev, false) : NULL;
     if (!h)
         return false;
-    heap_lock(h);
-    struct block *b = block_containing(h, ptr);
-    bool live = b && b->state == BLOCK_LIVE;
-    if (live) {
-        if (base)
-            *base = b->ptr;
-        if (size)
-            *size = b->requested;
-        if (device)
-            *device = dev;
+    CUdeviceptr at = 0;
+    size_t requested = 0;
+    enum front_result fr = FRONT_NONE;
+    for (int tries = 0; fr == FRONT_NONE && tries < HELD_RETRIES; tries++) {
+        heap_lock(h);
+        struct block *b = block_containing(h, ptr);
+        struct front *f = b && b->state == BLOCK_HELD ? b->owner : NULL;
+        if (b && b->state == BLOCK_LIVE) {
+            at = b->ptr;
+            requested = b->requested;
+            fr = FRONT_DONE;
+        } else if (!f) {
+            fr = FRONT_BAD;
+        }
+        heap_unlock(h);
+        if (f) /* in a thread's region: its carved block */
+            fr = front_lookup_in(f, ptr, &at, &requested);
     }
-    heap_unlock(h);
-    return live;
+    if (fr != FRONT_DONE)
+        return false;
+    if (base)
+        *base = at;
+    if (size)
+        *size = requested;
+    if (device)
+        *device = dev;
+    return true;
 }
 
 size_t heap_cached_bytes(int device)
@@ -581,7 +650,7 @@ size_t heap_cached_bytes(int device)
     if (!h)
         return 0;
     heap_lock(h);
-    size_t bytes = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
+    size_t bytes = h->st.reserved_bytes.current - heap_allocated(h);
     heap_unlock(h);
     return bytes;
 }
@@ -605,10 +674,23 @@ int heap_get_stats(int device, fragless_stats_t *out)
     struct heap *h = heap_of(device, false);
     if (!h)
         return FRAGLESS_ENODEV; /* no such device, or fragless has not used it */
+    struct front_sum fs = {0};
     heap_lock(h);
+    if (atomic_load_explicit(&h->fronts, memory_order_relaxed)) {
+        front_sum(h, &fs); /* then the fold: the peaks cover these */
+        heap_settle(h);
+    }
     stat_set(&h->st.largest_free_block_bytes, largest_free(h));
     fragless_stats_t snap = h->st;
     heap_unlock(h);
+    snap.allocated_bytes.current += (uint64_t)fs.allocated;
+    snap.requested_bytes.current += (uint64_t)fs.requested;
+    snap.blocks.current += (uint64_t)fs.blocks;
+    snap.reserved_unallocated_bytes.current -= (uint64_t)fs.allocated;
+    snap.host_metadata_bytes.current += (uint64_t)fs.host;
+    snap.num_allocs += (uint64_t)fs.allocs;
+    snap.num_cache_hits += (uint64_t)fs.allocs;
+    snap.num_frees += (uint64_t)fs.frees;
     snap.driver_calls = drv_call_count();
     snap.driver_ns = drv_call_ns();
     vmm_page_counters(device, &snap.pages_created, &snap.pages_released, &snap.pages_moved);
@@ -625,6 +707,9 @@ int heap_reset_peaks(int device)
             continue;
         heap_lock(h);
         stats_reset_peaks(&h->st);
+        /* with what threads carved: the next fold raises them to the merged levels */
+        h->st.reserved_unallocated_bytes.peak =
+            h->st.reserved_bytes.current - heap_allocated(h);
         heap_unlock(h);
     }
     return FRAGLESS_OK;
@@ -684,23 +769,25 @@ int heap_segment_info(int device, struct heap_segment_info *out, int max)
 
 bool heap_is_valid(void)
 {
-    for (int d = 0; d < FL_MAX_DEVICES; d++) {
+    bool ok = true;
+    front_lock_all();
+    for (int d = 0; d < FL_MAX_DEVICES && ok; d++) {
         struct heap *h = heap_of(d, false);
         if (!h)
             continue;
         heap_lock(h);
-        bool ok = heap_check(h);
+        ok = heap_check(h) && front_check(h);
         heap_unlock(h);
-        if (!ok)
-            return false;
     }
-    return true;
+    front_unlock_all();
+    return ok;
 }
 
 /* ---- fork ----------------------------------------------------------------------------- */
 
 void heap_atfork_prepare(void)
 {
+    front_atfork_prepare();
     pthread_mutex_lock(&heaps_lock);
     for (int d = 0; d < FL_MAX_DEVICES; d++)
         if (heaps[d])
@@ -715,6 +802,7 @@ void heap_atfork_parent(void)
         if (heaps[d])
             lock_give(&heaps[d]->lock);
     pthread_mutex_unlock(&heaps_lock);
+    front_atfork_parent();
 }
 
 void heap_atfork_child(void)
@@ -724,4 +812,5 @@ void heap_atfork_child(void)
         if (heaps[d])
             lock_reset(&heaps[d]->lock);
     pthread_mutex_init(&heaps_lock, NULL);
+    front_atfork_child();
 }

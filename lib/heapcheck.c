@@ -63,6 +63,11 @@ static bool check_block(const struct heap *h, const struct block *b, struct tall
         t->pending_bytes += b->size;
         t->active += b->size;
         return true;
+    case BLOCK_HELD: /* a thread's region: front_check looks inside */
+        if (!b->owner)
+            FAIL("held block %#llx has no thread", (unsigned long long)b->ptr);
+        t->active += b->size;
+        return true;
     }
     return true;
 }
@@ -84,7 +89,7 @@ static bool check_segment(const struct heap *h, const struct segment *s, struct 
             return false;
         at += b->size;
         n++;
-        live += b->state == BLOCK_LIVE;
+        live += b->state == BLOCK_LIVE || b->state == BLOCK_HELD;
         live_bytes += b->state == BLOCK_LIVE ? b->size : 0;
     }
     if (at != s->base + s->size || n != s->nblocks || live != s->nlive ||

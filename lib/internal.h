@@ -319,8 +319,11 @@ enum heap_pool_kind { POOL_SMALL = 0, POOL_LARGE = 1, POOL_KINDS = 2 };
 enum block_state {
     BLOCK_FREE,        /* in a free index; reusable on every stream (global) or on one */
     BLOCK_LIVE,        /* handed out */
-    BLOCK_SYNC_PENDING /* freed by cudaFree/cuMemFree: reusable after a device sync */
+    BLOCK_SYNC_PENDING, /* freed by cudaFree/cuMemFree: reusable after a device sync */
+    BLOCK_HELD          /* a thread's region (front.c): what it carved is counted there */
 };
+
+struct front;
 
 /* A contiguous piece of one segment. Blocks of a segment tile it in address order. */
 struct block {
@@ -334,6 +337,7 @@ struct block {
     uint64_t free_seq;           /* heap's free sequence number when it was freed */
     enum block_state state;
     uint16_t fi_fl, fi_sl; /* its class in the free index holding it (freeindex.c) */
+    struct front *owner;   /* a held block's thread front */
 };
 
 /* ---- livemap.c: a heap's live blocks by address (open addressing; never allocates on
@@ -488,6 +492,13 @@ struct heap {
     bool expandable;     /* segments are expand.c's (decided when the heap is created) */
     size_t device_mem;   /* the device's memory (expandable heaps, or a gc_limit) */
     size_t max_split;    /* max_split_size_mb as it applies (unlimited for expandable) */
+    /* Device syncs begun and the highest-numbered one completed (front.c's plain frees wait
+     * for a sync numbered above the count begun when they were freed). */
+    _Atomic uint64_t syncs_begun, syncs_done;
+    _Atomic int fronts; /* thread fronts with statistics on this heap (front.c) */
+    int held;           /* blocks held as thread regions */
+    /* The heap's own levels: front.c adds what threads carved from their regions (merged on
+     * read: heap_merged_stats). Peaks count the carved bytes too. */
     fragless_stats_t st;
 };
 
@@ -496,15 +507,24 @@ struct heap *heap_find(int device);
 /* Brings derived levels and the peaks block.c leaves up to date (lock held): heap_unlock does
  * it, so whoever takes the lock next finds the statistics whole. */
 void heap_settle(struct heap *h);
+/* The heap's lock; with thread fronts on the device, their peaks are folded in first (what
+ * they carved since the last fold, at the heap's levels of then). */
 static inline void heap_lock(struct heap *h)
 {
     lock_take(&h->lock);
+    if (atomic_load_explicit(&h->fronts, memory_order_relaxed))
+        heap_settle(h);
 }
 static inline void heap_unlock(struct heap *h)
 {
     heap_settle(h);
     lock_give(&h->lock);
 }
+/* A free block a request may use now without a driver call (heap.c's cache look-up). */
+struct block *heap_find_cached(struct heap *h, size_t rounded, CUstream stream,
+                               enum heap_mode mode, bool *backed);
+/* Bytes allocated on h's device: the heap's live blocks and what threads carved. Lock held. */
+uint64_t heap_allocated(const struct heap *h);
 /* Makes segment s part of the heap as one free block; false if out of host memory. Counts
  * no device allocation: s may be one the driver refused to free. */
 bool heap_add_segment(struct heap *h, struct segment *s);
@@ -580,6 +600,70 @@ int reuse_drop_idle(struct heap *h, CUevent *events, int max);
  * event with it unless context_gone (the driver destroyed the event with its context). */
 void reuse_retire(struct heap *h, CUstream key, const char *why, bool context_gone);
 
+/* ---- region.c: the heap's side of thread regions ---- */
+/* Keeps at least `want` block records on *stash (*n of them); false without host memory. */
+bool region_stash(struct heap *h, struct block **stash, uint32_t *n, uint32_t want);
+void region_unstash(struct heap *h, struct block **stash, uint32_t *n);
+/* A region for a request of `rounded` bytes on `stream`: a cached free block wholly mapped,
+ * cut to at most `want` bytes where possible, now held by `owner`. NULL if the cache has none
+ * (no driver call is made that allocates). */
+struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream stream,
+                          enum heap_mode mode, struct front *owner);
+/* Where a region's pieces go when it is given back. */
+struct region_home {
+    CUstream stream; /* stream-ordered regions: their stream */
+    bool async;
+    bool own_thread; /* the region's thread gives it back (its per-thread stream's pool) */
+};
+enum piece_kind { PIECE_LIVE, PIECE_PENDING, PIECE_SPARE };
+/* Begins giving held block b back: b is detached, its share out of the statistics. */
+void region_open(struct heap *h, struct block *b);
+/* Cuts the first `size` bytes off *rest (all of it: *rest becomes NULL) into a record of
+ * *stash and puts them where `kind` says: live (with `requested`), pending a device sync, or
+ * spare (the home's stream pool, or every stream's). Cannot fail. */
+void region_piece(struct heap *h, struct block **rest, size_t size, size_t requested,
+                  enum piece_kind kind, const struct region_home *home, struct block **stash);
+
+/* ---- front.c: thread fronts — each thread's regions, carved without the heap's lock ---- */
+enum front_result {
+    FRONT_NONE, /* not in the regions looked at */
+    FRONT_DONE,
+    FRONT_BAD /* inside a region but not a live block's start (a double free?) */
+};
+struct front_sum {
+    int64_t allocated, requested, blocks, allocs, frees, host;
+};
+/* Serves the request from the calling thread's region for it; false: the heap serves it
+ * (thread_cache off, too large, no region to be had). Heap lock not held. */
+bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream,
+                 enum heap_mode mode, CUdeviceptr *out);
+/* Frees ptr if it lies in one of the calling thread's regions. */
+enum front_result front_free_own(CUdeviceptr ptr, CUstream stream, enum heap_mode mode);
+/* The same in front f's regions (a held block of f holds ptr); FRONT_NONE once f gave that
+ * region back (look again). Heap lock not held. */
+enum front_result front_free_in(struct front *f, CUdeviceptr ptr, CUstream stream,
+                                enum heap_mode mode);
+/* The live carved block of f containing ptr: its base and requested size. */
+enum front_result front_lookup_in(struct front *f, CUdeviceptr ptr, CUdeviceptr *base,
+                                  size_t *size);
+/* Every thread's regions on `device` (-1: all) — only those of `stream` unless any_stream —
+ * go back to their heaps. Call with no heap or front lock held. */
+void front_reclaim(int device, bool any_stream, CUstream stream);
+/* What fronts carved on h's device now (h's lock held, or a snapshot's worth). */
+void front_sum(const struct heap *h, struct front_sum *s);
+/* h's lock held: per front, the highest carved levels and the lowest allocated since the last
+ * fold, summed (and reset for the next). */
+void front_fold(const struct heap *h, struct front_sum *hi, int64_t *lo_allocated);
+/* The walker: every region of h consistent with its held block and the fronts' statistics
+ * (every front lock and h's lock held: front_lock_all). */
+bool front_check(const struct heap *h);
+void front_lock_all(void);
+void front_unlock_all(void);
+void front_atfork_prepare(void);
+void front_atfork_parent(void);
+/* After the heaps' locks are reset in the child. */
+void front_atfork_child(void);
+
 /* ---- heapcheck.c: the invariant walker behind heap_is_valid() ---- */
 /* Checks every invariant of h (lock held); logs the first violation and returns false. */
 bool heap_check(struct heap *h);
@@ -608,6 +692,12 @@ static inline void level_peak(fragless_stat_t *s)
     if (s->current > s->peak)
         s->peak = s->current;
 }
+/* Raises a level's peak to `value` (a level counted partly elsewhere: thread fronts). */
+static inline void raise_peak(fragless_stat_t *s, uint64_t value)
+{
+    if (value > s->peak)
+        s->peak = value;
+}
 
 /* block.c's shares, inline (the allocation path calls them several times per request). */
 /* Whether fi is one of the heap's global indexes (free and safe for every stream). */
@@ -632,6 +722,10 @@ static inline void block_account(struct heap *h, const struct block *b, int sign
     if (b->state == BLOCK_LIVE) {
         level_add(&h->st.allocated_bytes, size);
         level_add(&h->st.requested_bytes, sign * (int64_t)b->requested);
+        level_add(&h->st.active_bytes, size);
+        return;
+    }
+    if (b->state == BLOCK_HELD) { /* no other thread or stream may use it */
         level_add(&h->st.active_bytes, size);
         return;
     }

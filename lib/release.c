@@ -191,7 +191,7 @@ void release_to_threshold(struct heap *h)
     if (FL_LIKELY(keep == SIZE_MAX))
         return;
     heap_lock(h);
-    size_t cached = h->st.reserved_bytes.current - h->st.allocated_bytes.current;
+    size_t cached = h->st.reserved_bytes.current - heap_allocated(h);
     heap_unlock(h);
     if (cached > keep)
         count_automatic(h, release_free_segments(h, cached - keep));
@@ -256,6 +256,7 @@ CUresult heap_empty_cache(int device, size_t *released)
     CUresult r = CUDA_SUCCESS;
     if (device != -1 && !fl_device_in_range(device))
         return CUDA_ERROR_INVALID_DEVICE;
+    front_reclaim(device, true, NULL); /* what threads hold in their regions too */
     for (int d = 0; d < FL_MAX_DEVICES; d++) {
         struct heap *h = heap_find(d);
         if (!h || (device != -1 && d != device))

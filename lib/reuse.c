@@ -193,11 +193,14 @@ bool reuse_sync_pays(const struct heap *h, size_t rounded)
 CUresult reuse_device_sync(struct heap *h)
 {
     uint64_t seq = h->free_seq;
+    uint64_t n = atomic_fetch_add(&h->syncs_begun, 1) + 1;
     heap_unlock(h);
     CUresult r = drv_ctx_synchronize();
     heap_lock(h);
     if (r != CUDA_SUCCESS)
         return r;
+    if (n > atomic_load_explicit(&h->syncs_done, memory_order_relaxed))
+        atomic_store_explicit(&h->syncs_done, n, memory_order_release);
     h->st.num_device_syncs++;
     struct block *b = h->pending;
     while (b) {
