@@ -82,6 +82,7 @@ struct region {
     struct block *blk; /* the held block */
     CUdeviceptr base;
     size_t size, top;
+    size_t live;    /* bytes of live entries (also in blk->carved, for fragstat's map) */
     size_t pending; /* bytes of pending entries */
     struct entry *e;
     uint32_t n, cap;
@@ -244,6 +245,12 @@ static void pop(struct region *r)
     }
 }
 
+static void set_live(struct region *r, size_t live)
+{
+    r->live = live;
+    atomic_store_explicit(&r->blk->carved, live, memory_order_relaxed);
+}
+
 static bool carve(struct region *r, size_t rounded, size_t size, CUdeviceptr *out)
 {
     if (FL_UNLIKELY(r->size - r->top < rounded || r->n == r->cap || r->n >= r->nstash))
@@ -251,6 +258,7 @@ static bool carve(struct region *r, size_t rounded, size_t size, CUdeviceptr *ou
     r->e[r->n++] = (struct entry){.off = r->top, .size = rounded, .requested = size};
     *out = r->base + r->top;
     r->top += rounded;
+    set_live(r, r->live + rounded);
     count_carve(r->ds, rounded, size);
     return true;
 }
@@ -314,6 +322,7 @@ static enum front_result free_in(struct region *r, CUdeviceptr ptr, CUstream str
         e->ticket = atomic_load(&r->h->syncs_begun);
         r->pending += e->size;
     }
+    set_live(r, r->live - e->size);
     count_free(r->ds, e->size, e->requested);
     pop(r);
     return FRONT_DONE;
@@ -411,19 +420,19 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
     return true;
 }
 
-/* What a region that cannot serve a request does first: pending frees a sync covered go;
- * when they are most of it, a device sync; more block records. Front lock held. */
+/* What a region that cannot serve a request does first: pending frees a sync covered go,
+ * and a device sync when it pays as the heap's would (one per so many bytes freed). Front
+ * lock held. */
 static void make_room(struct region *r, size_t rounded)
 {
     pop(r);
-    if (r->size - r->top >= rounded)
+    if (r->size - r->top >= rounded || !r->pending)
         return;
-    if (r->pending && r->pending >= r->size / 2) {
-        heap_lock(r->h);
+    heap_lock(r->h);
+    if (reuse_sync_pays_region(r->h, rounded, r->pending))
         reuse_device_sync(r->h);
-        heap_unlock(r->h);
-        pop(r);
-    }
+    heap_unlock(r->h);
+    pop(r);
 }
 
 /* The request on f's slow path: the region made to fit, or replaced. Front lock held. */
@@ -440,6 +449,8 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
         }
         if (entries_room(r) && carve(r, rounded, size, out))
             return true;
+        if (r->live) /* what is live stays where it is: the heap serves this one */
+            return false;
         give_back(r, true);
     } else {
         for (int i = 0; i < FRONT_REGIONS && !r; i++)
@@ -656,7 +667,9 @@ bool front_check(const struct heap *h)
     const fragless_stats_t *st = &h->st;
     if (st->allocated_bytes.current + (uint64_t)s.allocated > st->allocated_bytes.peak ||
         st->requested_bytes.current + (uint64_t)s.requested > st->requested_bytes.peak ||
-        st->blocks.current + (uint64_t)s.blocks > st->blocks.peak)
+        st->blocks.current + (uint64_t)s.blocks > st->blocks.peak ||
+        st->reserved_unallocated_bytes.current - (uint64_t)s.allocated >
+            st->reserved_unallocated_bytes.peak)
         FAIL("a peak below the current level with what threads carved");
     return true;
 }

@@ -717,17 +717,34 @@ int heap_reset_peaks(int device)
 
 /* ---- fragstat's map ------------------------------------------------------------------- */
 
+/* Bytes of b handed out: a live block's size, what a thread carved from a held block (drawn
+ * at its start, where a thread's region carves first). */
+static size_t held_or_live(const struct block *b)
+{
+    if (b->state == BLOCK_HELD)
+        return atomic_load_explicit(&b->carved, memory_order_relaxed);
+    return b->state == BLOCK_LIVE ? b->size : 0;
+}
+
+/* What the blocks of s hold handed out. */
+static size_t segment_used(const struct heap *h, const struct segment *s)
+{
+    size_t used = s->live_bytes;
+    for (const struct block *b = h->held ? s->first : NULL; b; b = b->next)
+        used += b->state == BLOCK_HELD ? held_or_live(b) : 0;
+    return used;
+}
+
 static void fill_map(const struct segment *s, char *map)
 {
     size_t live[HEAP_SEG_MAP_CHARS] = {0};
     size_t slice = (s->size + HEAP_SEG_MAP_CHARS - 1) / HEAP_SEG_MAP_CHARS;
     for (const struct block *b = s->first; b; b = b->next) {
-        if (b->state != BLOCK_LIVE)
-            continue;
-        for (size_t off = b->ptr - s->base; off < b->ptr - s->base + b->size;) {
+        size_t used = held_or_live(b);
+        for (size_t off = b->ptr - s->base; off < b->ptr - s->base + used;) {
             size_t i = off / slice;
             size_t end = (i + 1) * slice;
-            size_t stop = b->ptr - s->base + b->size;
+            size_t stop = b->ptr - s->base + used;
             live[i] += (stop < end ? stop : end) - off;
             off = end;
         }
@@ -752,12 +769,11 @@ int heap_segment_info(int device, struct heap_segment_info *out, int max)
         if (!out || n >= max)
             continue;
         struct heap_segment_info *i = &out[n];
-        size_t held = segment_reserved(s);
+        size_t held = segment_reserved(s), used = segment_used(h, s);
         *i = (struct heap_segment_info){.base = s->base,
                                         .size = s->size,
-                                        .allocated = s->live_bytes,
-                                        .free_mapped =
-                                            held > s->live_bytes ? held - s->live_bytes : 0,
+                                        .allocated = used,
+                                        .free_mapped = held > used ? held - used : 0,
                                         .unmapped = s->size - held,
                                         .blocks = s->nblocks,
                                         .expandable = s->kind == SEGMENT_EXPANDABLE};

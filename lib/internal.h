@@ -339,6 +339,7 @@ struct block {
     enum block_state state;
     uint16_t fi_fl, fi_sl; /* its class in the free index holding it (freeindex.c) */
     struct front *owner;   /* a held block's thread front */
+    _Atomic size_t carved; /* a held block's bytes its thread has handed out (front.c) */
 };
 
 /* ---- livemap.c: a heap's live blocks by address (open addressing; never allocates on
@@ -588,6 +589,8 @@ struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool crea
 void reuse_collect(struct heap *h);
 /* Whether a device sync is worth it for a request of `rounded` bytes. */
 bool reuse_sync_pays(const struct heap *h, size_t rounded);
+/* The same for a thread's region holding `pending` bytes of device-wide frees (front.c). */
+bool reuse_sync_pays_region(const struct heap *h, size_t rounded, size_t pending);
 /* One device synchronization (heap lock dropped around it); then every block freed before it
  * began is reusable everywhere. Called and returns with h->lock held. */
 CUresult reuse_device_sync(struct heap *h);

@@ -46,12 +46,8 @@ void region_unstash(struct heap *h, struct block **stash, uint32_t *n)
 struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream stream,
                           enum heap_mode mode, struct front *owner)
 {
-    bool backed;
+    bool backed; /* no event query or record: the heap's own path makes those */
     struct block *b = heap_find_cached(h, rounded, stream, mode, &backed);
-    if (!b || !backed) {
-        reuse_collect(h);
-        b = heap_find_cached(h, rounded, stream, mode, &backed);
-    }
     if (!b || !backed)
         return NULL;
     size_t size = want < b->size ? want : b->size;

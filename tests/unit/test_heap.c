@@ -15,7 +15,17 @@ static void setup(void)
 
 TestSuite(heap, .init = setup, .timeout = 60);
 
-Test(heap, small_requests_share_a_segment_and_are_cached)
+/* The heap's own placement and layout, without thread regions (thread_cache:false): which
+ * blocks merge, the largest free block, a segment's blocks. */
+static void setup_shared(void)
+{
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",thread_cache:false", 1);
+    ht_setup("1G");
+}
+
+TestSuite(heap_shared, .init = setup_shared, .timeout = 60);
+
+Test(heap_shared, small_requests_share_a_segment_and_are_cached)
 {
     CUdeviceptr p[8];
     uint64_t before = ht_calls("cuMemAlloc_v2");
@@ -194,7 +204,7 @@ Test(heap, empty_cache_works_from_a_thread_without_a_context)
     cr_assert_eq(ht_audit(), 0);
 }
 
-Test(heap, segment_info_maps_what_is_allocated)
+Test(heap_shared, segment_info_maps_what_is_allocated)
 {
     CUdeviceptr a = ht_alloc(FL_MiB, NULL, HEAP_SYNC);
     ht_alloc(FL_MiB / 2, NULL, HEAP_SYNC);

@@ -15,6 +15,15 @@ static void setup(void)
 
 TestSuite(streams, .init = setup, .timeout = 60);
 
+/* The heap's stream pools themselves, without thread regions (thread_cache:false). */
+static void setup_shared(void)
+{
+    setenv("FRAGLESS_CONF", HT_SEGMENTS ",thread_cache:false", 1);
+    ht_setup("1G");
+}
+
+TestSuite(streams_shared, .init = setup_shared, .timeout = 60);
+
 #define FILL_US 200000 /* 200 ms of simulated work before the fill lands */
 
 Test(streams, same_stream_reuses_at_once)
@@ -220,7 +229,7 @@ Test(streams, an_exited_threads_per_thread_frees_wait_for_a_sync)
     cr_assert_eq(ht_audit(), 0, "the exited threads' events were destroyed");
 }
 
-Test(streams, frees_of_a_destroyed_stream_wait_for_a_sync)
+Test(streams_shared, frees_of_a_destroyed_stream_wait_for_a_sync)
 {
     CUstream s = ht_stream(), t = ht_stream();
     CUdeviceptr a = ht_alloc(FL_MiB, s, HEAP_ASYNC);
