@@ -44,7 +44,7 @@
 /* Larger requests go to the heap: a region of their size would hold too much. */
 #define FRONT_MAX_REQUEST (32 * FL_MiB)
 /* What a region asks for: a small segment's worth for small requests; for large ones twice
- * the request, within these bounds. */
+ * the request, within these bounds (stream-ordered), or the most (device-wide). */
 #define REGION_SMALL      SIZE_SMALL_SEGMENT
 #define REGION_LARGE_MIN  SIZE_LARGE_SEGMENT
 #define REGION_LARGE_MAX  (64 * FL_MiB)
@@ -71,6 +71,7 @@ struct dstat {
     _Atomic int64_t allocated, requested, blocks;
     _Atomic int64_t hi_allocated, hi_requested, hi_blocks, lo_allocated;
     _Atomic int64_t allocs, frees, host;
+    _Atomic int64_t pending; /* bytes of pending entries in its regions */
 };
 
 struct region {
@@ -230,13 +231,31 @@ static bool ticket_done(const struct heap *h, uint64_t ticket)
     return atomic_load_explicit(&h->syncs_done, memory_order_acquire) > ticket;
 }
 
+static void set_pending(struct region *r, size_t pending)
+{
+    add(&r->ds->pending, (int64_t)pending - (int64_t)r->pending);
+    r->pending = pending;
+}
+
+/* Bytes of device-wide frees waiting in every thread's regions on h's device. */
+static size_t pending_in_regions(const struct heap *h)
+{
+    int64_t sum = 0;
+    for (struct front *f = atomic_load_explicit(&registry, memory_order_acquire); f;
+         f = atomic_load_explicit(&f->next, memory_order_acquire)) {
+        struct dstat *d = dstat_of(f, h->device);
+        sum += d ? ld(&d->pending) : 0;
+    }
+    return (size_t)sum;
+}
+
 /* Gives back the free blocks at the top of r's stack, and the pending ones a sync covered. */
 static void pop(struct region *r)
 {
     while (r->n) {
         struct entry *e = &r->e[r->n - 1];
         if (e->state == ENTRY_PENDING && ticket_done(r->h, e->ticket))
-            r->pending -= e->size;
+            set_pending(r, r->pending - e->size);
         else if (e->state != ENTRY_FREE)
             return;
         r->top = e->off;
@@ -320,7 +339,7 @@ static enum front_result free_in(struct region *r, CUdeviceptr ptr, CUstream str
     } else {
         e->state = ENTRY_PENDING;
         e->ticket = atomic_load(&r->h->syncs_begun);
-        r->pending += e->size;
+        set_pending(r, r->pending + e->size);
     }
     set_live(r, r->live - e->size);
     count_free(r->ds, e->size, e->requested);
@@ -379,6 +398,7 @@ static void give_back(struct region *r, bool own)
     add(&r->ds->allocated, -live);
     add(&r->ds->requested, -requested);
     add(&r->ds->blocks, -(int64_t)r->n);
+    set_pending(r, 0);
     region_unstash(h, &r->stash, &r->nstash);
     heap_unlock(h);
     add(&r->ds->host, -(int64_t)(r->cap * sizeof *r->e));
@@ -392,7 +412,9 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
                        CUstream stream, enum heap_mode mode, enum heap_pool_kind pool)
 {
     size_t want = REGION_SMALL;
-    if (pool == POOL_LARGE) {
+    if (pool == POOL_LARGE && mode == HEAP_SYNC) {
+        want = REGION_LARGE_MAX; /* device-wide frees wait for a batched sync: room for them */
+    } else if (pool == POOL_LARGE) {
         want = 2 * rounded;
         want = want < REGION_LARGE_MIN ? REGION_LARGE_MIN : want;
         want = want > REGION_LARGE_MAX ? REGION_LARGE_MAX : want;
@@ -420,28 +442,13 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
     return true;
 }
 
-/* What a region that cannot serve a request does first: pending frees a sync covered go,
- * and a device sync when it pays as the heap's would (one per so many bytes freed). Front
- * lock held. */
-static void make_room(struct region *r, size_t rounded)
-{
-    pop(r);
-    if (r->size - r->top >= rounded || !r->pending)
-        return;
-    heap_lock(r->h);
-    if (reuse_sync_pays_region(r->h, rounded, r->pending))
-        reuse_device_sync(r->h);
-    heap_unlock(r->h);
-    pop(r);
-}
-
 /* The request on f's slow path: the region made to fit, or replaced. Front lock held. */
 static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t rounded,
                        size_t size, CUstream stream, enum heap_mode mode,
                        enum heap_pool_kind pool, CUdeviceptr *out)
 {
     if (r) {
-        make_room(r, rounded);
+        pop(r); /* pending frees a sync covered */
         if (r->n + 1 >= r->nstash) {
             heap_lock(h);
             region_stash(h, &r->stash, &r->nstash, r->nstash + STASH_CHUNK);
@@ -640,6 +647,7 @@ static bool region_is_valid(const struct heap *h, const struct region *r, struct
     if (r->n && r->e[r->n - 1].state == ENTRY_FREE)
         FAIL("region %#llx: a free block at the top", (unsigned long long)r->base);
     t->blocks += r->n;
+    t->frees += (int64_t)r->pending; /* (the pending bytes, compared below) */
     return true;
 }
 
@@ -660,6 +668,8 @@ bool front_check(const struct heap *h)
         }
     }
     front_sum(h, &s);
+    if (t.frees != (int64_t)pending_in_regions(h))
+        FAIL("threads' pending bytes differ from the sum over regions");
     if (held != h->held)
         FAIL("%d regions held, the heap counts %d", held, h->held);
     if (t.allocated != s.allocated || t.requested != s.requested || t.blocks != s.blocks)

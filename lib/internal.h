@@ -589,8 +589,9 @@ struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool crea
 void reuse_collect(struct heap *h);
 /* Whether a device sync is worth it for a request of `rounded` bytes. */
 bool reuse_sync_pays(const struct heap *h, size_t rounded);
-/* The same for a thread's region holding `pending` bytes of device-wide frees (front.c). */
-bool reuse_sync_pays_region(const struct heap *h, size_t rounded, size_t pending);
+/* Whether it is, for a thread's region (front.c), with `pending` bytes of device-wide frees
+ * waiting in threads' regions besides the heap's. */
+bool reuse_sync_pays_region(const struct heap *h, size_t pending);
 /* One device synchronization (heap lock dropped around it); then every block freed before it
  * began is reusable everywhere. Called and returns with h->lock held. */
 CUresult reuse_device_sync(struct heap *h);

@@ -47,7 +47,9 @@ struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream 
                           enum heap_mode mode, struct front *owner)
 {
     bool backed; /* no event query or record: the heap's own path makes those */
-    struct block *b = heap_find_cached(h, rounded, stream, mode, &backed);
+    struct block *b = heap_find_cached(h, want, stream, mode, &backed);
+    if (!b || !backed) /* a block of `want` bytes, else the best fit of the request's */
+        b = heap_find_cached(h, rounded, stream, mode, &backed);
     if (!b || !backed)
         return NULL;
     size_t size = want < b->size ? want : b->size;
