@@ -44,7 +44,7 @@
 /* Larger requests go to the heap: a region of their size would hold too much. */
 #define FRONT_MAX_REQUEST (32 * FL_MiB)
 /* What a region asks for: a small segment's worth for small requests; for large ones twice
- * the request, within these bounds (stream-ordered), or the most (device-wide). */
+ * the request, within these bounds. */
 #define REGION_SMALL      SIZE_SMALL_SEGMENT
 #define REGION_LARGE_MIN  SIZE_LARGE_SEGMENT
 #define REGION_LARGE_MAX  (64 * FL_MiB)
@@ -412,9 +412,7 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
                        CUstream stream, enum heap_mode mode, enum heap_pool_kind pool)
 {
     size_t want = REGION_SMALL;
-    if (pool == POOL_LARGE && mode == HEAP_SYNC) {
-        want = REGION_LARGE_MAX; /* device-wide frees wait for a batched sync: room for them */
-    } else if (pool == POOL_LARGE) {
+    if (pool == POOL_LARGE) {
         want = 2 * rounded;
         want = want < REGION_LARGE_MIN ? REGION_LARGE_MIN : want;
         want = want > REGION_LARGE_MAX ? REGION_LARGE_MAX : want;
@@ -442,13 +440,27 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
     return true;
 }
 
+/* What a region that cannot serve a request does first: pending frees a sync covered go, and
+ * a device sync when the region's own device-wide frees pay for it as the heap's would.
+ * Front lock held. */
+static void make_room(struct region *r, size_t rounded)
+{
+    pop(r);
+    if (r->size - r->top >= rounded || !reuse_sync_pays_region(r->pending))
+        return;
+    heap_lock(r->h);
+    reuse_device_sync(r->h);
+    heap_unlock(r->h);
+    pop(r);
+}
+
 /* The request on f's slow path: the region made to fit, or replaced. Front lock held. */
 static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t rounded,
                        size_t size, CUstream stream, enum heap_mode mode,
                        enum heap_pool_kind pool, CUdeviceptr *out)
 {
     if (r) {
-        pop(r); /* pending frees a sync covered */
+        make_room(r, rounded);
         if (r->n + 1 >= r->nstash) {
             heap_lock(h);
             region_stash(h, &r->stash, &r->nstash, r->nstash + STASH_CHUNK);
@@ -536,7 +548,8 @@ static struct front *front_mine(void)
 bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream,
                  enum heap_mode mode, CUdeviceptr *out)
 {
-    if (!h->cfg->thread_cache || rounded > FRONT_MAX_REQUEST || rounded >= h->max_split)
+    if (mode != HEAP_ASYNC || !h->serve_fronts || rounded > FRONT_MAX_REQUEST ||
+        rounded >= h->max_split)
         return false;
     struct front *f = mine;
     if (FL_UNLIKELY(!f) && !(f = front_mine()))

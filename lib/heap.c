@@ -53,6 +53,8 @@ static void pick_segments(struct heap *h)
     h->expandable = want != 0 && device_has_vmm(h->device, &h->device_mem);
     h->max_split = h->expandable ? SIZE_MAX : h->cfg->max_split_size;
     h->gc_limit = gc_limit_of(h);
+    /* a thread's region holds cached memory that release_threshold_mb could not give back */
+    h->serve_fronts = h->cfg->thread_cache && h->cfg->release_threshold == SIZE_MAX;
     if (want == 1 && !h->expandable)
         log_warn("expandable_segments:true: device %d has no virtual memory management; it "
                  "uses classic (cuMemAlloc) segments",
@@ -516,6 +518,14 @@ static struct front *holder_of(struct heap *h, CUdeviceptr ptr)
     struct front *f = b && b->state == BLOCK_HELD ? b->owner : NULL;
     heap_unlock(h);
     return f;
+}
+
+bool heap_free_own(CUdeviceptr ptr, CUstream stream)
+{
+    if (front_free_own(ptr, stream, HEAP_ASYNC) != FRONT_DONE)
+        return false;
+    check();
+    return true;
 }
 
 /* How many times a free or look-up looks again after a region it found went back. */

@@ -269,6 +269,9 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
                     CUdeviceptr *out);
 /* Frees `ptr` if fragless handed it out; *foreign = true (and nothing done) otherwise. */
 CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *foreign);
+/* A stream-ordered free of a block the calling thread carved from its own region: done
+ * (true) without a driver call or a current context; false: use heap_free. */
+bool heap_free_own(CUdeviceptr ptr, CUstream stream);
 /* The live block containing `ptr`: its base, requested size and device. False if none. */
 bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device);
 /* Bytes of `device` a new request could take without asking the driver. */
@@ -498,6 +501,7 @@ struct heap {
      * for a sync numbered above the count begun when they were freed). */
     _Atomic uint64_t syncs_begun, syncs_done;
     _Atomic int fronts; /* thread fronts with statistics on this heap (front.c) */
+    bool serve_fronts;  /* thread_cache, unless release_threshold_mb caps what is cached */
     int held;           /* blocks held as thread regions */
     /* The heap's own levels: front.c adds what threads carved from their regions (merged on
      * read: heap_merged_stats). Peaks count the carved bytes too. */
@@ -589,9 +593,8 @@ struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool crea
 void reuse_collect(struct heap *h);
 /* Whether a device sync is worth it for a request of `rounded` bytes. */
 bool reuse_sync_pays(const struct heap *h, size_t rounded);
-/* Whether it is, for a thread's region (front.c), with `pending` bytes of device-wide frees
- * waiting in threads' regions besides the heap's. */
-bool reuse_sync_pays_region(const struct heap *h, size_t pending);
+/* Whether it is for a thread's region (front.c) holding `pending` bytes of device-wide frees. */
+bool reuse_sync_pays_region(size_t pending);
 /* One device synchronization (heap lock dropped around it); then every block freed before it
  * began is reusable everywhere. Called and returns with h->lock held. */
 CUresult reuse_device_sync(struct heap *h);

@@ -190,9 +190,9 @@ bool reuse_sync_pays(const struct heap *h, size_t rounded)
     return h->pending_bytes >= rounded && h->pending_bytes >= REUSE_SYNC_BATCH;
 }
 
-bool reuse_sync_pays_region(const struct heap *h, size_t pending)
+bool reuse_sync_pays_region(size_t pending)
 {
-    return h->pending_bytes + pending >= REUSE_SYNC_BATCH;
+    return pending >= REUSE_SYNC_BATCH;
 }
 
 CUresult reuse_device_sync(struct heap *h)
