@@ -1,0 +1,922 @@
+/*
+ * test_heap_threads.c — the heap's API used by several threads, black-box, on the emulated
+ * device: blocks freed, looked up and counted by another thread than the one that allocated
+ * them (also after it exited); rule 1 across threads; statistics exact from any thread;
+ * empty-cache, the OOM path and stream destroy reaching memory another thread still caches;
+ * a storm with cross-thread frees; the driver refusing allocations while two threads work.
+ * Written against the observable contract of a per-thread front end (docs/frontend.md): each
+ * test holds with or without one, and the comment above it names the front-end bug it catches.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "heaptest.h"
+
+#define EXPANDABLE "expandable_segments:true,page_size_mb:2"
+#define FILL_US    300000 /* simulated work before a fill lands: outlives a probe's allocations */
+
+/* A device of this test's own with the segment kind `conf`. */
+static void setup_kind(const char *conf, const char *mem)
+{
+    setenv("FRAGLESS_CONF", conf, 1);
+    ht_setup(mem);
+}
+
+/* Test `name` (a function) on classic segments, and as name_expandable on expandable ones,
+ * on a device of `mem` bytes. */
+#define BOTH_KINDS(name, mem)                       \
+    Test(threads, name, .timeout = 60)              \
+    {                                               \
+        setup_kind(HT_SEGMENTS, mem);               \
+        name();                                     \
+    }                                               \
+    Test(threads, name##_expandable, .timeout = 60) \
+    {                                               \
+        setup_kind(EXPANDABLE, mem);                \
+        name();                                     \
+    }
+
+/* Every thread done with the device: empty-cache returns everything, the streams go, and the
+ * emulated device saw no fault and holds nothing. */
+static void end_clean(CUstream *streams, int n)
+{
+    size_t released;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    cr_assert_eq(ht_stats(0).reserved_bytes.current, 0);
+    for (int i = 0; i < n; i++)
+        ht_stream_destroy(streams[i]);
+    cr_assert_eq(ht_faults(), 0, "a fill wrote memory given back to the driver");
+    cr_assert_eq(ht_audit(), 0, "leak audit");
+}
+
+/* The bytes a block of `size` adds to allocated_bytes: the sizes below are small-pool ones
+ * (blocks exactly rounded) or multiples of 2 MiB (large free blocks are then multiples of
+ * 2 MiB too, always split exactly). */
+static size_t rounded(size_t size)
+{
+    return size_round(size, config_get());
+}
+
+/* ---- errors seen on threads that run on their own (Criterion asserts only on the test's
+ *      thread): the first is kept, the test's thread asserts none happened ---- */
+
+static pthread_mutex_t errors_lock = PTHREAD_MUTEX_INITIALIZER;
+static int errors;
+static char first_error[256];
+
+#define THREAD_ERROR(...)                                           \
+    do {                                                            \
+        pthread_mutex_lock(&errors_lock);                           \
+        if (!errors++)                                              \
+            snprintf(first_error, sizeof first_error, __VA_ARGS__); \
+        pthread_mutex_unlock(&errors_lock);                         \
+    } while (0)
+
+static void assert_no_thread_errors(void)
+{
+    pthread_mutex_lock(&errors_lock);
+    int n = errors;
+    pthread_mutex_unlock(&errors_lock);
+    cr_assert_eq(n, 0, "%d errors on other threads, first: %s", n, first_error);
+}
+
+/* ---- workers: threads that stay alive (so their caches stay theirs) and run the calls the
+ *      test's thread gives them, one at a time, while it waits ---- */
+
+struct worker {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    void (*job)(void *);
+    void *arg;
+    bool quit;
+    CUcontext ctx;
+};
+
+static void *worker_loop(void *arg)
+{
+    struct worker *w = arg;
+    drv_ctx_set_current(w->ctx);
+    pthread_mutex_lock(&w->lock);
+    while (!w->quit) {
+        if (!w->job) {
+            pthread_cond_wait(&w->cond, &w->lock);
+            continue;
+        }
+        void (*job)(void *) = w->job;
+        void *job_arg = w->arg;
+        pthread_mutex_unlock(&w->lock);
+        job(job_arg);
+        pthread_mutex_lock(&w->lock);
+        w->job = NULL;
+        pthread_cond_broadcast(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static void worker_start(struct worker *w)
+{
+    *w = (struct worker){0};
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    cr_assert_eq(drv_ctx_get_current(&w->ctx), CUDA_SUCCESS);
+    cr_assert_eq(pthread_create(&w->thread, NULL, worker_loop, w), 0);
+}
+
+/* Runs job(arg) on w's thread and returns when it is done. */
+static void worker_run(struct worker *w, void (*job)(void *), void *arg)
+{
+    pthread_mutex_lock(&w->lock);
+    w->job = job;
+    w->arg = arg;
+    pthread_cond_broadcast(&w->cond);
+    while (w->job)
+        pthread_cond_wait(&w->cond, &w->lock);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Ends w's thread (its exit is a thread exit for the heap). */
+static void worker_stop(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->quit = true;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+}
+
+/* One heap call made on some thread; its results are asserted on the test's thread. */
+enum call_kind { CALL_ALLOC, CALL_FREE, CALL_LOOKUP, CALL_FILL };
+
+struct call {
+    enum call_kind kind;
+    size_t size;
+    CUstream stream;
+    enum heap_mode mode;
+    CUdeviceptr p;
+    CUresult r;
+    bool foreign;
+    bool found;
+    CUdeviceptr base;
+    size_t found_size;
+    int device;
+};
+
+static int (*emu_fill)(CUstream, CUdeviceptr, int, size_t, uint64_t);
+
+static void call_run(void *arg)
+{
+    struct call *c = arg;
+    switch (c->kind) {
+    case CALL_ALLOC:
+        c->r = heap_alloc(0, c->size, c->stream, c->mode, &c->p);
+        break;
+    case CALL_FREE:
+        c->foreign = true;
+        c->r = heap_free(c->p, c->stream, c->mode, &c->foreign);
+        break;
+    case CALL_LOOKUP:
+        c->found = heap_lookup(c->p, &c->base, &c->found_size, &c->device);
+        break;
+    case CALL_FILL:
+        c->r = (CUresult)emu_fill(c->stream, c->p, 0xab, c->size, FILL_US);
+        break;
+    }
+}
+
+/* Runs c on w's thread, or on this one when w is NULL. */
+static void call_on(struct worker *w, struct call *c)
+{
+    if (w)
+        worker_run(w, call_run, c);
+    else
+        call_run(c);
+}
+
+static CUdeviceptr w_alloc(struct worker *w, size_t size, CUstream s, enum heap_mode mode)
+{
+    struct call c = {.kind = CALL_ALLOC, .size = size, .stream = s, .mode = mode};
+    call_on(w, &c);
+    cr_assert_eq(c.r, CUDA_SUCCESS, "heap_alloc(%zu) = %d", size, (int)c.r);
+    cr_assert_neq(c.p, 0);
+    return c.p;
+}
+
+static void w_free(struct worker *w, CUdeviceptr p, CUstream s, enum heap_mode mode)
+{
+    struct call c = {.kind = CALL_FREE, .p = p, .stream = s, .mode = mode};
+    call_on(w, &c);
+    cr_assert_eq(c.r, CUDA_SUCCESS, "heap_free(%#llx) = %d", (unsigned long long)p, (int)c.r);
+    cr_assert(!c.foreign, "heap_free(%#llx): foreign", (unsigned long long)p);
+}
+
+/* A fill of n bytes at p on s, landing FILL_US from now (on w's thread: its per-thread
+ * default stream is its own). */
+static void w_fill(struct worker *w, CUstream s, CUdeviceptr p, size_t n)
+{
+    if (!emu_fill)
+        emu_fill = (int (*)(CUstream, CUdeviceptr, int, size_t, uint64_t))(uintptr_t)ht_sym(
+            "fragless_emu_stream_fill");
+    struct call c = {.kind = CALL_FILL, .p = p, .size = n, .stream = s};
+    call_on(w, &c);
+    cr_assert_eq(c.r, CUDA_SUCCESS);
+}
+
+/* An event recorded on s now. */
+static CUevent event_record(CUstream s)
+{
+    CUresult (*create)(CUevent *, unsigned) =
+        (CUresult(*)(CUevent *, unsigned))(uintptr_t)ht_sym("cuEventCreate");
+    CUresult (*record)(CUevent, CUstream) =
+        (CUresult(*)(CUevent, CUstream))(uintptr_t)ht_sym("cuEventRecord");
+    CUevent e;
+    cr_assert_eq(create(&e, CU_EVENT_DISABLE_TIMING), CUDA_SUCCESS);
+    cr_assert_eq(record(e, s), CUDA_SUCCESS);
+    return e;
+}
+
+/* Waits for event e and destroys it. */
+static void event_wait(CUevent e)
+{
+    CUresult (*sync)(CUevent) = (CUresult(*)(CUevent))(uintptr_t)ht_sym("cuEventSynchronize");
+    CUresult (*destroy)(CUevent) = (CUresult(*)(CUevent))(uintptr_t)ht_sym("cuEventDestroy_v2");
+    cr_assert_eq(sync(e), CUDA_SUCCESS);
+    cr_assert_eq(destroy(e), CUDA_SUCCESS);
+}
+
+/* Asserts that heap_lookup(p) on w's thread finds the live block base+size of device 0. */
+static void assert_lookup(struct worker *w, CUdeviceptr p, CUdeviceptr base, size_t size)
+{
+    struct call c = {.kind = CALL_LOOKUP, .p = p};
+    call_on(w, &c);
+    cr_assert(c.found, "lookup of %#llx (block %#llx+%zu) failed", (unsigned long long)p,
+              (unsigned long long)base, size);
+    cr_assert_eq(c.base, base);
+    cr_assert_eq(c.found_size, size);
+    cr_assert_eq(c.device, 0);
+}
+
+static bool lookup_finds(struct worker *w, CUdeviceptr p, CUdeviceptr *base)
+{
+    struct call c = {.kind = CALL_LOOKUP, .p = p};
+    call_on(w, &c);
+    *base = c.base;
+    return c.found;
+}
+
+/* ---- probes: blocks taken while a fill may still be in flight on a freed block, each
+ *      written with its own byte; a probe given the freed block too early has its bytes
+ *      overwritten when the fill lands ---- */
+
+#define PROBES 2
+
+struct probe {
+    CUdeviceptr p[PROBES];
+    unsigned char tag;
+    CUstream stream;
+    enum heap_mode mode;
+    struct worker *w;
+};
+
+/* Where probes allocate: on w's thread (NULL: the test's), on stream s, in mode. */
+struct probe_at {
+    struct worker *w;
+    CUstream s;
+    enum heap_mode mode;
+};
+
+/* Takes PROBES blocks of 1 MiB at each of the n places, place i's written with tag0 + i. */
+static void probes_take(struct probe *pr, const struct probe_at *at, int n, unsigned char tag0)
+{
+    for (int i = 0; i < n; i++) {
+        pr[i] = (struct probe){
+            .tag = (unsigned char)(tag0 + i), .stream = at[i].s, .mode = at[i].mode, .w = at[i].w};
+        for (int k = 0; k < PROBES; k++) {
+            pr[i].p[k] = w_alloc(at[i].w, FL_MiB, at[i].s, at[i].mode);
+            memset((void *)(uintptr_t)pr[i].p[k], pr[i].tag, FL_MiB);
+        }
+    }
+}
+
+/* After the fills landed: every probe's bytes are its own; then frees them. */
+static void probes_check(struct probe *pr, int n)
+{
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < PROBES; k++) {
+            const unsigned char *c = (const unsigned char *)(uintptr_t)pr[i].p[k];
+            for (size_t j = 0; j < FL_MiB; j++)
+                cr_assert_eq(c[j], pr[i].tag,
+                             "probe %#llx (tag %#x) byte %zu overwritten: handed out while a "
+                             "fill issued before a free could still write it",
+                             (unsigned long long)pr[i].p[k], pr[i].tag, j);
+            w_free(pr[i].w, pr[i].p[k], pr[i].stream, pr[i].mode);
+        }
+}
+
+/* Two workers and three streams on a device of the test's own (classic segments). */
+struct scene {
+    struct worker a, b;
+    CUstream s, t, u;
+};
+
+static void scene_start(struct scene *x)
+{
+    setup_kind(HT_SEGMENTS, "1G");
+    x->s = ht_stream();
+    x->t = ht_stream();
+    x->u = ht_stream();
+    worker_start(&x->a);
+    worker_start(&x->b);
+}
+
+static void scene_end(struct scene *x)
+{
+    cr_assert_eq(ht_faults(), 0, "a fill wrote memory given back to the driver");
+    cr_assert(heap_is_valid());
+    worker_stop(&x->a);
+    worker_stop(&x->b);
+}
+
+/* Mixed sizes (small ones rounded, large ones multiples of 2 MiB). */
+static const size_t mix[] = {512, 3000, 65536, FL_MiB, 2 * FL_MiB, 700, 6 * FL_MiB, 8 * FL_MiB};
+#define NMIX (sizeof mix / sizeof mix[0])
+
+/* ---- remote frees ---- */
+
+/* A frees B's blocks: a remote free lost, filed in the wrong thread's cache or counted twice
+ * shows as statistics that do not come back to zero, memory empty-cache cannot return while
+ * both threads live, or a leak in the emulated device's audit. */
+static void remote_free_returns_everything(void)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    struct worker a, b;
+    worker_start(&a);
+    worker_start(&b);
+    enum { N = 24 };
+    CUdeviceptr p[N];
+    size_t alloc_sum = 0, req_sum = 0;
+    for (int i = 0; i < N; i++) {
+        size_t n = mix[i % NMIX];
+        CUstream st = i % 3 == 0 ? NULL : i % 3 == 1 ? s : CU_STREAM_PER_THREAD;
+        p[i] = w_alloc(&a, n, st, i % 3 == 0 ? HEAP_SYNC : HEAP_ASYNC);
+        alloc_sum += rounded(n);
+        req_sum += n;
+    }
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, alloc_sum);
+    cr_assert_eq(st.requested_bytes.current, req_sum);
+    for (int i = 0; i < N; i++) {
+        int how = (i / 3) % 3;
+        w_free(&b, p[i], how == 0 ? NULL : how == 1 ? s : t, how == 0 ? HEAP_SYNC : HEAP_ASYNC);
+    }
+    cr_assert(heap_is_valid());
+    st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.requested_bytes.current, 0);
+    cr_assert_eq(st.num_allocs, N);
+    cr_assert_eq(st.num_frees, N);
+    /* both threads alive: whatever they cache must go back */
+    size_t released = 0;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    st = ht_stats(0);
+    cr_assert_eq(st.reserved_bytes.current, 0, "%llu bytes still reserved",
+                 (unsigned long long)st.reserved_bytes.current);
+    cr_assert_eq(st.active_bytes.current, 0);
+    /* the heap works on: A's blocks again, freed by B on A's stream */
+    for (int i = 0; i < N; i++)
+        p[i] = w_alloc(&a, mix[i % NMIX], s, HEAP_ASYNC);
+    for (int i = 0; i < N; i++)
+        w_free(&b, p[i], s, HEAP_ASYNC);
+    cr_assert(heap_is_valid());
+    cr_assert_eq(ht_stats(0).allocated_bytes.current, 0);
+    worker_stop(&a);
+    worker_stop(&b);
+    end_clean((CUstream[]){s, t}, 2);
+}
+
+BOTH_KINDS(remote_free_returns_everything, "1G")
+
+/* ---- rule 1 across threads ---- */
+
+#define MAX_PLACES 8
+
+/* A allocates 1 MiB on s; a fill on `fill` writes it; B frees it (on free_s in mode); then
+ * probes at every place of `at`, checked once the fill landed. */
+static void remote_free_then_probe(struct scene *x, CUstream fill, CUstream free_s,
+                                   enum heap_mode mode, const struct probe_at *at, int n)
+{
+    struct probe pr[MAX_PLACES];
+    cr_assert_leq(n, MAX_PLACES);
+    CUdeviceptr p = w_alloc(&x->a, FL_MiB, x->s, HEAP_ASYNC);
+    w_fill(NULL, fill, p, FL_MiB);
+    w_free(&x->b, p, free_s, mode);
+    probes_take(pr, at, n, 0x11);
+    cr_assert_eq(drv_stream_synchronize(fill), CUDA_SUCCESS);
+    probes_check(pr, n);
+    scene_end(x);
+}
+
+/* B frees A's block on S while a fill runs on S: a front end that files a remote
+ * stream-ordered free in a region not keyed by S (B's current one, or A's of another stream),
+ * or makes it reusable by plain allocations, hands it out before the fill landed. */
+Test(threads, remote_stream_free_is_reused_elsewhere_only_after_its_work, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    const struct probe_at at[] = {{&x.a, x.t, HEAP_ASYNC},
+                                  {&x.a, NULL, HEAP_SYNC},
+                                  {&x.b, x.t, HEAP_ASYNC},
+                                  {&x.b, NULL, HEAP_SYNC},
+                                  {NULL, CU_STREAM_PER_THREAD, HEAP_ASYNC}};
+    remote_free_then_probe(&x, x.s, x.s, HEAP_ASYNC, at, 5);
+}
+
+/* B frees A's stream-ordered block with cudaFree while another stream's fill writes it: a
+ * remote plain free drained into A's region for S (reused at once on S) or into B's cache
+ * breaks rule 1's device-sync promise. */
+Test(threads, remote_plain_free_waits_for_a_device_sync, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    const struct probe_at at[] = {{&x.a, x.s, HEAP_ASYNC}, {&x.a, NULL, HEAP_SYNC},
+                                  {&x.b, x.s, HEAP_ASYNC}, {&x.b, NULL, HEAP_SYNC},
+                                  {&x.b, x.t, HEAP_ASYNC}, {NULL, x.s, HEAP_ASYNC}};
+    remote_free_then_probe(&x, x.u, NULL, HEAP_SYNC, at, 6);
+}
+
+/* A frees its own block on S (LIFO back into its region) while S's fill runs, then on its
+ * per-thread stream: other threads, A's other streams, plain allocations, and everyone after
+ * an empty-cache returned A's regions, must wait for the work. */
+Test(threads, own_stream_free_is_not_reused_by_others_early, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    CUdeviceptr p = w_alloc(&x.a, FL_MiB, x.s, HEAP_ASYNC);
+    w_fill(NULL, x.s, p, FL_MiB);
+    w_free(&x.a, p, x.s, HEAP_ASYNC);
+    CUdeviceptr q = w_alloc(&x.a, FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    w_fill(&x.a, CU_STREAM_PER_THREAD, q, FL_MiB);
+    w_free(&x.a, q, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    const struct probe_at at[] = {{&x.b, x.t, HEAP_ASYNC},
+                                  {&x.b, NULL, HEAP_SYNC},
+                                  {&x.b, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+                                  {&x.a, x.t, HEAP_ASYNC},
+                                  {&x.a, NULL, HEAP_SYNC}};
+    struct probe pr[7];
+    probes_take(pr, at, 5, 0x31);
+    size_t released;
+    cr_assert_eq(heap_empty_cache(0, &released), CUDA_SUCCESS);
+    const struct probe_at after[] = {{&x.b, x.t, HEAP_ASYNC}, {NULL, NULL, HEAP_SYNC}};
+    probes_take(pr + 5, after, 2, 0x36);
+    cr_assert_eq(drv_ctx_synchronize(), CUDA_SUCCESS);
+    probes_check(pr, 7);
+    scene_end(&x);
+}
+
+/* ---- statistics ---- */
+
+struct step {
+    int alloc; /* index of the block to allocate, or -1 */
+    int free;  /* index of the block to free, or -1 */
+    size_t size;
+    CUstream stream;
+    enum heap_mode mode;
+};
+
+/* A allocates and frees while the test's thread reads: a front end that keeps its deltas in
+ * the thread (published later, or on its slow path) shows stale currents or peaks. */
+static void stats_exact_from_another_thread(void)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    struct worker a;
+    worker_start(&a);
+    const struct step steps[] = {
+        {0, -1, 1000, NULL, HEAP_SYNC},
+        {1, -1, 2 * FL_MiB, s, HEAP_ASYNC},
+        {2, -1, 512, s, HEAP_ASYNC},
+        {3, -1, 65536, NULL, HEAP_SYNC},
+        {-1, 1, 0, s, HEAP_ASYNC},
+        {4, -1, 8 * FL_MiB, s, HEAP_ASYNC},
+        {-1, 0, 0, NULL, HEAP_SYNC},
+        {5, -1, 3000, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+        {-1, 2, 0, t, HEAP_ASYNC},
+        {-1, 4, 0, s, HEAP_ASYNC},
+        {6, -1, 4 * FL_MiB, t, HEAP_ASYNC},
+        {7, -1, 700, s, HEAP_ASYNC},
+        {-1, 6, 0, t, HEAP_ASYNC},
+        {-1, 3, 0, NULL, HEAP_SYNC},
+        {-1, 5, 0, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+        {-1, 7, 0, NULL, HEAP_SYNC},
+    };
+    CUdeviceptr p[8] = {0};
+    size_t size[8] = {0};
+    uint64_t alloc = 0, req = 0, alloc_peak = 0, req_peak = 0, allocs = 0, frees = 0;
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        const struct step *x = &steps[i];
+        if (x->alloc >= 0) {
+            p[x->alloc] = w_alloc(&a, x->size, x->stream, x->mode);
+            size[x->alloc] = x->size;
+            alloc += rounded(x->size);
+            req += x->size;
+            allocs++;
+        } else {
+            w_free(&a, p[x->free], x->stream, x->mode);
+            alloc -= rounded(size[x->free]);
+            req -= size[x->free];
+            frees++;
+        }
+        alloc_peak = alloc > alloc_peak ? alloc : alloc_peak;
+        req_peak = req > req_peak ? req : req_peak;
+        fragless_stats_t st = ht_stats(0);
+        cr_assert_eq(st.allocated_bytes.current, alloc, "step %zu", i);
+        cr_assert_eq(st.requested_bytes.current, req, "step %zu", i);
+        cr_assert_eq(st.allocated_bytes.peak, alloc_peak, "step %zu", i);
+        cr_assert_eq(st.requested_bytes.peak, req_peak, "step %zu", i);
+        cr_assert_geq(st.active_bytes.current, st.allocated_bytes.current);
+        cr_assert_eq(st.num_allocs, allocs);
+        cr_assert_eq(st.num_frees, frees);
+        cr_assert_eq(st.num_cache_hits + st.num_cache_misses, allocs, "step %zu", i);
+        if (i == 6) { /* peaks restart from what is allocated now */
+            cr_assert_eq(heap_reset_peaks(0), FRAGLESS_OK);
+            alloc_peak = alloc;
+            req_peak = req;
+            st = ht_stats(0);
+            cr_assert_eq(st.allocated_bytes.peak, alloc);
+            cr_assert_eq(st.requested_bytes.peak, req);
+        }
+    }
+    cr_assert_eq(alloc, 0);
+    worker_stop(&a);
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.reserved_unallocated_bytes.current, st.reserved_bytes.current);
+    ht_stream_destroy(s);
+    ht_stream_destroy(t);
+}
+
+BOTH_KINDS(stats_exact_from_another_thread, "1G")
+
+#define PAR_BLOCKS 40
+
+struct par {
+    pthread_barrier_t *barrier;
+    CUcontext ctx;
+    CUstream stream;
+    int id;
+    size_t alloc_sum, req_sum;   /* of the blocks live at the first barrier */
+    size_t half_alloc, half_req; /* of those still live at the second */
+    uint64_t allocs, frees;
+};
+
+static size_t par_size(int id, int i)
+{
+    static const size_t sizes[] = {512, 1500, 4096, 100000, FL_MiB, 2 * FL_MiB, 4 * FL_MiB};
+    return sizes[(size_t)(i + id) % (sizeof sizes / sizeof sizes[0])];
+}
+
+static bool par_alloc(struct par *a, size_t n, CUdeviceptr *p)
+{
+    CUresult r = heap_alloc(0, n, a->stream, HEAP_ASYNC, p);
+    if (r != CUDA_SUCCESS) {
+        THREAD_ERROR("thread %d: heap_alloc(%zu) = %d", a->id, n, (int)r);
+        return false;
+    }
+    a->allocs++;
+    return true;
+}
+
+static void par_free(struct par *a, CUdeviceptr p, enum heap_mode mode)
+{
+    bool foreign = true;
+    CUresult r = heap_free(p, mode == HEAP_ASYNC ? a->stream : NULL, mode, &foreign);
+    if (r != CUDA_SUCCESS || foreign)
+        THREAD_ERROR("thread %d: heap_free(%#llx) = %d", a->id, (unsigned long long)p, (int)r);
+    a->frees++;
+}
+
+/* Allocates PAR_BLOCKS blocks, waits; frees every other one, waits; frees the rest, and does
+ * some alloc/free pairs. */
+static void *par_thread(void *arg)
+{
+    struct par *a = arg;
+    CUdeviceptr p[PAR_BLOCKS] = {0};
+    drv_ctx_set_current(a->ctx);
+    for (int i = 0; i < PAR_BLOCKS; i++)
+        if (par_alloc(a, par_size(a->id, i), &p[i])) {
+            a->alloc_sum += rounded(par_size(a->id, i));
+            a->req_sum += par_size(a->id, i);
+        }
+    a->half_alloc = a->alloc_sum;
+    a->half_req = a->req_sum;
+    pthread_barrier_wait(a->barrier);
+    pthread_barrier_wait(a->barrier);
+    for (int i = 0; i < PAR_BLOCKS; i += 2)
+        if (p[i]) {
+            par_free(a, p[i], i % 4 ? HEAP_ASYNC : HEAP_SYNC);
+            a->half_alloc -= rounded(par_size(a->id, i));
+            a->half_req -= par_size(a->id, i);
+        }
+    pthread_barrier_wait(a->barrier);
+    pthread_barrier_wait(a->barrier);
+    for (int i = 1; i < PAR_BLOCKS; i += 2)
+        if (p[i])
+            par_free(a, p[i], i % 3 ? HEAP_ASYNC : HEAP_SYNC);
+    for (int i = 0; i < 100; i++) {
+        CUdeviceptr q;
+        if (par_alloc(a, par_size(a->id, i), &q))
+            par_free(a, q, HEAP_ASYNC);
+    }
+    return NULL;
+}
+
+/* Two threads allocate at once: a front end whose thread deltas are lost or double-counted
+ * when they meet (or read without the other thread's) breaks the exact currents, and one that
+ * resets only its own thread's peaks leaves a stale peak after heap_reset_peaks. */
+Test(threads, stats_with_two_threads_at_once, .timeout = 60)
+{
+    setup_kind(HT_SEGMENTS, "1G");
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, 3);
+    struct par a[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        a[i] = (struct par){.barrier = &barrier, .stream = ht_stream(), .id = i};
+        cr_assert_eq(drv_ctx_get_current(&a[i].ctx), CUDA_SUCCESS);
+        pthread_create(&t[i], NULL, par_thread, &a[i]);
+    }
+    pthread_barrier_wait(&barrier); /* every block allocated */
+    fragless_stats_t st = ht_stats(0);
+    size_t full = a[0].alloc_sum + a[1].alloc_sum;
+    cr_assert_eq(st.allocated_bytes.current, full);
+    cr_assert_eq(st.requested_bytes.current, a[0].req_sum + a[1].req_sum);
+    cr_assert_geq(st.allocated_bytes.peak, full);
+    cr_assert_eq(st.num_allocs, 2 * PAR_BLOCKS);
+    pthread_barrier_wait(&barrier);
+    pthread_barrier_wait(&barrier); /* half freed */
+    st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, a[0].half_alloc + a[1].half_alloc);
+    cr_assert_eq(st.requested_bytes.current, a[0].half_req + a[1].half_req);
+    cr_assert_geq(st.allocated_bytes.peak, full);
+    cr_assert_eq(heap_reset_peaks(0), FRAGLESS_OK);
+    st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.peak, st.allocated_bytes.current);
+    cr_assert_eq(st.requested_bytes.peak, st.requested_bytes.current);
+    cr_assert_eq(st.active_bytes.peak, st.active_bytes.current);
+    pthread_barrier_wait(&barrier);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    assert_no_thread_errors();
+    st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.requested_bytes.current, 0);
+    cr_assert_geq(st.allocated_bytes.peak, a[0].half_alloc + a[1].half_alloc);
+    cr_assert_eq(st.num_allocs, a[0].allocs + a[1].allocs);
+    cr_assert_eq(st.num_frees, a[0].frees + a[1].frees);
+    cr_assert_eq(st.num_allocs, st.num_frees);
+    cr_assert_eq(st.num_cache_hits + st.num_cache_misses, st.num_allocs);
+    cr_assert_eq(heap_reset_peaks(-1), FRAGLESS_OK);
+    st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.peak, 0);
+    cr_assert_eq(st.requested_bytes.peak, 0);
+    cr_assert(heap_is_valid());
+    pthread_barrier_destroy(&barrier);
+    for (int i = 0; i < 2; i++)
+        ht_stream_destroy(a[i].stream);
+}
+
+/* ---- lookups ---- */
+
+/* The test's thread and B look up A's blocks: a front end whose live table only its owner
+ * reads fails them, one that reports a region's uncarved tail or a freed (cached) block as
+ * live answers where it must not. */
+Test(threads, lookup_from_other_threads, .timeout = 60)
+{
+    setup_kind(HT_SEGMENTS, "1G");
+    CUstream s = ht_stream();
+    struct worker a, b;
+    worker_start(&a);
+    worker_start(&b);
+    const size_t n[3] = {3000, 6 * FL_MiB, 512};
+    CUdeviceptr p[3];
+    p[0] = w_alloc(&a, n[0], NULL, HEAP_SYNC);
+    p[1] = w_alloc(&a, n[1], s, HEAP_ASYNC);
+    p[2] = w_alloc(&a, n[2], CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    for (int i = 0; i < 3; i++) {
+        const size_t off[] = {0, 1, n[i] / 2, n[i] - 1};
+        for (int k = 0; k < 4; k++) {
+            assert_lookup(NULL, p[i] + off[k], p[i], n[i]);
+            assert_lookup(&b, p[i] + off[k], p[i], n[i]);
+        }
+        CUdeviceptr base = 0;
+        if (lookup_finds(&b, p[i] + rounded(n[i]), &base))
+            cr_assert_neq(base, p[i], "lookup past the end of block %d found it", i);
+    }
+    /* freed by its owner (its cache may keep it): no longer a live block */
+    w_free(&a, p[0], NULL, HEAP_SYNC);
+    w_free(&a, p[1], s, HEAP_ASYNC);
+    CUdeviceptr base;
+    for (int i = 0; i < 2; i++) {
+        cr_assert(!lookup_finds(NULL, p[i], &base), "freed block %d still found", i);
+        cr_assert(!lookup_finds(&b, p[i] + 1, &base), "freed block %d still found", i);
+    }
+    /* its owner exits: the block it left live is still found, and freed by another thread */
+    worker_stop(&a);
+    assert_lookup(&b, p[2] + 100, p[2], n[2]);
+    w_free(&b, p[2], CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    cr_assert(!lookup_finds(NULL, p[2], &base));
+    worker_stop(&b);
+    cr_assert(heap_is_valid());
+    ht_stream_destroy(s);
+}
+
+/* ---- thread exit ---- */
+
+struct leaver {
+    CUcontext ctx;
+    CUstream s;
+    CUdeviceptr p[12];
+    size_t n[12];
+    CUresult r;
+};
+
+/* Allocates 12 blocks (plain, on s, on its per-thread stream) and keeps them; allocates and
+ * frees others so that its cache holds memory; exits. */
+static void *leaver_thread(void *arg)
+{
+    struct leaver *l = arg;
+    drv_ctx_set_current(l->ctx);
+    for (int i = 0; i < 12 && l->r == CUDA_SUCCESS; i++) {
+        CUstream st = i % 3 == 0 ? NULL : i % 3 == 1 ? l->s : CU_STREAM_PER_THREAD;
+        l->n[i] = mix[(size_t)i % NMIX];
+        l->r = heap_alloc(0, l->n[i], st, i % 3 ? HEAP_ASYNC : HEAP_SYNC, &l->p[i]);
+        CUdeviceptr q = 0;
+        if (l->r == CUDA_SUCCESS)
+            l->r = heap_alloc(0, mix[(size_t)(i + 3) % NMIX], st, HEAP_ASYNC, &q);
+        if (l->r == CUDA_SUCCESS)
+            l->r = heap_free(q, st, HEAP_ASYNC, NULL);
+    }
+    return NULL;
+}
+
+/* A thread exits leaving live blocks and cached memory: a front end that drops the exited
+ * thread's live table or region loses the blocks (frees fail, lookups miss, statistics drift)
+ * or keeps its cache forever (empty-cache cannot return it). */
+static void exited_threads_blocks(void)
+{
+    struct leaver l = {.s = ht_stream()};
+    cr_assert_eq(drv_ctx_get_current(&l.ctx), CUDA_SUCCESS);
+    pthread_t t;
+    pthread_create(&t, NULL, leaver_thread, &l);
+    pthread_join(t, NULL);
+    cr_assert_eq(l.r, CUDA_SUCCESS);
+    size_t alloc = 0, req = 0;
+    for (int i = 0; i < 12; i++) {
+        alloc += rounded(l.n[i]);
+        req += l.n[i];
+        assert_lookup(NULL, l.p[i] + l.n[i] - 1, l.p[i], l.n[i]);
+    }
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, alloc);
+    cr_assert_eq(st.requested_bytes.current, req);
+    cr_assert_eq(st.num_allocs, 24);
+    cr_assert_eq(st.num_frees, 12);
+    CUstream t2 = ht_stream();
+    for (int i = 0; i < 12; i++) {
+        CUstream st2 = i % 3 == 0 ? NULL : i % 3 == 1 ? l.s : t2;
+        ht_free(l.p[i], st2, i % 2 ? HEAP_ASYNC : HEAP_SYNC);
+    }
+    cr_assert(heap_is_valid());
+    st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.requested_bytes.current, 0);
+    end_clean((CUstream[]){l.s, t2}, 2);
+}
+
+BOTH_KINDS(exited_threads_blocks, "1G")
+
+/* ---- empty-cache and OOM reach other threads' caches ---- */
+
+/* A (alive) freed what it allocated but one small block: a front end whose empty-cache
+ * returns only the calling thread's regions leaves A's cached memory reserved. */
+static void empty_cache_takes_another_threads_cache(void)
+{
+    CUstream s = ht_stream();
+    struct worker a;
+    worker_start(&a);
+    CUdeviceptr keep = w_alloc(&a, 512, s, HEAP_ASYNC);
+    CUdeviceptr p[16];
+    for (int i = 0; i < 16; i++) {
+        CUstream st = i % 3 == 0 ? NULL : i % 3 == 1 ? s : CU_STREAM_PER_THREAD;
+        p[i] = w_alloc(&a, mix[(size_t)i % NMIX], st, i % 3 ? HEAP_ASYNC : HEAP_SYNC);
+    }
+    for (int i = 15; i >= 0; i--) {
+        CUstream st = i % 3 == 0 ? NULL : i % 3 == 1 ? s : CU_STREAM_PER_THREAD;
+        w_free(&a, p[i], st, i % 3 ? HEAP_ASYNC : HEAP_SYNC);
+    }
+    fragless_stats_t before = ht_stats(0);
+    size_t released = 0;
+    cr_assert_eq(heap_empty_cache(0, &released), CUDA_SUCCESS);
+    fragless_stats_t st = ht_stats(0);
+    /* classic: keep's 2 MiB small segment; expandable: the 2 MiB page holding it */
+    cr_assert_eq(st.reserved_bytes.current, 2 * FL_MiB, "%llu bytes reserved",
+                 (unsigned long long)st.reserved_bytes.current);
+    cr_assert_eq(released, before.reserved_bytes.current - st.reserved_bytes.current);
+    cr_assert_eq(st.allocated_bytes.current, 512);
+    assert_lookup(NULL, keep + 7, keep, 512);
+    w_free(&a, keep, s, HEAP_ASYNC);
+    cr_assert_eq(heap_empty_cache(0, &released), CUDA_SUCCESS);
+    cr_assert_eq(ht_stats(0).reserved_bytes.current, 0);
+    cr_assert(heap_is_valid());
+    worker_stop(&a);
+    end_clean(&s, 1);
+}
+
+BOTH_KINDS(empty_cache_takes_another_threads_cache, "1G")
+
+/* A (alive) caches 48 MiB of a 64 MiB device; the test's thread then needs 40 MiB: a front
+ * end whose OOM path does not take other threads' regions back fails the request. */
+static void oom_takes_back_another_threads_cache(void)
+{
+    CUstream s = ht_stream();
+    struct worker a;
+    worker_start(&a);
+    CUdeviceptr p[20];
+    for (int i = 0; i < 20; i++)
+        p[i] = w_alloc(&a, i < 4 ? 8 * FL_MiB : FL_MiB / 2, i % 2 ? s : CU_STREAM_PER_THREAD,
+                       HEAP_ASYNC);
+    for (int i = 0; i < 20; i++) {
+        int how = i % 3;
+        w_free(&a, p[i],
+               how == 0   ? NULL
+               : how == 1 ? s
+                          : CU_STREAM_PER_THREAD,
+               how ? HEAP_ASYNC : HEAP_SYNC);
+    }
+    cr_assert_geq(ht_stats(0).reserved_bytes.current, 40 * FL_MiB);
+    CUdeviceptr big = ht_alloc(40 * FL_MiB, NULL, HEAP_SYNC);
+    CUdeviceptr more = ht_alloc(16 * FL_MiB, s, HEAP_ASYNC);
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.num_ooms, 0);
+    cr_assert_eq(st.allocated_bytes.current, 56 * FL_MiB);
+    /* and A gets memory too (a new 2 MiB small segment: 58 MiB of 64) */
+    CUdeviceptr back = w_alloc(&a, FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    w_free(&a, back, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    ht_free(big, NULL, HEAP_SYNC);
+    ht_free(more, s, HEAP_ASYNC);
+    cr_assert(heap_is_valid());
+    worker_stop(&a);
+    end_clean(&s, 1);
+}
+
+BOTH_KINDS(oom_takes_back_another_threads_cache, "64M")
+
+/* ---- stream destroy ---- */
+
+/* A's blocks on S, some freed by the test's thread, some by A, all written by a fill on S,
+ * then S destroyed (its handle may come back for the next stream): a front end that does not
+ * retire A's region for S hands them out on the new stream (or anywhere) before the fill. */
+Test(threads, destroyed_stream_with_another_threads_blocks, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    CUdeviceptr p[8];
+    for (int i = 0; i < 8; i++)
+        p[i] = w_alloc(&x.a, FL_MiB, x.s, HEAP_ASYNC);
+    ht_work(x.s, FILL_US);
+    for (int i = 0; i < 8; i++)
+        ht_fill(x.s, p[i], 0xab, FL_MiB, 0);
+    for (int i = 0; i < 4; i++)
+        ht_free(p[i], x.s, HEAP_ASYNC);
+    w_free(&x.a, p[5], x.s, HEAP_ASYNC);
+    w_free(&x.a, p[4], x.s, HEAP_ASYNC);
+    /* the emulated device's cuCtxSynchronize does not wait for a destroyed stream's work:
+     * an event recorded before the destroy tells when the fills landed */
+    CUevent done = event_record(x.s);
+    heap_stream_destroyed(x.s);
+    ht_stream_destroy(x.s);
+    x.s = ht_stream(); /* the emulated device gives the old handle back */
+    const struct probe_at at[] = {{&x.a, x.s, HEAP_ASYNC},
+                                  {&x.a, NULL, HEAP_SYNC},
+                                  {&x.b, x.s, HEAP_ASYNC},
+                                  {&x.b, NULL, HEAP_SYNC},
+                                  {NULL, x.t, HEAP_ASYNC}};
+    struct probe pr[5];
+    probes_take(pr, at, 5, 0x41);
+    cr_assert(heap_is_valid());
+    event_wait(done);
+    probes_check(pr, 5);
+    /* the rest: live, found, freed by their owner on the legacy stream */
+    for (int i = 6; i < 8; i++) {
+        assert_lookup(&x.b, p[i] + 5, p[i], FL_MiB);
+        w_free(&x.a, p[i], CU_STREAM_LEGACY, HEAP_ASYNC);
+    }
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.num_frees, st.num_allocs);
+    scene_end(&x);
+    end_clean((CUstream[]){x.s, x.t, x.u}, 3);
+}
