@@ -11,7 +11,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 
-#include "heaptest.h"
+#include "heapfaults.h" /* spec_calls; includes heaptest.h */
 
 #define EXPANDABLE "expandable_segments:true,page_size_mb:2"
 #define FILL_US    300000 /* simulated work before a fill lands: outlives a probe's allocations */
@@ -919,4 +919,379 @@ Test(threads, destroyed_stream_with_another_threads_blocks, .timeout = 60)
     cr_assert_eq(st.num_frees, st.num_allocs);
     scene_end(&x);
     end_clean((CUstream[]){x.s, x.t, x.u}, 3);
+}
+
+/* ---- a storm with cross-thread frees ---- */
+
+#define STORM_THREADS 4
+#define STORM_OPS     1200
+#define STORM_LIVE    16
+#define HANDOFF_MAX   64
+#define MARK          8    /* bytes of a block's tag at its start */
+#define LATE_BYTE     0xee /* what a kernel still running at a free writes; never a tag */
+
+struct sblock {
+    CUdeviceptr p;
+    size_t rounded;
+    size_t size;
+    unsigned char tag;
+    CUstream stream; /* where its tag was written (mode HEAP_ASYNC), else from the host */
+    enum heap_mode mode;
+};
+
+/* Live blocks of every thread (no two may overlap) and blocks handed to another thread to
+ * free, under one lock. */
+static pthread_mutex_t storm_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sblock storm_live[STORM_THREADS * STORM_LIVE + HANDOFF_MAX];
+static int storm_nlive;
+static struct sblock handoff[HANDOFF_MAX];
+static int nhandoff;
+
+struct stormer {
+    int id;
+    CUcontext ctx;
+    CUstream own[2];
+    uint64_t rng;
+    uint64_t allocs, frees;
+    bool failed;
+};
+
+static uint64_t next_rand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* 0 now and then, else 1 B ... 16 MiB, log-uniform. */
+static size_t storm_size(uint64_t *rng)
+{
+    if (next_rand(rng) % 50 == 0)
+        return 0;
+    size_t base = (size_t)1 << (next_rand(rng) % 25);
+    size_t n = base + next_rand(rng) % base;
+    return n > 16 * FL_MiB ? 16 * FL_MiB : n;
+}
+
+/* Registers b as live; false if it overlaps a live block. */
+static bool storm_claim(const struct sblock *b)
+{
+    bool ok = true;
+    pthread_mutex_lock(&storm_lock);
+    for (int i = 0; i < storm_nlive; i++)
+        ok = ok && !ht_overlap(storm_live[i].p, storm_live[i].rounded, b->p, b->rounded);
+    storm_live[storm_nlive++] = *b;
+    pthread_mutex_unlock(&storm_lock);
+    return ok;
+}
+
+static void storm_unclaim(CUdeviceptr p)
+{
+    pthread_mutex_lock(&storm_lock);
+    for (int i = 0; i < storm_nlive; i++)
+        if (storm_live[i].p == p) {
+            storm_live[i] = storm_live[--storm_nlive];
+            break;
+        }
+    pthread_mutex_unlock(&storm_lock);
+}
+
+/* Picks where an operation goes: one of the thread's streams, its per-thread stream, the
+ * legacy stream, or none (plain). */
+static CUstream storm_stream(struct stormer *w, enum heap_mode *mode)
+{
+    unsigned k = (unsigned)(next_rand(&w->rng) % 5);
+    *mode = k < 4 ? HEAP_ASYNC : HEAP_SYNC;
+    return k < 2 ? w->own[k] : k == 2 ? CU_STREAM_PER_THREAD : NULL;
+}
+
+static void storm_alloc(struct stormer *w, struct sblock *b, int op)
+{
+    b->size = storm_size(&w->rng);
+    b->rounded = rounded(b->size);
+    b->stream = storm_stream(w, &b->mode);
+    b->tag = (unsigned char)((w->id * STORM_OPS + op) % 0x7f + 1);
+    CUresult r = heap_alloc(0, b->size, b->stream, b->mode, &b->p);
+    if (r != CUDA_SUCCESS) {
+        THREAD_ERROR("thread %d: heap_alloc(%zu) = %d", w->id, b->size, (int)r);
+        w->failed = true;
+        return;
+    }
+    w->allocs++;
+    if (!storm_claim(b)) {
+        THREAD_ERROR("thread %d: block %#llx+%zu overlaps a live one", w->id,
+                     (unsigned long long)b->p, b->rounded);
+        w->failed = true;
+    }
+    if (b->mode == HEAP_ASYNC)
+        emu_fill(b->stream, b->p, b->tag, MARK, 0);
+    else
+        memset((void *)(uintptr_t)b->p, b->tag, MARK);
+}
+
+/* The allocating thread checks b's tag (a late kernel of a block's previous owner overwrote
+ * it if the block was handed out too early). */
+static void storm_check(struct stormer *w, const struct sblock *b)
+{
+    if (b->mode == HEAP_ASYNC && drv_stream_synchronize(b->stream) != CUDA_SUCCESS) {
+        THREAD_ERROR("thread %d: stream synchronize failed", w->id);
+        w->failed = true;
+        return;
+    }
+    const unsigned char *c = (const unsigned char *)(uintptr_t)b->p;
+    for (int i = 0; i < MARK; i++)
+        if (c[i] != b->tag) {
+            THREAD_ERROR("thread %d: tag of %#llx+%zu overwritten (%#x, not %#x)", w->id,
+                         (unsigned long long)b->p, b->size, c[i], b->tag);
+            w->failed = true;
+            return;
+        }
+}
+
+/* Frees b on this thread (its own block or one handed to it), a kernel still writing it at
+ * times. */
+static void storm_free(struct stormer *w, const struct sblock *b)
+{
+    enum heap_mode mode;
+    CUstream s = storm_stream(w, &mode);
+    storm_unclaim(b->p);
+    if (next_rand(&w->rng) % 3 == 0)
+        emu_fill(mode == HEAP_ASYNC ? s : w->own[0], b->p, LATE_BYTE, MARK,
+                 next_rand(&w->rng) % 300);
+    bool foreign = true;
+    CUresult r = heap_free(b->p, s, mode, &foreign);
+    if (r != CUDA_SUCCESS || foreign) {
+        THREAD_ERROR("thread %d: heap_free(%#llx) = %d", w->id, (unsigned long long)b->p, (int)r);
+        w->failed = true;
+    }
+    w->frees++;
+}
+
+/* Hands b to whichever thread frees next from the queue; false if the queue is full. */
+static bool storm_hand_off(const struct sblock *b)
+{
+    pthread_mutex_lock(&storm_lock);
+    bool ok = nhandoff < HANDOFF_MAX;
+    if (ok)
+        handoff[nhandoff++] = *b;
+    pthread_mutex_unlock(&storm_lock);
+    return ok;
+}
+
+static bool storm_take_handed(struct sblock *b)
+{
+    pthread_mutex_lock(&storm_lock);
+    bool ok = nhandoff > 0;
+    if (ok)
+        *b = handoff[--nhandoff];
+    pthread_mutex_unlock(&storm_lock);
+    return ok;
+}
+
+/* Its own block i: checked, then freed here or (one in five) handed to another thread. */
+static void storm_release(struct stormer *w, struct sblock *live, int *n, int i)
+{
+    struct sblock b = live[i];
+    live[i] = live[--*n];
+    storm_check(w, &b);
+    if (w->failed)
+        return;
+    if (next_rand(&w->rng) % 5 == 0 && storm_hand_off(&b))
+        return;
+    storm_free(w, &b);
+}
+
+static void storm_step(struct stormer *w, struct sblock *live, int *n, int op)
+{
+    struct sblock b;
+    if (next_rand(&w->rng) % 4 == 0 && storm_take_handed(&b)) {
+        storm_free(w, &b);
+    } else if (*n < STORM_LIVE && (*n == 0 || next_rand(&w->rng) % 2)) {
+        storm_alloc(w, &live[*n], op);
+        *n += !w->failed;
+    } else {
+        storm_release(w, live, n, (int)(next_rand(&w->rng) % (uint64_t)*n));
+    }
+    if (next_rand(&w->rng) % 150 == 0 && heap_empty_cache(0, NULL) != CUDA_SUCCESS) {
+        THREAD_ERROR("thread %d: empty-cache failed", w->id);
+        w->failed = true;
+    }
+}
+
+static void *storm_thread(void *arg)
+{
+    struct stormer *w = arg;
+    struct sblock live[STORM_LIVE];
+    int n = 0;
+    drv_ctx_set_current(w->ctx);
+    for (int op = 0; op < STORM_OPS && !w->failed; op++)
+        storm_step(w, live, &n, op);
+    while (n > 0 && !w->failed)
+        storm_release(w, live, &n, n - 1);
+    return NULL;
+}
+
+/* 4 threads, 2 streams each, their per-thread and the legacy stream, sizes 0 .. 16 MiB, a
+ * fifth of the frees made by another thread, kernels still writing at some frees: a front end
+ * that hands a block out twice, loses a remote free, reuses a block before its kernel ended or
+ * keeps memory after the threads are done shows as an overlap, a tag overwritten, statistics
+ * that do not come back, a device fault or a leak. */
+static void storm_with_remote_frees(void)
+{
+    emu_fill = (int (*)(CUstream, CUdeviceptr, int, size_t, uint64_t))(uintptr_t)ht_sym(
+        "fragless_emu_stream_fill");
+    struct stormer w[STORM_THREADS];
+    pthread_t t[STORM_THREADS];
+    CUstream streams[2 * STORM_THREADS];
+    for (int i = 0; i < STORM_THREADS; i++) {
+        w[i] = (struct stormer){.id = i, .rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 7)};
+        cr_assert_eq(drv_ctx_get_current(&w[i].ctx), CUDA_SUCCESS);
+        w[i].own[0] = streams[2 * i] = ht_stream();
+        w[i].own[1] = streams[2 * i + 1] = ht_stream();
+        pthread_create(&t[i], NULL, storm_thread, &w[i]);
+    }
+    uint64_t allocs = 0, frees = 0;
+    for (int i = 0; i < STORM_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        allocs += w[i].allocs;
+        frees += w[i].frees;
+    }
+    assert_no_thread_errors();
+    struct sblock b;
+    while (storm_take_handed(&b)) {
+        storm_unclaim(b.p);
+        ht_free(b.p, NULL, HEAP_SYNC);
+        frees++;
+    }
+    cr_assert_eq(storm_nlive, 0);
+    cr_assert(heap_is_valid());
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.requested_bytes.current, 0);
+    cr_assert_eq(st.num_allocs, allocs);
+    cr_assert_eq(st.num_frees, frees);
+    cr_assert_eq(allocs, frees);
+    cr_assert_eq(st.num_cache_hits + st.num_cache_misses, allocs);
+    cr_log_info("storm: %llu allocs, %llu hits, %llu syncs, peak reserved %.1f MiB",
+                (unsigned long long)allocs, (unsigned long long)st.num_cache_hits,
+                (unsigned long long)st.num_device_syncs, (double)st.reserved_bytes.peak / FL_MiB);
+    end_clean(streams, 2 * STORM_THREADS);
+}
+
+BOTH_KINDS(storm_with_remote_frees, "4G")
+
+/* ---- the driver refusing while two threads work ---- */
+
+#define FAULT_SLOTS 12
+#define FAULT_OPS   240
+
+struct faulter {
+    int id;
+    CUcontext ctx;
+    CUstream s;
+    CUresult expect; /* what a refused allocation returns (CUDA_SUCCESS: none may fail) */
+    uint64_t allocs, frees, refused;
+};
+
+/* One slot: freed if it holds a block, else an allocation that may be refused. */
+static void fault_step(struct faulter *w, CUdeviceptr *slot, int op)
+{
+    static const size_t sizes[] = {512, 3000, FL_MiB, 2 * FL_MiB, 9 * FL_MiB, 24 * FL_MiB};
+    enum heap_mode mode = op % 3 ? HEAP_ASYNC : HEAP_SYNC;
+    CUstream s = mode == HEAP_ASYNC ? w->s : NULL;
+    if (*slot) {
+        CUresult r = heap_free(*slot, s, mode, NULL);
+        if (r != CUDA_SUCCESS)
+            THREAD_ERROR("thread %d: heap_free = %d", w->id, (int)r);
+        *slot = 0;
+        w->frees++;
+        return;
+    }
+    size_t n = sizes[(size_t)(op * 7 + w->id) % (sizeof sizes / sizeof sizes[0])];
+    CUresult r = heap_alloc(0, n, s, mode, slot);
+    if (r == CUDA_SUCCESS) {
+        w->allocs++;
+    } else if (r == w->expect && *slot == 0) {
+        w->refused++;
+    } else {
+        THREAD_ERROR("thread %d: heap_alloc(%zu) = %d (expected %d), ptr %#llx", w->id, n, (int)r,
+                     (int)w->expect, (unsigned long long)*slot);
+        *slot = 0;
+    }
+}
+
+static void *fault_thread(void *arg)
+{
+    struct faulter *w = arg;
+    CUdeviceptr slot[FAULT_SLOTS] = {0};
+    drv_ctx_set_current(w->ctx);
+    for (int op = 0; op < FAULT_OPS; op++) {
+        fault_step(w, &slot[(op * 5 + w->id) % FAULT_SLOTS], op);
+        if (op % 40 == 39 && heap_empty_cache(0, NULL) != CUDA_SUCCESS)
+            THREAD_ERROR("thread %d: empty-cache failed", w->id);
+    }
+    for (int i = 0; i < FAULT_SLOTS; i++)
+        if (slot[i])
+            fault_step(w, &slot[i], i);
+    return NULL;
+}
+
+/* Two threads allocate and free (each its own stream and plain) with empty-cache now and
+ * then, while the driver refuses as `spec` says: a front end whose slow path loses a block or
+ * a region on a refused step, returns another error than the driver's, or counts a refused
+ * request shows here, or leaks in the audit. */
+static void two_threads_with_faults(const char *conf, const char *spec, CUresult expect)
+{
+    setup_kind(conf, "512M");
+    struct faulter w[2];
+    pthread_t t[2];
+    uint64_t nth, before = spec_calls(spec, &nth);
+    cr_assert_eq(ht_fail(spec), 0, "bad spec %s", spec);
+    for (int i = 0; i < 2; i++) {
+        w[i] = (struct faulter){.id = i, .s = ht_stream(), .expect = expect};
+        cr_assert_eq(drv_ctx_get_current(&w[i].ctx), CUDA_SUCCESS);
+        pthread_create(&t[i], NULL, fault_thread, &w[i]);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_eq(ht_fail(NULL), 0);
+    assert_no_thread_errors();
+    cr_assert_geq(spec_calls(spec, &nth) - before, nth, "the fault %s was never reached", spec);
+    uint64_t refused = w[0].refused + w[1].refused;
+    cr_log_info("%s: %llu allocations refused", spec, (unsigned long long)refused);
+    if (expect != CUDA_SUCCESS)
+        cr_assert_gt(refused, 0, "%s was never hit", spec);
+    cr_assert(heap_is_valid());
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.requested_bytes.current, 0);
+    cr_assert_eq(st.num_allocs, w[0].allocs + w[1].allocs);
+    cr_assert_eq(st.num_frees, w[0].frees + w[1].frees);
+    if (expect == CUDA_ERROR_OUT_OF_MEMORY)
+        cr_assert_eq(st.num_ooms, refused);
+    end_clean((CUstream[]){w[0].s, w[1].s}, 2);
+}
+
+Test(threads, faults_segment_allocation_out_of_memory, .timeout = 60)
+{
+    two_threads_with_faults(HT_SEGMENTS, "cuMemAlloc_v2@4+", CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+Test(threads, faults_segment_allocation_other_error, .timeout = 60)
+{
+    two_threads_with_faults(HT_SEGMENTS, "cuMemAlloc_v2@3+=CUDA_ERROR_UNKNOWN", CUDA_ERROR_UNKNOWN);
+}
+
+Test(threads, faults_page_creation_out_of_memory, .timeout = 60)
+{
+    two_threads_with_faults(EXPANDABLE, "cuMemCreate@6+", CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+Test(threads, faults_events_refused, .timeout = 60)
+{
+    two_threads_with_faults(HT_SEGMENTS,
+                            "cuEventRecord@2+=CUDA_ERROR_INVALID_HANDLE,cuEventCreate@3+,"
+                            "cuEventQuery@*=CUDA_ERROR_LAUNCH_FAILED",
+                            CUDA_SUCCESS);
 }
