@@ -137,9 +137,11 @@ static void worker_run(struct worker *w, void (*job)(void *), void *arg)
     pthread_mutex_unlock(&w->lock);
 }
 
-/* Ends w's thread (its exit is a thread exit for the heap). */
+/* Ends w's thread (its exit is a thread exit for the heap), if it still runs. */
 static void worker_stop(struct worker *w)
 {
+    if (w->quit)
+        return;
     pthread_mutex_lock(&w->lock);
     w->quit = true;
     pthread_cond_broadcast(&w->cond);
@@ -448,6 +450,18 @@ Test(threads, remote_plain_free_waits_for_a_device_sync, .timeout = 60)
     remote_free_then_probe(&x, x.u, NULL, HEAP_SYNC, at, 6);
 }
 
+/* A allocates 1 MiB on S and 1 MiB on its per-thread stream, a fill writes each, and A frees
+ * each on its stream. */
+static void own_frees_while_filled(struct scene *x)
+{
+    CUdeviceptr p = w_alloc(&x->a, FL_MiB, x->s, HEAP_ASYNC);
+    w_fill(NULL, x->s, p, FL_MiB);
+    w_free(&x->a, p, x->s, HEAP_ASYNC);
+    CUdeviceptr q = w_alloc(&x->a, FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    w_fill(&x->a, CU_STREAM_PER_THREAD, q, FL_MiB);
+    w_free(&x->a, q, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+}
+
 /* A frees its own block on S (LIFO back into its region) while S's fill runs, then on its
  * per-thread stream: other threads, A's other streams, plain allocations, and everyone after
  * an empty-cache returned A's regions, must wait for the work. */
@@ -455,12 +469,7 @@ Test(threads, own_stream_free_is_not_reused_by_others_early, .timeout = 60)
 {
     struct scene x;
     scene_start(&x);
-    CUdeviceptr p = w_alloc(&x.a, FL_MiB, x.s, HEAP_ASYNC);
-    w_fill(NULL, x.s, p, FL_MiB);
-    w_free(&x.a, p, x.s, HEAP_ASYNC);
-    CUdeviceptr q = w_alloc(&x.a, FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
-    w_fill(&x.a, CU_STREAM_PER_THREAD, q, FL_MiB);
-    w_free(&x.a, q, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    own_frees_while_filled(&x);
     const struct probe_at at[] = {{&x.b, x.t, HEAP_ASYNC},
                                   {&x.b, NULL, HEAP_SYNC},
                                   {&x.b, CU_STREAM_PER_THREAD, HEAP_ASYNC},
@@ -474,6 +483,56 @@ Test(threads, own_stream_free_is_not_reused_by_others_early, .timeout = 60)
     probes_take(pr + 5, after, 2, 0x36);
     cr_assert_eq(drv_ctx_synchronize(), CUDA_SUCCESS);
     probes_check(pr, 7);
+    scene_end(&x);
+}
+
+/* A's region for S holds a block, and its per-thread stream's another, each freed while a
+ * fill writes it, when A exits: a front end that gives an exited thread's regions back as plain
+ * free memory, or leaves them to a new thread (glibc gives it the dead one's thread-local storage),
+ * hands them out before the fills landed. */
+Test(threads, exited_threads_stream_frees_wait_for_their_work, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    own_frees_while_filled(&x);
+    worker_stop(&x.a);
+    struct worker c;
+    worker_start(&c);
+    const struct probe_at at[] = {{&c, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+                                  {&c, x.t, HEAP_ASYNC},
+                                  {&x.b, x.t, HEAP_ASYNC},
+                                  {&x.b, NULL, HEAP_SYNC},
+                                  {&x.b, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+                                  {NULL, x.u, HEAP_ASYNC}};
+    struct probe pr[6];
+    probes_take(pr, at, 6, 0x51);
+    cr_assert_eq(drv_ctx_synchronize(), CUDA_SUCCESS);
+    probes_check(pr, 6);
+    worker_stop(&c);
+    scene_end(&x);
+}
+
+/* A context reset while A's region for S holds p, freed on S while S's fill runs: every
+ * stream's frees then wait for a device sync, also on S itself (S may be a new stream with
+ * the old handle); a front end that keeps A's region across the reset hands p out on S. */
+Test(threads, context_reset_retires_other_threads_stream_frees, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    CUdeviceptr p = w_alloc(&x.a, FL_MiB, x.s, HEAP_ASYNC);
+    w_fill(NULL, x.s, p, FL_MiB);
+    w_free(&x.a, p, x.s, HEAP_ASYNC);
+    heap_streams_reset(false);
+    const struct probe_at at[] = {{&x.a, x.s, HEAP_ASYNC},
+                                  {&x.b, x.s, HEAP_ASYNC},
+                                  {&x.b, NULL, HEAP_SYNC},
+                                  {NULL, x.s, HEAP_ASYNC}};
+    struct probe pr[4];
+    probes_take(pr, at, 4, 0x61);
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.active_bytes.current, st.allocated_bytes.current + FL_MiB, "p pending");
+    cr_assert_eq(drv_stream_synchronize(x.s), CUDA_SUCCESS);
+    probes_check(pr, 4);
     scene_end(&x);
 }
 
@@ -946,6 +1005,7 @@ static struct sblock storm_live[STORM_THREADS * STORM_LIVE + HANDOFF_MAX];
 static int storm_nlive;
 static struct sblock handoff[HANDOFF_MAX];
 static int nhandoff;
+static atomic_int storm_running;
 
 struct stormer {
     int id;
@@ -1102,9 +1162,30 @@ static void storm_release(struct stormer *w, struct sblock *live, int *n, int i)
     storm_free(w, &b);
 }
 
+/* Looks up a random live block of any thread at a random offset (the storm's lock held, so
+ * that it stays live). */
+static void storm_lookup(struct stormer *w)
+{
+    pthread_mutex_lock(&storm_lock);
+    if (storm_nlive > 0) {
+        const struct sblock *b = &storm_live[next_rand(&w->rng) % (uint64_t)storm_nlive];
+        CUdeviceptr at = b->p + next_rand(&w->rng) % (b->size ? b->size : 1), base = 0;
+        size_t size = 0;
+        int device = -1;
+        if (!heap_lookup(at, &base, &size, &device) || base != b->p || size != b->size ||
+            device != 0)
+            THREAD_ERROR("thread %d: lookup of %#llx in %#llx+%zu: %#llx+%zu on %d", w->id,
+                         (unsigned long long)at, (unsigned long long)b->p, b->size,
+                         (unsigned long long)base, size, device);
+    }
+    pthread_mutex_unlock(&storm_lock);
+}
+
 static void storm_step(struct stormer *w, struct sblock *live, int *n, int op)
 {
     struct sblock b;
+    if (next_rand(&w->rng) % 4 == 0)
+        storm_lookup(w);
     if (next_rand(&w->rng) % 4 == 0 && storm_take_handed(&b)) {
         storm_free(w, &b);
     } else if (*n < STORM_LIVE && (*n == 0 || next_rand(&w->rng) % 2)) {
@@ -1129,7 +1210,27 @@ static void *storm_thread(void *arg)
         storm_step(w, live, &n, op);
     while (n > 0 && !w->failed)
         storm_release(w, live, &n, n - 1);
+    atomic_fetch_sub(&storm_running, 1);
     return NULL;
+}
+
+/* While the storm runs: every snapshot's peaks are at least its currents (a front end that
+ * publishes a thread's allocations before raising the peaks breaks this). */
+static void storm_watch_stats(void)
+{
+    int snapshots = 0;
+    while (atomic_load(&storm_running) > 0) {
+        fragless_stats_t st = {.size = sizeof st};
+        if (heap_get_stats(0, &st) != 0) /* no allocation yet */
+            continue;
+        cr_assert_geq(st.allocated_bytes.peak, st.allocated_bytes.current);
+        cr_assert_geq(st.requested_bytes.peak, st.requested_bytes.current);
+        cr_assert_geq(st.active_bytes.peak, st.active_bytes.current);
+        cr_assert_geq(st.reserved_bytes.peak, st.reserved_bytes.current);
+        snapshots++;
+        usleep(200);
+    }
+    cr_log_info("storm: %d statistics snapshots", snapshots);
 }
 
 /* 4 threads, 2 streams each, their per-thread and the legacy stream, sizes 0 .. 16 MiB, a
@@ -1144,6 +1245,7 @@ static void storm_with_remote_frees(void)
     struct stormer w[STORM_THREADS];
     pthread_t t[STORM_THREADS];
     CUstream streams[2 * STORM_THREADS];
+    atomic_store(&storm_running, STORM_THREADS);
     for (int i = 0; i < STORM_THREADS; i++) {
         w[i] = (struct stormer){.id = i, .rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 7)};
         cr_assert_eq(drv_ctx_get_current(&w[i].ctx), CUDA_SUCCESS);
@@ -1151,6 +1253,7 @@ static void storm_with_remote_frees(void)
         w[i].own[1] = streams[2 * i + 1] = ht_stream();
         pthread_create(&t[i], NULL, storm_thread, &w[i]);
     }
+    storm_watch_stats();
     uint64_t allocs = 0, frees = 0;
     for (int i = 0; i < STORM_THREADS; i++) {
         pthread_join(t[i], NULL);
