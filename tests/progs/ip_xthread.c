@@ -1,0 +1,753 @@
+/*
+ * ip_xthread.c — the heap's promises when the thread that frees, looks up, empties or runs
+ * out of memory is not the one that allocated: what a per-thread cache in front of the heap
+ * (docs/frontend.md) must keep. Two long-lived worker threads, A and B, run the CUDA calls
+ * handed to them one job at a time, so every interleaving is fixed; main hands out the jobs
+ * and reads the statistics. The simulated fill kernels and device-fault count of the emulated
+ * device (fragless_emu_stream_fill, fragless_emu_faults) show whether freed memory was handed
+ * out, unmapped or released while earlier work could still write it.
+ *
+ * Modes (argument 1):
+ *   rule1-xthread[-async], rule1-xthread-300k, -64k, -4k  a block allocated by A (plain;
+ *       -async: on s1; the smaller sizes: both) and written later by a fill on s1, freed by B
+ *       (cudaFree, cudaFreeAsync on s1, on s2); then A or B allocates the same size (plain,
+ *       on s1, on s2); 20 MiB, 300 KiB, 64 KiB, 4 KiB blocks
+ *   remote-free    1000 blocks of mixed sizes allocated by A, freed by B
+ *   lookup         A allocates, B looks the blocks up through interior pointers, also after A
+ *                  exited
+ *   exit           a thread allocates and exits; main frees what it left and empties the cache
+ *   empty-cache    A's freed blocks are cached while A lives; main's empty-cache returns them
+ *   oom            (FRAGLESS_EMU_MEM=64M) memory cached by one thread serves another's request
+ *   streamdestroy  blocks of a destroyed stream, freed by another thread while fills still
+ *                  write them, are not handed out on the stream created next
+ */
+#include <pthread.h>
+
+#include "ip_prog.h"
+
+typedef int (*emu_fill_fn)(CUstream, CUdeviceptr, int, size_t, uint64_t);
+typedef uint64_t (*emu_faults_fn)(void);
+typedef int (*empty_cache_fn)(int, size_t *);
+
+/* ---- worker threads ------------------------------------------------------------------- */
+
+typedef void (*job_fn)(void *);
+
+struct worker {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    job_fn job; /* set by run_on, cleared by the worker when the job is done */
+    void *arg;
+    bool quit;
+};
+
+static struct worker wa, wb;
+
+static void *worker_loop(void *p)
+{
+    struct worker *w = p;
+    CHECK(cudaSetDevice(0) == cudaSuccess, "cudaSetDevice on a worker");
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->job && !w->quit)
+            pthread_cond_wait(&w->cond, &w->lock);
+        if (!w->job)
+            break;
+        pthread_mutex_unlock(&w->lock);
+        w->job(w->arg);
+        pthread_mutex_lock(&w->lock);
+        w->job = NULL;
+        pthread_cond_broadcast(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static void worker_start(struct worker *w)
+{
+    memset(w, 0, sizeof *w);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    CHECK(pthread_create(&w->thread, NULL, worker_loop, w) == 0, "pthread_create");
+}
+
+/* Runs job(arg) on w and waits until it is done. */
+static void run_on(struct worker *w, job_fn job, void *arg)
+{
+    pthread_mutex_lock(&w->lock);
+    w->job = job;
+    w->arg = arg;
+    pthread_cond_broadcast(&w->cond);
+    while (w->job)
+        pthread_cond_wait(&w->cond, &w->lock);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* The thread exits (and with it whatever it holds per thread). */
+static void worker_stop(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->quit = true;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    CHECK(pthread_join(w->thread, NULL) == 0, "pthread_join");
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+}
+
+/* ---- shared helpers ------------------------------------------------------------------- */
+
+static emu_fill_fn fill;
+static emu_faults_fn faults;
+
+static bool overlap(CUdeviceptr a, size_t an, CUdeviceptr b, size_t bn)
+{
+    return a < b + bn && b < a + an;
+}
+
+static cudaStream_t new_stream(void)
+{
+    cudaStream_t s = NULL;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "stream");
+    return s;
+}
+
+/* Stream-ordered on s when `async`, else cudaMalloc. */
+static CUdeviceptr alloc(bool async, cudaStream_t s, size_t n)
+{
+    void *p = NULL;
+    if (async)
+        CHECK(cudaMallocAsync(&p, n, s) == cudaSuccess, "cudaMallocAsync(%zu)", n);
+    else
+        CHECK(cudaMalloc(&p, n) == cudaSuccess, "cudaMalloc(%zu)", n);
+    return (CUdeviceptr)(uintptr_t)p;
+}
+
+static void release(bool async, cudaStream_t s, CUdeviceptr d)
+{
+    if (async)
+        CHECK(cudaFreeAsync((void *)(uintptr_t)d, s) == cudaSuccess, "cudaFreeAsync");
+    else
+        CHECK(cudaFree((void *)(uintptr_t)d) == cudaSuccess, "cudaFree");
+}
+
+/* Returns the bytes released (none before fragless has used the device). */
+static size_t empty_cache(void)
+{
+    empty_cache_fn empty = (empty_cache_fn)dlsym(RTLD_DEFAULT, "fragless_empty_cache");
+    size_t released = 0;
+    CHECK(empty, "fragless_empty_cache");
+    int rc = empty(0, &released);
+    CHECK(rc == 0 || rc == FRAGLESS_ENODEV, "fragless_empty_cache: %d", rc);
+    return released;
+}
+
+/* Fails unless the n bytes at d all read `byte`. */
+static void expect_bytes(const char *what, CUdeviceptr d, size_t n, unsigned char byte)
+{
+    static unsigned char buf[(size_t)20 << 20];
+    CHECK(n <= sizeof buf, "buffer");
+    CHECK(cudaMemcpy(buf, (void *)(uintptr_t)d, n, cudaMemcpyDeviceToHost) == cudaSuccess,
+          "%s: read back", what);
+    for (size_t i = 0; i < n; i++)
+        CHECK(buf[i] == byte, "%s: byte %zu is %#x, not %#x: overwritten", what, i, buf[i], byte);
+}
+
+/* A size from 512 B to 4 MiB, spread over the powers of two, not a multiple of 512. */
+static size_t mixed_size(unsigned i)
+{
+    uint32_t h = (i + 1) * 2654435761u;
+    size_t n = (size_t)1 << (9 + h % 13);
+    return n + (h >> 8) % n;
+}
+
+#define BYTES(x) ((unsigned long long)(x))
+
+/* ---- rule1-xthread -------------------------------------------------------------------- */
+
+#define FILL_USEC 20000
+
+enum free_way { FREE_PLAIN, FREE_ON_S1, FREE_ON_S2 };
+enum alloc_way { ALLOC_PLAIN, ALLOC_ON_S1, ALLOC_ON_S2 };
+
+static cudaStream_t s1, s2;
+
+/* One case: X allocated by A (plain or on s1), written by a fill on s1 that ends at `done`,
+ * freed by B; then Y of the same size allocated by A or B. */
+struct r1_case {
+    size_t size;
+    bool x_async;
+    enum free_way how;
+    enum alloc_way y_way;
+    CUdeviceptr x, y;
+    cudaEvent_t done;
+    bool reused;
+    char name[200];
+};
+
+static cudaStream_t stream_of(enum alloc_way w)
+{
+    return w == ALLOC_ON_S1 ? s1 : w == ALLOC_ON_S2 ? s2 : 0;
+}
+
+static void r1_alloc_and_fill(void *arg)
+{
+    struct r1_case *c = arg;
+    c->x = alloc(c->x_async, s1, c->size);
+    CHECK(cudaStreamSynchronize(s1) == cudaSuccess, "sync");
+    CHECK(fill((CUstream)s1, c->x, 0x11, c->size, FILL_USEC) == 0, "queue the fill");
+    CHECK(cudaEventRecord(c->done, s1) == cudaSuccess, "record");
+}
+
+static void r1_free(void *arg)
+{
+    struct r1_case *c = arg;
+    /* a free on s2 of a block s1 writes is ordered after that write by the program */
+    if (c->how == FREE_ON_S2)
+        CHECK(cudaStreamWaitEvent(s2, c->done, 0) == cudaSuccess, "wait event");
+    release(c->how != FREE_PLAIN, c->how == FREE_ON_S2 ? s2 : s1, c->x);
+}
+
+/* Reuse at once is allowed only on the stream of a stream-ordered free. */
+static bool r1_reuse_is_ordered(const struct r1_case *c)
+{
+    return (c->how == FREE_ON_S1 && c->y_way == ALLOC_ON_S1) ||
+           (c->how == FREE_ON_S2 && c->y_way == ALLOC_ON_S2);
+}
+
+static void r1_realloc(void *arg)
+{
+    struct r1_case *c = arg;
+    cudaStream_t ys = stream_of(c->y_way);
+    c->y = alloc(c->y_way != ALLOC_PLAIN, ys, c->size);
+    c->reused = overlap(c->x, c->size, c->y, c->size);
+    /* catches a block freed by another thread handed out while the fill may still write it */
+    CHECK(!c->reused || r1_reuse_is_ordered(c) || cudaEventQuery(c->done) == cudaSuccess,
+          "%s: the block was handed out again while the fill may still write it", c->name);
+    CHECK(cudaMemsetAsync((void *)(uintptr_t)c->y, 0x22, c->size, ys) == cudaSuccess, "memset");
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: sync (device fault?)", c->name);
+    /* catches reuse on a stream not ordered after the fill: the fill lands in the new block */
+    expect_bytes(c->name, c->y, c->size, 0x22);
+    release(c->y_way != ALLOC_PLAIN, ys, c->y);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+}
+
+static const char *const free_names[] = {"cudaFree", "cudaFreeAsync on s1", "cudaFreeAsync on s2"};
+static const char *const alloc_names[] = {"cudaMalloc", "cudaMallocAsync on s1",
+                                          "cudaMallocAsync on s2"};
+
+/* Returns whether X was reused. */
+static bool r1_run(struct r1_case *c, struct worker *by)
+{
+    snprintf(c->name, sizeof c->name, "%zu B: A %s, B %s, %s %s", c->size,
+             c->x_async ? "cudaMallocAsync on s1" : "cudaMalloc", free_names[c->how],
+             by == &wa ? "A" : "B", alloc_names[c->y_way]);
+    empty_cache(); /* only X can serve Y */
+    CHECK(cudaEventCreate(&c->done) == cudaSuccess, "event");
+    run_on(&wa, r1_alloc_and_fill, c);
+    run_on(&wb, r1_free, c);
+    run_on(by, r1_realloc, c);
+    CHECK(cudaEventDestroy(c->done) == cudaSuccess, "event");
+    return c->reused;
+}
+
+/* X allocated by cudaMalloc when x_plain, by cudaMallocAsync on s1 when x_async. */
+static void mode_rule1(size_t size, bool x_plain, bool x_async)
+{
+    s1 = new_stream();
+    s2 = new_stream();
+    fragless_stats_t before = ip_stats0();
+    unsigned cases = 0, reused = 0;
+    for (int xa = !x_plain; xa <= x_async; xa++)
+        for (int how = FREE_PLAIN; how <= FREE_ON_S2; how++)
+            for (int by = 0; by < 2; by++)
+                for (int yw = ALLOC_PLAIN; yw <= ALLOC_ON_S2; yw++) {
+                    struct r1_case c = {.size = size, .x_async = xa, .how = how, .y_way = yw};
+                    reused += r1_run(&c, by ? &wb : &wa);
+                    cases++;
+                }
+    fragless_stats_t after = ip_stats0();
+    /* catches allocations or frees of another thread's blocks not counted */
+    ip_expect_served(&before, &after, 2 * cases, 2 * cases);
+    /* catches bytes of blocks freed by another thread still counted as allocated */
+    CHECK(after.allocated_bytes.current == before.allocated_bytes.current,
+          "allocated %llu, was %llu", BYTES(after.allocated_bytes.current),
+          BYTES(before.allocated_bytes.current));
+    CHECK(cudaStreamDestroy(s1) == cudaSuccess && cudaStreamDestroy(s2) == cudaSuccess, "end");
+    printf("%zu B: %u of %u cases reused the freed block\n", size, reused, cases);
+}
+
+/* ---- remote-free ---------------------------------------------------------------------- */
+
+#define NBLOCKS 1000
+
+struct blk {
+    CUdeviceptr p;
+    size_t n;
+    bool async;
+};
+
+static struct blk blks[NBLOCKS];
+static cudaStream_t sa, sb;
+
+/* Allocates blks (even: cudaMalloc, odd: cudaMallocAsync on sa) on the calling thread. */
+static void alloc_blocks(void *arg)
+{
+    (void)arg;
+    if (!sa)
+        sa = new_stream();
+    for (unsigned i = 0; i < NBLOCKS; i++) {
+        blks[i] = (struct blk){0, mixed_size(i), i % 2 == 1};
+        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
+    }
+}
+
+/* Frees blks: plain ones by cudaFree, stream-ordered ones on sa or sb in turn. */
+static void free_blocks(void *arg)
+{
+    (void)arg;
+    if (!sb)
+        sb = new_stream();
+    for (unsigned i = 0; i < NBLOCKS; i++)
+        release(blks[i].async, i % 4 == 1 ? sa : sb, blks[i].p);
+}
+
+static int by_address(const void *a, const void *b)
+{
+    const struct blk *x = a, *y = b;
+    return x->p < y->p ? -1 : x->p > y->p;
+}
+
+/* Fails if two of the live blocks overlap. */
+static void expect_disjoint(void)
+{
+    static struct blk sorted[NBLOCKS];
+    memcpy(sorted, blks, sizeof sorted);
+    qsort(sorted, NBLOCKS, sizeof sorted[0], by_address);
+    for (unsigned i = 1; i < NBLOCKS; i++)
+        CHECK(sorted[i - 1].p + sorted[i - 1].n <= sorted[i].p,
+              "live blocks %#llx+%zu and %#llx overlap", BYTES(sorted[i - 1].p), sorted[i - 1].n,
+              BYTES(sorted[i].p));
+}
+
+static uint64_t blocks_requested(void)
+{
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < NBLOCKS; i++)
+        sum += blks[i].n;
+    return sum;
+}
+
+static void mode_remote_free(void)
+{
+    fragless_stats_t s0 = ip_stats0();
+    run_on(&wa, alloc_blocks, NULL);
+    fragless_stats_t s1s = ip_stats0();
+    /* catches a thread cache handing out one range twice */
+    expect_disjoint();
+    /* catches statistics of A's allocations not visible to another thread */
+    CHECK(s1s.requested_bytes.current == s0.requested_bytes.current + blocks_requested(),
+          "requested %llu, want %llu", BYTES(s1s.requested_bytes.current),
+          BYTES(s0.requested_bytes.current + blocks_requested()));
+    ip_expect_served(&s0, &s1s, NBLOCKS, 0);
+    run_on(&wb, free_blocks, NULL);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    fragless_stats_t s2s = ip_stats0();
+    /* catches remote frees lost or not yet counted when the free returns */
+    ip_expect_served(&s1s, &s2s, 0, NBLOCKS);
+    CHECK(s2s.allocated_bytes.current == s0.allocated_bytes.current &&
+              s2s.requested_bytes.current == s0.requested_bytes.current,
+          "allocated %llu (was %llu), requested %llu (was %llu) after B freed A's blocks",
+          BYTES(s2s.allocated_bytes.current), BYTES(s0.allocated_bytes.current),
+          BYTES(s2s.requested_bytes.current), BYTES(s0.requested_bytes.current));
+    /* A again, then its own frees: its cache must take back what B freed */
+    run_on(&wa, alloc_blocks, NULL);
+    expect_disjoint();
+    run_on(&wa, free_blocks, NULL);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    empty_cache();
+    fragless_stats_t s3s = ip_stats0();
+    ip_expect_served(&s2s, &s3s, NBLOCKS, NBLOCKS);
+    /* catches remotely freed blocks never merged back, so never released */
+    CHECK(s3s.reserved_bytes.current == 0 && s3s.allocated_bytes.current == 0,
+          "reserved %llu, allocated %llu after everything was freed and the cache emptied",
+          BYTES(s3s.reserved_bytes.current), BYTES(s3s.allocated_bytes.current));
+    CHECK(cudaStreamDestroy(sa) == cudaSuccess && cudaStreamDestroy(sb) == cudaSuccess, "end");
+}
+
+/* ---- lookup --------------------------------------------------------------------------- */
+
+static const size_t lookup_sizes[] = {4096, 300 << 10, (5 << 20) + 123, (size_t)20 << 20};
+#define NLOOKUP (2 * sizeof lookup_sizes / sizeof lookup_sizes[0])
+static struct blk lk[NLOOKUP];
+
+static void lookup_alloc(void *arg)
+{
+    (void)arg;
+    sa = new_stream();
+    for (unsigned i = 0; i < NLOOKUP; i++) {
+        lk[i] = (struct blk){0, lookup_sizes[i / 2], i % 2 == 1};
+        lk[i].p = alloc(lk[i].async, sa, lk[i].n);
+    }
+}
+
+static void expect_range(const struct blk *b, CUdeviceptr at)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    CHECK(cuMemGetAddressRange(&base, &size, at) == CUDA_SUCCESS, "cuMemGetAddressRange");
+    /* catches a lookup that only finds blocks of the calling thread's cache */
+    CHECK(base == b->p && size == b->n, "range of %#llx: %#llx+%zu, want %#llx+%zu", BYTES(at),
+          BYTES(base), size, BYTES(b->p), b->n);
+    CHECK(cuPointerGetAttribute(&base, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, at) == CUDA_SUCCESS &&
+              cuPointerGetAttribute(&size, CU_POINTER_ATTRIBUTE_RANGE_SIZE, at) == CUDA_SUCCESS,
+          "cuPointerGetAttribute");
+    CHECK(base == b->p && size == b->n, "attribute range of %#llx: %#llx+%zu", BYTES(at),
+          BYTES(base), size);
+    struct cudaPointerAttributes a;
+    CHECK(cudaPointerGetAttributes(&a, (void *)(uintptr_t)at) == cudaSuccess,
+          "cudaPointerGetAttributes");
+    CHECK(a.type == cudaMemoryTypeDevice && a.device == 0 &&
+              a.devicePointer == (void *)(uintptr_t)at,
+          "cudaPointerGetAttributes(%#llx): type %d device %d pointer %p", BYTES(at), (int)a.type,
+          a.device, a.devicePointer);
+}
+
+static void lookup_all(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < NLOOKUP; i++) {
+        expect_range(&lk[i], lk[i].p);
+        expect_range(&lk[i], lk[i].p + 1);
+        expect_range(&lk[i], lk[i].p + lk[i].n / 2);
+        expect_range(&lk[i], lk[i].p + lk[i].n - 1);
+    }
+}
+
+static void lookup_free_all(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < NLOOKUP; i++)
+        release(lk[i].async, sa, lk[i].p);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    for (unsigned i = 0; i < NLOOKUP; i++) {
+        if (lk[i].n % (2 << 20) == 0)
+            continue; /* the driver's own range could have the same size */
+        CUdeviceptr base = 0;
+        size_t size = 0;
+        CUresult r = cuMemGetAddressRange(&base, &size, lk[i].p + 1);
+        /* catches a freed block still found (a stale entry of a per-thread live table) */
+        CHECK(r != CUDA_SUCCESS || size != lk[i].n, "freed %#llx+%zu still found as %#llx+%zu",
+              BYTES(lk[i].p), lk[i].n, BYTES(base), size);
+    }
+}
+
+static void mode_lookup(void)
+{
+    run_on(&wa, lookup_alloc, NULL);
+    run_on(&wb, lookup_all, NULL);
+    lookup_all(NULL); /* main too */
+    worker_stop(&wa);
+    run_on(&wb, lookup_all, NULL); /* after the allocating thread exited */
+    run_on(&wb, lookup_free_all, NULL);
+    CHECK(cudaStreamDestroy(sa) == cudaSuccess, "end");
+}
+
+/* ---- exit ----------------------------------------------------------------------------- */
+
+#define EXIT_KEEP 200
+
+/* Allocates EXIT_KEEP blocks it leaves live, and some it frees itself (so that its cache
+ * holds memory when it exits). */
+static void exit_alloc(void *arg)
+{
+    (void)arg;
+    sa = new_stream();
+    for (unsigned i = 0; i < EXIT_KEEP; i++) {
+        blks[i] = (struct blk){0, mixed_size(i), i % 2 == 1};
+        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
+    }
+    for (unsigned i = 0; i < 50; i++) {
+        bool async = i % 2;
+        release(async, sa, alloc(async, sa, mixed_size(i + EXIT_KEEP)));
+    }
+}
+
+static void mode_exit(void)
+{
+    const size_t keep = (3 << 20) + 5;
+    CUdeviceptr live = alloc(false, 0, keep);
+    CHECK(cudaMemset((void *)(uintptr_t)live, 0x33, keep) == cudaSuccess, "memset");
+    empty_cache();
+    fragless_stats_t s0 = ip_stats0();
+    run_on(&wa, exit_alloc, NULL);
+    worker_stop(&wa);
+    /* catches blocks of an exited thread that can no longer be freed */
+    for (unsigned i = 0; i < EXIT_KEEP; i++)
+        release(blks[i].async, sa, blks[i].p);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess && cudaStreamDestroy(sa) == cudaSuccess, "sync");
+    size_t released = empty_cache();
+    fragless_stats_t s1s = ip_stats0();
+    ip_expect_served(&s0, &s1s, EXIT_KEEP + 50, EXIT_KEEP + 50);
+    /* catches memory held for an exited thread that empty-cache does not return */
+    CHECK(s1s.reserved_bytes.current == s0.reserved_bytes.current &&
+              s1s.allocated_bytes.current == s0.allocated_bytes.current,
+          "reserved %llu (was %llu), allocated %llu (was %llu), released %zu",
+          BYTES(s1s.reserved_bytes.current), BYTES(s0.reserved_bytes.current),
+          BYTES(s1s.allocated_bytes.current), BYTES(s0.allocated_bytes.current), released);
+    /* catches a live block's pages released with the exited thread's memory */
+    expect_bytes("main's live block", live, keep, 0x33);
+    release(false, 0, live);
+    empty_cache();
+    CHECK(ip_stats0().reserved_bytes.current == 0, "reserved after everything was freed");
+}
+
+/* ---- empty-cache ---------------------------------------------------------------------- */
+
+static const size_t cache_sizes[] = {4096, 64 << 10, 300 << 10, (5 << 20) + 123, (size_t)20 << 20};
+#define NCACHE (2 * sizeof cache_sizes / sizeof cache_sizes[0])
+
+/* Allocates and frees (plain and on sa) without a sync: all of it stays cached. */
+static void cache_cycle(void *arg)
+{
+    (void)arg;
+    if (!sa)
+        sa = new_stream();
+    CUdeviceptr p[NCACHE];
+    for (unsigned i = 0; i < NCACHE; i++) {
+        p[i] = alloc(i % 2, sa, cache_sizes[i / 2]);
+        ip_touch_rt((void *)(uintptr_t)p[i], cache_sizes[i / 2]);
+    }
+    for (unsigned i = 0; i < NCACHE; i++)
+        release(i % 2, sa, p[i]);
+}
+
+static void mode_empty_cache(void)
+{
+    run_on(&wa, cache_cycle, NULL);
+    fragless_stats_t s0 = ip_stats0();
+    CHECK(s0.allocated_bytes.current == 0 && s0.reserved_bytes.current > 0,
+          "A's blocks are freed and cached: allocated %llu reserved %llu",
+          BYTES(s0.allocated_bytes.current), BYTES(s0.reserved_bytes.current));
+    size_t released = empty_cache();
+    fragless_stats_t s1s = ip_stats0();
+    /* catches empty-cache that skips memory cached by another (living) thread */
+    CHECK(s1s.reserved_bytes.current == 0 && released == s0.reserved_bytes.current,
+          "reserved %llu after empty-cache from main (released %zu of %llu)",
+          BYTES(s1s.reserved_bytes.current), released, BYTES(s0.reserved_bytes.current));
+    /* catches a thread cache carving from memory empty-cache gave back (touching it fails) */
+    run_on(&wa, cache_cycle, NULL);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    empty_cache();
+    CHECK(ip_stats0().reserved_bytes.current == 0, "reserved after the second empty-cache");
+    CHECK(cudaStreamDestroy(sa) == cudaSuccess, "end");
+}
+
+/* ---- oom ------------------------------------------------------------------------------ */
+
+#define OOM_BLOCK ((size_t)4 << 20)
+#define OOM_TOTAL ((size_t)48 << 20)
+
+static void oom_cycle(void *arg)
+{
+    (void)arg;
+    if (!sa)
+        sa = new_stream();
+    CUdeviceptr p[OOM_TOTAL / OOM_BLOCK];
+    for (unsigned i = 0; i < OOM_TOTAL / OOM_BLOCK; i++)
+        p[i] = alloc(i % 2, sa, OOM_BLOCK);
+    for (unsigned i = 0; i < OOM_TOTAL / OOM_BLOCK; i++)
+        release(i % 2, sa, p[i]);
+}
+
+static CUdeviceptr oom_big;
+
+static void oom_big_async(void *arg)
+{
+    (void)arg;
+    /* catches main's pending cudaFree (another thread's) not reclaimed by A's OOM path */
+    oom_big = alloc(true, sa, OOM_TOTAL);
+    ip_touch_rt((void *)(uintptr_t)oom_big, OOM_TOTAL);
+    release(true, sa, oom_big);
+    CHECK(cudaStreamSynchronize(sa) == cudaSuccess, "sync");
+}
+
+static void mode_oom(void)
+{
+    run_on(&wa, oom_cycle, NULL);
+    /* catches memory cached by A that main's request cannot get back */
+    CUdeviceptr big = alloc(false, 0, OOM_TOTAL);
+    ip_touch_rt((void *)(uintptr_t)big, OOM_TOTAL);
+    release(false, 0, big);
+    run_on(&wa, oom_big_async, NULL);
+    run_on(&wa, oom_cycle, NULL);
+    run_on(&wb, oom_cycle, NULL);
+    /* B's cache and A's cache both hold freed memory: main again */
+    big = alloc(false, 0, OOM_TOTAL);
+    release(false, 0, big);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    fragless_stats_t s = ip_stats0();
+    CHECK(s.allocated_bytes.current == 0 && s.num_ooms == 0, "allocated %llu, %llu OOMs",
+          BYTES(s.allocated_bytes.current), BYTES(s.num_ooms));
+    CHECK(cudaStreamDestroy(sa) == cudaSuccess, "end");
+}
+
+/* ---- streamdestroy -------------------------------------------------------------------- */
+
+static const size_t sd_sizes[] = {4096, 64 << 10, 300 << 10, (2 << 20) + 7, (size_t)20 << 20};
+#define NSD     (2 * sizeof sd_sizes / sizeof sd_sizes[0])
+#define SD_FILL 50000
+static struct blk sd_old[NSD], sd_new[NSD];
+static cudaEvent_t sd_done;
+static cudaStream_t sd_t;
+
+/* A: NSD blocks on sa, each written later by a fill on sa. */
+static void sd_alloc(void *arg)
+{
+    (void)arg;
+    sa = new_stream();
+    for (unsigned i = 0; i < NSD; i++) {
+        sd_old[i] = (struct blk){0, sd_sizes[i / 2], true};
+        sd_old[i].p = alloc(true, sa, sd_old[i].n);
+    }
+    CHECK(cudaStreamSynchronize(sa) == cudaSuccess, "sync");
+    for (unsigned i = 0; i < NSD; i++)
+        CHECK(fill((CUstream)sa, sd_old[i].p, 0x11, sd_old[i].n, SD_FILL) == 0, "fill");
+    CHECK(cudaEventRecord(sd_done, sa) == cudaSuccess, "record");
+}
+
+/* B: frees the even ones on sa, then destroys sa. */
+static void sd_free_and_destroy(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < NSD; i += 2)
+        release(true, sa, sd_old[i].p);
+    CHECK(cudaStreamDestroy(sa) == cudaSuccess, "destroy");
+}
+
+/* On the calling thread: every other new block, on the new stream sd_t. */
+static void sd_realloc(void *arg)
+{
+    unsigned first = *(const unsigned *)arg;
+    if (!sd_t) {
+        sd_t = new_stream();
+        printf("the new stream %s the destroyed one's handle\n",
+               sd_t == sa ? "has" : "does not have");
+    }
+    for (unsigned i = first; i < NSD; i += 2) {
+        sd_new[i] = (struct blk){0, sd_sizes[i / 2], true};
+        sd_new[i].p = alloc(true, sd_t, sd_new[i].n);
+        bool done = cudaEventQuery(sd_done) == cudaSuccess;
+        for (unsigned j = 0; j < NSD; j++) {
+            bool hit = overlap(sd_new[i].p, sd_new[i].n, sd_old[j].p, sd_old[j].n);
+            /* catches a live block of the destroyed stream handed out again */
+            CHECK(!hit || j % 2 == 0, "new block %u overlaps live old block %u", i, j);
+            /* catches a block freed on a destroyed stream reused on its successor too early */
+            CHECK(!hit || done, "new block %u overlaps freed block %u while its fill runs", i, j);
+        }
+        CHECK(cudaMemsetAsync((void *)(uintptr_t)sd_new[i].p, 0x22, sd_new[i].n, sd_t) ==
+                  cudaSuccess,
+              "memset");
+    }
+}
+
+static void mode_streamdestroy(void)
+{
+    CHECK(cudaEventCreateWithFlags(&sd_done, cudaEventDisableTiming) == cudaSuccess, "event");
+    run_on(&wa, sd_alloc, NULL);
+    run_on(&wb, sd_free_and_destroy, NULL);
+    unsigned zero = 0, one = 1;
+    run_on(&wa, sd_realloc, &zero);
+    run_on(&wb, sd_realloc, &one);
+    /* the fills ran on a destroyed stream: wait for them by their event (the emulated
+     * device's cudaDeviceSynchronize forgets a destroyed stream's queued work) */
+    CHECK(cudaEventSynchronize(sd_done) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess,
+          "sync (device fault?)");
+    char what[64];
+    for (unsigned i = 0; i < NSD; i++) {
+        snprintf(what, sizeof what, "new block %u", i);
+        expect_bytes(what, sd_new[i].p, sd_new[i].n, 0x22);
+        release(true, sd_t, sd_new[i].p);
+    }
+    for (unsigned i = 1; i < NSD; i += 2) {
+        snprintf(what, sizeof what, "old live block %u", i);
+        expect_bytes(what, sd_old[i].p, sd_old[i].n, 0x11);
+        release(false, 0, sd_old[i].p);
+    }
+    CHECK(cudaDeviceSynchronize() == cudaSuccess && cudaStreamDestroy(sd_t) == cudaSuccess &&
+              cudaEventDestroy(sd_done) == cudaSuccess,
+          "end");
+    CHECK(ip_stats0().allocated_bytes.current == 0, "allocated after everything was freed");
+}
+
+/* ---- main ----------------------------------------------------------------------------- */
+
+static void rule1_20m_plain(void)
+{
+    mode_rule1((size_t)20 << 20, true, false);
+}
+
+static void rule1_20m_async(void)
+{
+    mode_rule1((size_t)20 << 20, false, true);
+}
+
+static void rule1_300k(void)
+{
+    mode_rule1(300 << 10, true, true);
+}
+
+static void rule1_64k(void)
+{
+    mode_rule1(64 << 10, true, true);
+}
+
+static void rule1_4k(void)
+{
+    mode_rule1(4 << 10, true, true);
+}
+
+static const struct mode {
+    const char *name;
+    void (*run)(void);
+} modes[] = {
+    {"rule1-xthread", rule1_20m_plain},
+    {"rule1-xthread-async", rule1_20m_async},
+    {"rule1-xthread-300k", rule1_300k},
+    {"rule1-xthread-64k", rule1_64k},
+    {"rule1-xthread-4k", rule1_4k},
+    {"remote-free", mode_remote_free},
+    {"lookup", mode_lookup},
+    {"exit", mode_exit},
+    {"empty-cache", mode_empty_cache},
+    {"oom", mode_oom},
+    {"streamdestroy", mode_streamdestroy},
+};
+
+int main(int argc, char **argv)
+{
+    const char *name = argc > 1 ? argv[1] : "";
+    const struct mode *mode = NULL;
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (strcmp(modes[i].name, name) == 0)
+            mode = &modes[i];
+    CHECK(mode, "unknown mode \"%s\"", name);
+    fill = (emu_fill_fn)dlsym(RTLD_DEFAULT, "fragless_emu_stream_fill");
+    faults = (emu_faults_fn)dlsym(RTLD_DEFAULT, "fragless_emu_faults");
+    if (!fill || !faults) {
+        printf("ok xthread skipped: needs the emulated device's simulated kernels\n");
+        return 0;
+    }
+    CHECK(cudaSetDevice(0) == cudaSuccess && cudaFree(NULL) == cudaSuccess, "init");
+    worker_start(&wa);
+    worker_start(&wb);
+    mode->run();
+    /* catches freed memory unmapped or released while a fill could still write it */
+    CHECK(faults() == 0, "%llu simulated device faults", BYTES(faults()));
+    if (!wa.quit)
+        worker_stop(&wa);
+    worker_stop(&wb);
+    printf("ok xthread %s\n", name);
+    return 0;
+}
