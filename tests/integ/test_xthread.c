@@ -55,14 +55,32 @@ Test(xthread, rule1_300k_block_freed_by_another_thread)
     run_mode("rule1-xthread-300k", "", NULL);
 }
 
+/* Classic 2 MiB segments filled up: only the freed block or a new segment can serve. */
+Test(xthread, rule1_300k_block_freed_by_another_thread_classic)
+{
+    run_mode("rule1-xthread-300k", "expandable_segments:false", NULL);
+}
+
 Test(xthread, rule1_64k_block_freed_by_another_thread)
 {
     run_mode("rule1-xthread-64k", "", NULL);
 }
 
+/* Classic 2 MiB segments filled up: only the freed block or a new segment can serve. */
+Test(xthread, rule1_64k_block_freed_by_another_thread_classic)
+{
+    run_mode("rule1-xthread-64k", "expandable_segments:false", NULL);
+}
+
 Test(xthread, rule1_4k_block_freed_by_another_thread)
 {
     run_mode("rule1-xthread-4k", "", NULL);
+}
+
+/* Classic 2 MiB segments filled up: only the freed block or a new segment can serve. */
+Test(xthread, rule1_4k_block_freed_by_another_thread_classic)
+{
+    run_mode("rule1-xthread-4k", "expandable_segments:false", NULL);
 }
 
 Test(xthread, a_thousand_blocks_freed_by_another_thread)
@@ -103,4 +121,9 @@ Test(xthread, oom_reclaims_another_threads_cache_classic)
 Test(xthread, destroyed_streams_blocks_freed_by_another_thread)
 {
     run_mode("streamdestroy", "", NULL);
+}
+
+Test(xthread, destroyed_streams_blocks_freed_by_another_thread_classic)
+{
+    run_mode("streamdestroy", "expandable_segments:false", NULL);
 }

@@ -184,7 +184,28 @@ struct r1_case {
     cudaEvent_t done;
     bool reused;
     char name[200];
+    unsigned npads; /* blocks allocated before X and live until the end */
 };
+
+/* Small blocks (up to 1 MiB) are packed into 2 MiB classic segments: X is allocated after
+ * blocks (of at most 1 MiB each) that fill the rest of its segment, so that only X or new
+ * memory can serve Y. */
+#define R1_SEGMENT   ((size_t)2 << 20)
+#define R1_SMALL_MAX ((size_t)1 << 20)
+static struct {
+    CUdeviceptr p;
+    size_t n;
+} pads[R1_SEGMENT / R1_SMALL_MAX + 1];
+
+static unsigned r1_pads(size_t size)
+{
+    unsigned n = 0;
+    for (size_t rest = size <= R1_SMALL_MAX ? R1_SEGMENT - size : 0; rest; n++) {
+        pads[n].n = rest < R1_SMALL_MAX ? rest : R1_SMALL_MAX;
+        rest -= pads[n].n;
+    }
+    return n;
+}
 
 static cudaStream_t stream_of(enum alloc_way w)
 {
@@ -194,6 +215,8 @@ static cudaStream_t stream_of(enum alloc_way w)
 static void r1_alloc_and_fill(void *arg)
 {
     struct r1_case *c = arg;
+    for (unsigned i = 0; i < c->npads; i++)
+        pads[i].p = alloc(c->x_async, s1, pads[i].n);
     c->x = alloc(c->x_async, s1, c->size);
     CHECK(cudaStreamSynchronize(s1) == cudaSuccess, "sync");
     CHECK(fill((CUstream)s1, c->x, 0x11, c->size, FILL_USEC) == 0, "queue the fill");
@@ -233,6 +256,14 @@ static void r1_realloc(void *arg)
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
 }
 
+static void r1_free_pads(void *arg)
+{
+    struct r1_case *c = arg;
+    for (unsigned i = 0; i < c->npads; i++)
+        release(c->x_async, s1, pads[i].p);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+}
+
 static const char *const free_names[] = {"cudaFree", "cudaFreeAsync on s1", "cudaFreeAsync on s2"};
 static const char *const alloc_names[] = {"cudaMalloc", "cudaMallocAsync on s1",
                                           "cudaMallocAsync on s2"};
@@ -248,6 +279,7 @@ static bool r1_run(struct r1_case *c, struct worker *by)
     run_on(&wa, r1_alloc_and_fill, c);
     run_on(&wb, r1_free, c);
     run_on(by, r1_realloc, c);
+    run_on(&wb, r1_free_pads, c);
     CHECK(cudaEventDestroy(c->done) == cudaSuccess, "event");
     return c->reused;
 }
@@ -258,18 +290,23 @@ static void mode_rule1(size_t size, bool x_plain, bool x_async)
     s1 = new_stream();
     s2 = new_stream();
     fragless_stats_t before = ip_stats0();
-    unsigned cases = 0, reused = 0;
+    unsigned cases = 0, reused = 0, npads = 0;
     for (int xa = !x_plain; xa <= x_async; xa++)
         for (int how = FREE_PLAIN; how <= FREE_ON_S2; how++)
             for (int by = 0; by < 2; by++)
                 for (int yw = ALLOC_PLAIN; yw <= ALLOC_ON_S2; yw++) {
-                    struct r1_case c = {.size = size, .x_async = xa, .how = how, .y_way = yw};
+                    struct r1_case c = {.size = size,
+                                        .x_async = xa,
+                                        .how = how,
+                                        .y_way = yw,
+                                        .npads = r1_pads(size)};
                     reused += r1_run(&c, by ? &wb : &wa);
                     cases++;
+                    npads += c.npads;
                 }
     fragless_stats_t after = ip_stats0();
     /* catches allocations or frees of another thread's blocks not counted */
-    ip_expect_served(&before, &after, 2 * cases, 2 * cases);
+    ip_expect_served(&before, &after, 2 * cases + npads, 2 * cases + npads);
     /* catches bytes of blocks freed by another thread still counted as allocated */
     CHECK(after.allocated_bytes.current == before.allocated_bytes.current,
           "allocated %llu, was %llu", BYTES(after.allocated_bytes.current),
