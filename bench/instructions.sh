@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# bench/instructions.sh BUILD_DIR — instructions per cached pair, counted by valgrind's
+# bench/instructions.sh BUILD_DIR [CONF] — instructions per cached pair, counted by valgrind's
 # callgrind: `bench_heap loop API N` under LD_PRELOAD of libfragless on the emulated device,
 # for glibc malloc+free, cudaMalloc+cudaFree and cudaMallocAsync+cudaFreeAsync. Each API runs
 # twice (10 and 60 passes over the 1,024 sizes); the difference over 50 passes is the steady
 # state, without start-up and the first pass that fills the cache. Instruction counts do not
 # depend on how busy the machine is, so they compare builds where times scatter (DESIGN.md §6
 # still asks for times: bench_heap pairs). Needs valgrind; not part of `make bench`.
+# CONF, when given, is the FRAGLESS_CONF of the counted runs (e.g. thread_cache:false), checked
+# first with strict:true so that a key the library does not know fails instead of counting the
+# defaults; without it the runs inherit FRAGLESS_CONF from the environment, as before.
 set -u
-build=${1:?usage: bench/instructions.sh BUILD_DIR}
+usage="usage: bench/instructions.sh BUILD_DIR [CONF]"
+build=${1:?$usage}
+[ $# -le 2 ] || { echo "instructions.sh: at most 2 arguments, got $#; $usage" >&2; exit 2; }
 if ! build=$(cd "$build" 2>/dev/null && pwd); then
     echo "instructions.sh: no build directory '$1' (run make benches)" >&2
     exit 2
@@ -17,6 +22,12 @@ for f in libfragless.so emu/libcuda.so.1 bench/bench_heap; do
 done
 command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null ||
     { echo "instructions.sh: needs valgrind (callgrind and callgrind_annotate)" >&2; exit 2; }
+if [ $# -eq 2 ]; then
+    export FRAGLESS_CONF=$2
+    FRAGLESS_CONF="$2,strict:true" LD_LIBRARY_PATH="$build/emu" LD_PRELOAD="$build/libfragless.so" \
+        "$build/bench/bench_heap" loop glibc 1 >/dev/null ||
+        { echo "instructions.sh: CONF '$2' is not accepted by $build/libfragless.so" >&2; exit 2; }
+fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -34,7 +45,8 @@ count() {
     callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}'
 }
 
-echo "instructions per pair (callgrind, passes 11-60 of 1,024 sizes 512 B .. 32 MiB; $build/libfragless.so)"
+echo "instructions per pair (callgrind, passes 11-60 of 1,024 sizes 512 B .. 32 MiB;" \
+    "$build/libfragless.so${FRAGLESS_CONF:+, FRAGLESS_CONF=$FRAGLESS_CONF})"
 for api in glibc plain async; do
     a=$(count "$api" 10) && b=$(count "$api" 60) || exit 1
     printf '%-6s %6d\n' "$api" $(((b - a) / (50 * 1024)))

@@ -13,9 +13,14 @@
 # The emulated device runs with FRAGLESS_EMU_LATENCY=1 (per-call delays shaped like a GPU's)
 # unless FRAGLESS_EMU_LATENCY is set (to 0 or 1). FRAGLESS_BENCH_ONLY=NAME[,NAME] limits the
 # workload replays to those named (the micro benchmarks always run).
-# Every input (the argument, the build, FRAGLESS_EMU_LATENCY, FRAGLESS_BENCH_ONLY) is checked
-# before anything runs: a bad one is named on stderr with what is accepted, and the exit
-# status is 2.
+# FRAGLESS_BENCH_CONF=CONF[;CONF...] (at most 7) adds configuration to the workload replays: each
+# CONF (a FRAGLESS_CONF string) is appended to the classic and the expandable configuration,
+# one row each per CONF, so that settings compare side by side in one table, e.g.
+# FRAGLESS_BENCH_CONF="thread_cache:false;thread_cache:true" (pass-through runs once, as without
+# it; the micro benchmarks run with the defaults either way).
+# Every input (the argument, the build, FRAGLESS_EMU_LATENCY, FRAGLESS_BENCH_ONLY,
+# FRAGLESS_BENCH_CONF, which the library must accept under strict:true) is checked before
+# anything runs: a bad one is named on stderr with what is accepted, and the exit status is 2.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 # workload and the memory of the card its job ran on
@@ -79,6 +84,24 @@ for o in ${only[@]+"${only[@]}"}; do
     is_workload "$o" ||
         die "FRAGLESS_BENCH_ONLY='$FRAGLESS_BENCH_ONLY': '$o' is not a workload; $only_accepted"
 done
+extra_accepted="accepted: one to 7 FRAGLESS_CONF strings separated by ';' (unset or empty: none)"
+case ";${FRAGLESS_BENCH_CONF:-x};" in
+*";;"*) die "FRAGLESS_BENCH_CONF='$FRAGLESS_BENCH_CONF' has an empty CONF; $extra_accepted" ;;
+esac
+IFS=';' read -r -a extra <<<"${FRAGLESS_BENCH_CONF:-}"
+[ ${#extra[@]} -le 7 ] || die "FRAGLESS_BENCH_CONF has ${#extra[@]} CONFs; $extra_accepted"
+for x in ${extra[@]+"${extra[@]}"}; do
+    err=$(FRAGLESS_CONF="$x,strict:true" LD_LIBRARY_PATH="$build/emu" \
+        LD_PRELOAD="$build/libfragless.so" "$build/bench/bench_heap" loop glibc 1 2>&1 >/dev/null) ||
+        die "FRAGLESS_BENCH_CONF: '$x' is not accepted by $build/libfragless.so:"$'\n'"$err"
+done
+variants=(${extra[@]+"${extra[@]}"})
+[ ${#variants[@]} -gt 0 ] || variants=("")
+replay_confs=(--conf passthrough:true)
+for x in "${variants[@]}"; do
+    replay_confs+=(--conf "expandable_segments:false${x:+,$x}")
+    replay_confs+=(--conf "expandable_segments:true${x:+,$x}")
+done
 
 export LD_LIBRARY_PATH=$build/emu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export FRAGLESS_EMU_LATENCY=${FRAGLESS_EMU_LATENCY:-1}
@@ -139,7 +162,8 @@ else
 fi
 
 echo
-echo "== workload replays (fragreplay --emu; GiB; peaks over the whole trace)"
+echo "== workload replays (fragreplay --emu; GiB; peaks over the whole trace${FRAGLESS_BENCH_CONF:+;" \
+    "FRAGLESS_BENCH_CONF=$FRAGLESS_BENCH_CONF})"
 python3 "$src/bench/workloads/generate.py" "$build/workloads" >/dev/null
 for w in $workloads; do
     name=${w%%:*}
@@ -147,8 +171,7 @@ for w in $workloads; do
     if [ -n "${FRAGLESS_BENCH_ONLY:-}" ] && [[ ",$FRAGLESS_BENCH_ONLY," != *",$name,"* ]]; then
         continue
     fi
-    "$build/fragreplay" --emu --capacity "$cap" --json --conf passthrough:true \
-        --conf expandable_segments:false --conf expandable_segments:true \
+    "$build/fragreplay" --emu --capacity "$cap" --json "${replay_confs[@]}" \
         "$build/workloads/$name.csv" >"$tmp/$name.json" 2>"$tmp/$name.err" ||
         { echo "$name: fragreplay failed:"; cat "$tmp/$name.err"; }
     echo "$name $cap" >>"$tmp/list"
@@ -161,25 +184,36 @@ tmp = sys.argv[1]
 G = float(1 << 30)
 names = {"passthrough:true": "pass-through", "expandable_segments:false": "classic",
          "expandable_segments:true": "expandable"}
-print("%-20s %5s %-12s %9s %9s %8s %10s %5s %8s %9s %7s" % (
-    "workload", "card", "config", "requested", "reserved", "res/req", "unalloc@pk", "ooms",
-    "allocs", "drv calls", "replay s"))
+
+
+def label(conf):  # the base configuration's short name, then what FRAGLESS_BENCH_CONF added
+    base, _, extra = conf.partition(",")
+    return names.get(base, base) + (" " + extra if extra else "")
+
+
+docs = []
 for line in open(os.path.join(tmp, "list")):
     name, cap = line.split()
-    path = os.path.join(tmp, name + ".json")
     try:
-        doc = json.load(open(path))
+        docs.append((name, cap, json.load(open(os.path.join(tmp, name + ".json")))))
     except (OSError, ValueError):
+        docs.append((name, cap, None))
+w = max([12] + [len(label(r["conf"])) for d in docs if d[2] for r in d[2]["results"]])
+print("%-20s %5s %-*s %9s %9s %8s %10s %5s %8s %9s %7s" % (
+    "workload", "card", w, "config", "requested", "reserved", "res/req", "unalloc@pk", "ooms",
+    "allocs", "drv calls", "replay s"))
+for name, cap, doc in docs:
+    if doc is None:
         print("%-20s %5s (no result)" % (name, cap))
         continue
     for r in doc["results"]:
-        conf = names.get(r["conf"], r["conf"])
+        conf = label(r["conf"])
         if not r["ok"]:
-            print("%-20s %5s %-12s failed: %s" % (name, cap, conf, r["error"]))
+            print("%-20s %5s %-*s failed: %s" % (name, cap, w, conf, r["error"]))
             continue
         req, res = r["peak_requested_bytes"], r["peak_reserved_bytes"]
-        print("%-20s %5s %-12s %9.2f %9.2f %8.2f %10.2f %5d %8d %9d %7.2f" % (
-            name, cap, conf, req / G, res / G, res / req if req else 0,
+        print("%-20s %5s %-*s %9.2f %9.2f %8.2f %10.2f %5d %8d %9d %7.2f" % (
+            name, cap, w, conf, req / G, res / G, res / req if req else 0,
             r["reserved_unallocated_bytes"] / G, r["ooms"], r["alloc_calls"], r["driver_calls"],
             r["seconds"]))
 print("(reserved: peak bytes held from the driver - fragless's count, or for pass-through the "

@@ -82,6 +82,8 @@ static const struct conf_key KEYS[] = {
      .size_max = SIZE_MAX, .size_step = 1, .size_unit = FL_MiB, .unlimited_ok = true,
      .accepts = "a size (a bare number means MiB) or unlimited",
      .help = "free-but-mapped bytes expandable segments keep before pages move"},
+    {"thread_cache", &T_BOOL, FIELD(thread_cache), "true", .accepts = BOOL_WORDS,
+     .help = "per-thread regions serve a thread's allocations without the heap lock"},
     {"trace", &T_PATH, FIELD(trace_path), "", .accepts = "a path",
      .help = "record allocation events to PATH.devN (RMM CSV)"},
     {"trace_extensions", &T_BOOL, FIELD(trace_extensions), "true", .accepts = BOOL_WORDS,

@@ -114,6 +114,7 @@ struct config {
     size_t page_size;               /* page_size_mb, bytes; multiple of the granularity */
     bool page_moving;               /* page_moving: free blocks' pages move before creating */
     size_t free_mapped_keep;        /* free_mapped_keep_mb, bytes kept mapped before moving */
+    bool thread_cache;              /* thread_cache: per-thread regions skip the heap lock */
     char trace_path[CONF_PATH_MAX]; /* trace: record events to PATH.devN ("" = off) */
     bool trace_extensions;          /* trace_extensions: record actions beyond RMM's */
     char report[CONF_PATH_MAX];     /* report: "stderr" or PATH ("" = off) */

@@ -84,6 +84,7 @@ Test(config, defaults)
     cr_assert_eq(c.garbage_collection_threshold, 0);
     cr_assert_eq(c.release_threshold, SIZE_MAX);
     cr_assert_eq(c.page_size, 8 * FL_MiB);
+    cr_assert(c.thread_cache);
     cr_assert_str_eq(c.trace_path, "");
     cr_assert(c.trace_extensions);
     cr_assert_str_eq(c.report, "");
@@ -130,6 +131,24 @@ Test(config, bad_bool_names_key_value_and_what_is_accepted)
     cr_assert_eq(parse("stats_page:2"), 1);
     cr_assert_eq(parse("stats_page:"), 1);
     cr_assert(same_as_defaults());
+}
+
+Test(config, thread_cache_on_off_and_bad_values)
+{
+    cr_assert_eq(parse("thread_cache:false"), 0, "%s", errs[0].message);
+    cr_assert_not(c.thread_cache);
+    cr_assert_eq(parse("thread_cache:0,thread_cache:TRUE"), 0, "%s", errs[0].message);
+    cr_assert(c.thread_cache);
+    cr_assert_eq(parse(" thread_cache = off "), 0, "%s", errs[0].message);
+    cr_assert_not(c.thread_cache);
+    expect_error("thread_cache:perthread",
+                 "FRAGLESS_CONF: invalid value \"perthread\" for thread_cache: "
+                 "expected true/false, 1/0, yes/no or on/off");
+    cr_assert(same_as_defaults());
+    const char *bad[] = {"", "2", "-1", "truee", "t", "no no"};
+    expect_rejected("thread_cache", bad, FL_ARRAY_SIZE(bad));
+    cr_assert_eq(parse("thread_cache:off,thread_cache:maybe"), 1);
+    cr_assert_not(c.thread_cache, "a bad value leaves the earlier one");
 }
 
 Test(config, int_range)
@@ -291,9 +310,8 @@ Test(config, unknown_key_and_missing_separator)
                      "FRAGLESS_CONF: unknown key \"colour\" (value \"blue\"): expected one of "
                      "passthrough, strict, verbose, driver, expandable_segments, "
                      "max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold, "
-                     "release_threshold_mb, page_size_mb, page_moving, free_mapped_keep_mb, trace, "
-                     "trace_extensions, report, "
-                     "stats_page");
+                     "release_threshold_mb, page_size_mb, page_moving, free_mapped_keep_mb, "
+                     "thread_cache, trace, trace_extensions, report, stats_page");
     cr_assert_eq(parse("Verbose:1"), 1, "keys are case-sensitive");
     cr_assert_eq(parse("verbose,strict:yes"), 1);
     cr_assert(c.strict);
@@ -424,13 +442,14 @@ Test(config, format_lists_every_key_and_parses_back)
                        "expandable_segments:0,max_split_size_mb:20971521B,"
                        "roundup_power2_divisions:[256:1,512:2,1024:4,>:8],"
                        "garbage_collection_threshold:0.123456789,release_threshold_mb:1536K,"
-                       "page_size_mb:64,trace:/tmp/t,trace_extensions:0,report:stderr,"
-                       "stats_page:no"),
+                       "page_size_mb:64,thread_cache:off,trace:/tmp/t,trace_extensions:0,"
+                       "report:stderr,stats_page:no"),
                  0, "%s", errs[0].message);
     config_format(&c, text, sizeof text);
     cr_assert(strstr(text, "roundup_power2_divisions:[256:1,512:2,1024:4,>:8]\n"), "%s", text);
     cr_assert(strstr(text, "max_split_size_mb:20971521B\n"), "%s", text);
     cr_assert(strstr(text, "page_size_mb:64\n"), "%s", text);
+    cr_assert(strstr(text, "\nthread_cache:false\n"), "%s", text);
     cr_assert(strstr(text, "garbage_collection_threshold:0.123456789\n"), "%s", text);
     for (char *p = text; *p; p++)
         *p = *p == '\n' ? ',' : *p;
@@ -448,7 +467,7 @@ Test(config, format_of_defaults_parses_back)
                            "expandable_segments:auto\nmax_split_size_mb:unlimited\n"
                            "roundup_power2_divisions:0\ngarbage_collection_threshold:0\n"
                            "release_threshold_mb:unlimited\npage_size_mb:8\npage_moving:true\n"
-                           "free_mapped_keep_mb:16\ntrace:\n"
+                           "free_mapped_keep_mb:16\nthread_cache:true\ntrace:\n"
                            "trace_extensions:true\nreport:\nstats_page:true\n");
     for (char *p = text; *p; p++)
         *p = *p == '\n' ? ',' : *p;
