@@ -13,6 +13,7 @@
 /* FRAGLESS_CONF settings every mode runs under ("" = the defaults). */
 static const char *const confs[] = {
     "",
+    "thread_cache:false",
 };
 
 /* Runs ip_xthread MODE under FRAGLESS_CONF=<conf>,<extra_conf> and one more "K=V" (may be
