@@ -84,6 +84,21 @@ Test(xthread, rule1_4k_block_freed_by_another_thread_classic)
     run_mode("rule1-xthread-4k", "expandable_segments:false", NULL);
 }
 
+Test(xthread, rule1_freed_or_reused_on_per_thread_default_streams)
+{
+    run_mode("rule1-ptds", "", NULL);
+}
+
+Test(xthread, rule1_64k_freed_or_reused_on_per_thread_default_streams)
+{
+    run_mode("rule1-ptds-64k", "", NULL);
+}
+
+Test(xthread, rule1_64k_freed_or_reused_on_per_thread_default_streams_classic)
+{
+    run_mode("rule1-ptds-64k", "expandable_segments:false", NULL);
+}
+
 Test(xthread, a_thousand_blocks_freed_by_another_thread)
 {
     run_mode("remote-free", "", NULL);
@@ -97,6 +112,11 @@ Test(xthread, interior_pointers_found_from_any_thread)
 Test(xthread, blocks_of_an_exited_thread)
 {
     run_mode("exit", "", NULL);
+}
+
+Test(xthread, blocks_of_an_exited_thread_classic)
+{
+    run_mode("exit", "expandable_segments:false", NULL);
 }
 
 Test(xthread, empty_cache_returns_another_threads_cache)

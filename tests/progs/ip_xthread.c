@@ -12,10 +12,14 @@
  *       -async: on s1; the smaller sizes: both) and written later by a fill on s1, freed by B
  *       (cudaFree, cudaFreeAsync on s1, on s2); then A or B allocates the same size (plain,
  *       on s1, on s2); 20 MiB, 300 KiB, 64 KiB, 4 KiB blocks
+ *   rule1-ptds[-64k]  the same where B frees on its per-thread default stream or Y is
+ *       allocated on the allocating thread's (20 MiB: X on s1; 64 KiB: both)
  *   remote-free    1000 blocks of mixed sizes allocated by A, freed by B
  *   lookup         A allocates, B looks the blocks up through interior pointers, also after A
  *                  exited
- *   exit           a thread allocates and exits; main frees what it left and empties the cache
+ *   exit           a thread allocates, frees on its PTDS while fills run, and exits; main
+ *                  allocates (no overlap while the fills run), frees what it left, empties
+ *                  the cache
  *   empty-cache    A's freed blocks are cached while A lives; main's empty-cache returns them
  *   oom            (FRAGLESS_EMU_MEM=64M) memory cached by one thread serves another's request
  *   streamdestroy  blocks of a destroyed stream, freed by another thread while fills still
@@ -168,8 +172,10 @@ static size_t mixed_size(unsigned i)
 
 #define FILL_USEC 20000
 
-enum free_way { FREE_PLAIN, FREE_ON_S1, FREE_ON_S2 };
-enum alloc_way { ALLOC_PLAIN, ALLOC_ON_S1, ALLOC_ON_S2 };
+/* PTDS: the calling thread's per-thread default stream (cudaStreamPerThread), one handle that
+ * names another stream on every thread. */
+enum free_way { FREE_PLAIN, FREE_ON_S1, FREE_ON_S2, FREE_ON_PTDS };
+enum alloc_way { ALLOC_PLAIN, ALLOC_ON_S1, ALLOC_ON_S2, ALLOC_ON_PTDS };
 
 static cudaStream_t s1, s2;
 
@@ -180,6 +186,7 @@ struct r1_case {
     bool x_async;
     enum free_way how;
     enum alloc_way y_way;
+    bool y_by_b; /* Y allocated by B (the thread that freed X), else by A */
     CUdeviceptr x, y;
     cudaEvent_t done;
     bool reused;
@@ -209,7 +216,8 @@ static unsigned r1_pads(size_t size)
 
 static cudaStream_t stream_of(enum alloc_way w)
 {
-    return w == ALLOC_ON_S1 ? s1 : w == ALLOC_ON_S2 ? s2 : 0;
+    static const cudaStream_t *const by_way[] = {NULL, &s1, &s2, NULL};
+    return w == ALLOC_ON_PTDS ? cudaStreamPerThread : by_way[w] ? *by_way[w] : 0;
 }
 
 static void r1_alloc_and_fill(void *arg)
@@ -226,17 +234,20 @@ static void r1_alloc_and_fill(void *arg)
 static void r1_free(void *arg)
 {
     struct r1_case *c = arg;
-    /* a free on s2 of a block s1 writes is ordered after that write by the program */
-    if (c->how == FREE_ON_S2)
-        CHECK(cudaStreamWaitEvent(s2, c->done, 0) == cudaSuccess, "wait event");
-    release(c->how != FREE_PLAIN, c->how == FREE_ON_S2 ? s2 : s1, c->x);
+    cudaStream_t fs = stream_of((enum alloc_way)c->how);
+    /* a free on s2 (or B's PTDS) of a block s1 writes is ordered after that write */
+    if (c->how == FREE_ON_S2 || c->how == FREE_ON_PTDS)
+        CHECK(cudaStreamWaitEvent(fs, c->done, 0) == cudaSuccess, "wait event");
+    release(c->how != FREE_PLAIN, fs, c->x);
 }
 
-/* Reuse at once is allowed only on the stream of a stream-ordered free. */
+/* Reuse at once is allowed only on the stream of a stream-ordered free (a PTDS is B's only
+ * on B). */
 static bool r1_reuse_is_ordered(const struct r1_case *c)
 {
-    return (c->how == FREE_ON_S1 && c->y_way == ALLOC_ON_S1) ||
-           (c->how == FREE_ON_S2 && c->y_way == ALLOC_ON_S2);
+    if (c->how == FREE_PLAIN || (int)c->how != (int)c->y_way)
+        return false;
+    return c->how != FREE_ON_PTDS || c->y_by_b;
 }
 
 static void r1_realloc(void *arg)
@@ -264,16 +275,18 @@ static void r1_free_pads(void *arg)
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
 }
 
-static const char *const free_names[] = {"cudaFree", "cudaFreeAsync on s1", "cudaFreeAsync on s2"};
+static const char *const free_names[] = {"cudaFree", "cudaFreeAsync on s1", "cudaFreeAsync on s2",
+                                         "cudaFreeAsync on its PTDS"};
 static const char *const alloc_names[] = {"cudaMalloc", "cudaMallocAsync on s1",
-                                          "cudaMallocAsync on s2"};
+                                          "cudaMallocAsync on s2", "cudaMallocAsync on its PTDS"};
 
 /* Returns whether X was reused. */
-static bool r1_run(struct r1_case *c, struct worker *by)
+static bool r1_run(struct r1_case *c)
 {
+    struct worker *by = c->y_by_b ? &wb : &wa;
     snprintf(c->name, sizeof c->name, "%zu B: A %s, B %s, %s %s", c->size,
              c->x_async ? "cudaMallocAsync on s1" : "cudaMalloc", free_names[c->how],
-             by == &wa ? "A" : "B", alloc_names[c->y_way]);
+             c->y_by_b ? "B" : "A", alloc_names[c->y_way]);
     empty_cache(); /* only X can serve Y */
     CHECK(cudaEventCreate(&c->done) == cudaSuccess, "event");
     run_on(&wa, r1_alloc_and_fill, c);
@@ -284,23 +297,28 @@ static bool r1_run(struct r1_case *c, struct worker *by)
     return c->reused;
 }
 
-/* X allocated by cudaMalloc when x_plain, by cudaMallocAsync on s1 when x_async. */
-static void mode_rule1(size_t size, bool x_plain, bool x_async)
+/* X allocated by cudaMalloc when x_plain, by cudaMallocAsync on s1 when x_async; ptds: only
+ * the cases where X is freed or Y allocated on a per-thread default stream, else only those
+ * where neither is. */
+static void mode_rule1(size_t size, bool x_plain, bool x_async, bool ptds)
 {
     s1 = new_stream();
     s2 = new_stream();
     fragless_stats_t before = ip_stats0();
     unsigned cases = 0, reused = 0, npads = 0;
     for (int xa = !x_plain; xa <= x_async; xa++)
-        for (int how = FREE_PLAIN; how <= FREE_ON_S2; how++)
+        for (int how = FREE_PLAIN; how <= FREE_ON_PTDS; how++)
             for (int by = 0; by < 2; by++)
-                for (int yw = ALLOC_PLAIN; yw <= ALLOC_ON_S2; yw++) {
+                for (int yw = ALLOC_PLAIN; yw <= ALLOC_ON_PTDS; yw++) {
+                    if ((how == FREE_ON_PTDS || yw == ALLOC_ON_PTDS) != ptds)
+                        continue;
                     struct r1_case c = {.size = size,
                                         .x_async = xa,
                                         .how = how,
                                         .y_way = yw,
+                                        .y_by_b = by,
                                         .npads = r1_pads(size)};
-                    reused += r1_run(&c, by ? &wb : &wa);
+                    reused += r1_run(&c);
                     cases++;
                     npads += c.npads;
                 }
@@ -493,10 +511,58 @@ static void mode_lookup(void)
 
 /* ---- exit ----------------------------------------------------------------------------- */
 
-#define EXIT_KEEP 200
+#define EXIT_KEEP      200
+#define EXIT_FILL_USEC 50000
 
-/* Allocates EXIT_KEEP blocks it leaves live, and some it frees itself (so that its cache
- * holds memory when it exits). */
+/* Blocks the exiting thread frees on its per-thread default stream while fills still write
+ * them. */
+static const size_t exit_fill_sizes[] = {64 << 10, (size_t)20 << 20};
+#define NEXIT_FILL (sizeof exit_fill_sizes / sizeof exit_fill_sizes[0])
+static CUdeviceptr exit_filled[NEXIT_FILL];
+static cudaEvent_t exit_done;
+
+static void exit_free_filled(void)
+{
+    for (unsigned k = 0; k < NEXIT_FILL; k++)
+        exit_filled[k] = alloc(true, cudaStreamPerThread, exit_fill_sizes[k]);
+    CHECK(cudaStreamSynchronize(cudaStreamPerThread) == cudaSuccess, "sync");
+    for (unsigned k = 0; k < NEXIT_FILL; k++)
+        CHECK(fill(CU_STREAM_PER_THREAD, exit_filled[k], 0x11, exit_fill_sizes[k],
+                   EXIT_FILL_USEC) == 0,
+              "fill");
+    CHECK(cudaEventRecord(exit_done, cudaStreamPerThread) == cudaSuccess, "record");
+    for (unsigned k = 0; k < NEXIT_FILL; k++)
+        release(true, cudaStreamPerThread, exit_filled[k]);
+}
+
+/* On main after the thread exited: the same sizes, plain and on a new stream, overlap the
+ * exited thread's freed blocks only once their fills are done. */
+static void exit_reuse(void)
+{
+    cudaStream_t s = new_stream();
+    CUdeviceptr y[2 * NEXIT_FILL];
+    for (unsigned i = 0; i < 2 * NEXIT_FILL; i++) {
+        size_t n = exit_fill_sizes[i / 2];
+        y[i] = alloc(i % 2, s, n);
+        bool done = cudaEventQuery(exit_done) == cudaSuccess;
+        for (unsigned k = 0; k < NEXIT_FILL; k++)
+            /* catches an exited thread's stream-ordered frees made reusable everywhere */
+            CHECK(done || !overlap(y[i], n, exit_filled[k], exit_fill_sizes[k]),
+                  "block %u overlaps the exited thread's freed block %u while its fill runs", i, k);
+        CHECK(cudaMemsetAsync((void *)(uintptr_t)y[i], 0x22, n, i % 2 ? s : 0) == cudaSuccess,
+              "memset");
+    }
+    CHECK(cudaEventSynchronize(exit_done) == cudaSuccess && cudaDeviceSynchronize() == cudaSuccess,
+          "sync (device fault?)");
+    for (unsigned i = 0; i < 2 * NEXIT_FILL; i++) {
+        expect_bytes("block allocated after the thread exited", y[i], exit_fill_sizes[i / 2], 0x22);
+        release(i % 2, s, y[i]);
+    }
+    CHECK(cudaDeviceSynchronize() == cudaSuccess && cudaStreamDestroy(s) == cudaSuccess, "end");
+}
+
+/* Allocates EXIT_KEEP blocks it leaves live, some it frees itself (so that its cache holds
+ * memory when it exits), and some it frees on its PTDS while fills write them. */
 static void exit_alloc(void *arg)
 {
     (void)arg;
@@ -509,6 +575,7 @@ static void exit_alloc(void *arg)
         bool async = i % 2;
         release(async, sa, alloc(async, sa, mixed_size(i + EXIT_KEEP)));
     }
+    exit_free_filled();
 }
 
 static void mode_exit(void)
@@ -518,15 +585,19 @@ static void mode_exit(void)
     CHECK(cudaMemset((void *)(uintptr_t)live, 0x33, keep) == cudaSuccess, "memset");
     empty_cache();
     fragless_stats_t s0 = ip_stats0();
+    CHECK(cudaEventCreateWithFlags(&exit_done, cudaEventDisableTiming) == cudaSuccess, "event");
     run_on(&wa, exit_alloc, NULL);
     worker_stop(&wa);
+    exit_reuse();
+    CHECK(cudaEventDestroy(exit_done) == cudaSuccess, "event");
     /* catches blocks of an exited thread that can no longer be freed */
     for (unsigned i = 0; i < EXIT_KEEP; i++)
         release(blks[i].async, sa, blks[i].p);
     CHECK(cudaDeviceSynchronize() == cudaSuccess && cudaStreamDestroy(sa) == cudaSuccess, "sync");
     size_t released = empty_cache();
     fragless_stats_t s1s = ip_stats0();
-    ip_expect_served(&s0, &s1s, EXIT_KEEP + 50, EXIT_KEEP + 50);
+    unsigned served = EXIT_KEEP + 50 + 3 * NEXIT_FILL;
+    ip_expect_served(&s0, &s1s, served, served);
     /* catches memory held for an exited thread that empty-cache does not return */
     CHECK(s1s.reserved_bytes.current == s0.reserved_bytes.current &&
               s1s.allocated_bytes.current == s0.allocated_bytes.current,
@@ -722,27 +793,37 @@ static void mode_streamdestroy(void)
 
 static void rule1_20m_plain(void)
 {
-    mode_rule1((size_t)20 << 20, true, false);
+    mode_rule1((size_t)20 << 20, true, false, false);
 }
 
 static void rule1_20m_async(void)
 {
-    mode_rule1((size_t)20 << 20, false, true);
+    mode_rule1((size_t)20 << 20, false, true, false);
 }
 
 static void rule1_300k(void)
 {
-    mode_rule1(300 << 10, true, true);
+    mode_rule1(300 << 10, true, true, false);
 }
 
 static void rule1_64k(void)
 {
-    mode_rule1(64 << 10, true, true);
+    mode_rule1(64 << 10, true, true, false);
 }
 
 static void rule1_4k(void)
 {
-    mode_rule1(4 << 10, true, true);
+    mode_rule1(4 << 10, true, true, false);
+}
+
+static void rule1_ptds_20m(void)
+{
+    mode_rule1((size_t)20 << 20, false, true, true);
+}
+
+static void rule1_ptds_64k(void)
+{
+    mode_rule1(64 << 10, true, true, true);
 }
 
 static const struct mode {
@@ -754,6 +835,8 @@ static const struct mode {
     {"rule1-xthread-300k", rule1_300k},
     {"rule1-xthread-64k", rule1_64k},
     {"rule1-xthread-4k", rule1_4k},
+    {"rule1-ptds", rule1_ptds_20m},
+    {"rule1-ptds-64k", rule1_ptds_64k},
     {"remote-free", mode_remote_free},
     {"lookup", mode_lookup},
     {"exit", mode_exit},
