@@ -109,6 +109,16 @@ Test(xthread, interior_pointers_found_from_any_thread)
     run_mode("lookup", "", NULL);
 }
 
+Test(xthread, lookups_and_frees_racing_with_the_owners_allocations)
+{
+    run_mode("concurrent", "", NULL);
+}
+
+Test(xthread, lookups_and_frees_racing_with_the_owners_allocations_classic)
+{
+    run_mode("concurrent", "expandable_segments:false", NULL);
+}
+
 Test(xthread, blocks_of_an_exited_thread)
 {
     run_mode("exit", "", NULL);

@@ -17,6 +17,7 @@
  *   remote-free    1000 blocks of mixed sizes allocated by A, freed by B
  *   lookup         A allocates, B looks the blocks up through interior pointers, also after A
  *                  exited
+ *   concurrent     while A allocates and frees, B looks up, checks and frees A's older blocks
  *   exit           a thread allocates, frees on its PTDS while fills run, and exits; main
  *                  allocates (no overlap while the fills run), frees what it left, empties
  *                  the cache
@@ -76,16 +77,30 @@ static void worker_start(struct worker *w)
     CHECK(pthread_create(&w->thread, NULL, worker_loop, w) == 0, "pthread_create");
 }
 
-/* Runs job(arg) on w and waits until it is done. */
-static void run_on(struct worker *w, job_fn job, void *arg)
+/* Starts job(arg) on w (idle). */
+static void run_start(struct worker *w, job_fn job, void *arg)
 {
     pthread_mutex_lock(&w->lock);
     w->job = job;
     w->arg = arg;
     pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Waits until w's job is done. */
+static void run_wait(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
     while (w->job)
         pthread_cond_wait(&w->cond, &w->lock);
     pthread_mutex_unlock(&w->lock);
+}
+
+/* Runs job(arg) on w and waits until it is done. */
+static void run_on(struct worker *w, job_fn job, void *arg)
+{
+    run_start(w, job, arg);
+    run_wait(w);
 }
 
 /* The thread exits (and with it whatever it holds per thread). */
@@ -509,6 +524,101 @@ static void mode_lookup(void)
     CHECK(cudaStreamDestroy(sa) == cudaSuccess, "end");
 }
 
+/* ---- concurrent --------------------------------------------------------------------- */
+
+#define CHURN 4000
+
+/* Bytes each live block of the concurrent mode holds: 0x80 | its index. */
+static unsigned char tag_of(unsigned i)
+{
+    return (unsigned char)(0x80 | (i & 0x7f));
+}
+
+/* A size from 512 B to 256 KiB. */
+static size_t small_size(unsigned i)
+{
+    return 512 + mixed_size(i) % (256 << 10);
+}
+
+static void tagged_alloc(void *arg)
+{
+    (void)arg;
+    sa = new_stream();
+    for (unsigned i = 0; i < NBLOCKS; i++) {
+        blks[i] = (struct blk){0, small_size(i), i % 2 == 1};
+        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
+        CHECK(cudaMemsetAsync((void *)(uintptr_t)blks[i].p, tag_of(i), blks[i].n, sa) ==
+                  cudaSuccess,
+              "tag");
+    }
+    CHECK(cudaStreamSynchronize(sa) == cudaSuccess, "sync");
+}
+
+/* A: allocates, writes 0x01 over, looks up and frees blocks, plain and on sa. */
+static void churn(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < CHURN; i++) {
+        size_t n = small_size(i + NBLOCKS);
+        bool async = i % 2;
+        CUdeviceptr p = alloc(async, sa, n);
+        CHECK(cudaMemsetAsync((void *)(uintptr_t)p, 0x01, n, async ? sa : 0) == cudaSuccess,
+              "memset");
+        CUdeviceptr base = 0;
+        size_t size = 0;
+        CHECK(cuMemGetAddressRange(&base, &size, p + n / 2) == CUDA_SUCCESS && base == p &&
+                  size == n,
+              "own block %#llx+%zu found as %#llx+%zu", BYTES(p), n, BYTES(base), size);
+        release(async, sa, p);
+    }
+}
+
+/* B, meanwhile: looks up, checks and frees A's tagged blocks. */
+static void check_and_free(void *arg)
+{
+    (void)arg;
+    static unsigned char buf[256 << 10 | 512];
+    sb = new_stream();
+    for (unsigned i = 0; i < NBLOCKS; i++) {
+        const struct blk *b = &blks[i];
+        CUdeviceptr base = 0;
+        size_t size = 0;
+        /* catches a lookup racing with the owner's allocations and frees */
+        CHECK(cuMemGetAddressRange(&base, &size, b->p + b->n - 1) == CUDA_SUCCESS && base == b->p &&
+                  size == b->n,
+              "block %u %#llx+%zu found as %#llx+%zu", i, BYTES(b->p), b->n, BYTES(base), size);
+        CHECK(cudaMemcpy(buf, (void *)(uintptr_t)b->p, b->n, cudaMemcpyDeviceToHost) == cudaSuccess,
+              "read");
+        for (size_t k = 0; k < b->n; k++)
+            /* catches A's churn handed (part of) a live block of A's */
+            CHECK(buf[k] == tag_of(i), "block %u byte %zu is %#x: handed out while live", i, k,
+                  buf[k]);
+        release(b->async, i % 4 == 1 ? sa : sb, b->p);
+    }
+}
+
+static void mode_concurrent(void)
+{
+    fragless_stats_t s0 = ip_stats0();
+    run_on(&wa, tagged_alloc, NULL);
+    run_start(&wa, churn, NULL);
+    run_start(&wb, check_and_free, NULL);
+    run_wait(&wa);
+    run_wait(&wb);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
+    fragless_stats_t s1s = ip_stats0();
+    /* catches counts lost when the owner and a remote thread free at once */
+    ip_expect_served(&s0, &s1s, NBLOCKS + CHURN, NBLOCKS + CHURN);
+    CHECK(s1s.allocated_bytes.current == s0.allocated_bytes.current &&
+              s1s.requested_bytes.current == s0.requested_bytes.current,
+          "allocated %llu (was %llu), requested %llu (was %llu)",
+          BYTES(s1s.allocated_bytes.current), BYTES(s0.allocated_bytes.current),
+          BYTES(s1s.requested_bytes.current), BYTES(s0.requested_bytes.current));
+    empty_cache();
+    CHECK(ip_stats0().reserved_bytes.current == 0, "reserved after everything was freed");
+    CHECK(cudaStreamDestroy(sa) == cudaSuccess && cudaStreamDestroy(sb) == cudaSuccess, "end");
+}
+
 /* ---- exit ----------------------------------------------------------------------------- */
 
 #define EXIT_KEEP      200
@@ -839,6 +949,7 @@ static const struct mode {
     {"rule1-ptds-64k", rule1_ptds_64k},
     {"remote-free", mode_remote_free},
     {"lookup", mode_lookup},
+    {"concurrent", mode_concurrent},
     {"exit", mode_exit},
     {"empty-cache", mode_empty_cache},
     {"oom", mode_oom},
