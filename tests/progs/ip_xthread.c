@@ -361,16 +361,22 @@ struct blk {
 static struct blk blks[NBLOCKS];
 static cudaStream_t sa, sb;
 
-/* Allocates blks (even: cudaMalloc, odd: cudaMallocAsync on sa) on the calling thread. */
+/* Allocates blks[0..count) of size_of(i) (even: cudaMalloc, odd: cudaMallocAsync on sa,
+ * created on first use) on the calling thread. */
+static void alloc_sized(unsigned count, size_t (*size_of)(unsigned))
+{
+    if (!sa)
+        sa = new_stream();
+    for (unsigned i = 0; i < count; i++) {
+        blks[i] = (struct blk){0, size_of(i), i % 2 == 1};
+        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
+    }
+}
+
 static void alloc_blocks(void *arg)
 {
     (void)arg;
-    if (!sa)
-        sa = new_stream();
-    for (unsigned i = 0; i < NBLOCKS; i++) {
-        blks[i] = (struct blk){0, mixed_size(i), i % 2 == 1};
-        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
-    }
+    alloc_sized(NBLOCKS, mixed_size);
 }
 
 /* Frees blks: plain ones by cudaFree, stream-ordered ones on sa or sb in turn. */
@@ -543,14 +549,11 @@ static size_t small_size(unsigned i)
 static void tagged_alloc(void *arg)
 {
     (void)arg;
-    sa = new_stream();
-    for (unsigned i = 0; i < NBLOCKS; i++) {
-        blks[i] = (struct blk){0, small_size(i), i % 2 == 1};
-        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
+    alloc_sized(NBLOCKS, small_size);
+    for (unsigned i = 0; i < NBLOCKS; i++)
         CHECK(cudaMemsetAsync((void *)(uintptr_t)blks[i].p, tag_of(i), blks[i].n, sa) ==
                   cudaSuccess,
               "tag");
-    }
     CHECK(cudaStreamSynchronize(sa) == cudaSuccess, "sync");
 }
 
@@ -676,11 +679,7 @@ static void exit_reuse(void)
 static void exit_alloc(void *arg)
 {
     (void)arg;
-    sa = new_stream();
-    for (unsigned i = 0; i < EXIT_KEEP; i++) {
-        blks[i] = (struct blk){0, mixed_size(i), i % 2 == 1};
-        blks[i].p = alloc(blks[i].async, sa, blks[i].n);
-    }
+    alloc_sized(EXIT_KEEP, mixed_size);
     for (unsigned i = 0; i < 50; i++) {
         bool async = i % 2;
         release(async, sa, alloc(async, sa, mixed_size(i + EXIT_KEEP)));
