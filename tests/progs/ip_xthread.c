@@ -162,7 +162,7 @@ static size_t empty_cache(void)
     return released;
 }
 
-/* Fails unless the n bytes at d all read `byte`. */
+/* Fails unless the n bytes at d all read `byte`. One thread at a time (its buffer is static). */
 static void expect_bytes(const char *what, CUdeviceptr d, size_t n, unsigned char byte)
 {
     static unsigned char buf[(size_t)20 << 20];
@@ -580,7 +580,7 @@ static void churn(void *arg)
 static void check_and_free(void *arg)
 {
     (void)arg;
-    static unsigned char buf[256 << 10 | 512];
+    static unsigned char buf[(256 << 10) + 512]; /* small_size() at most */
     sb = new_stream();
     for (unsigned i = 0; i < NBLOCKS; i++) {
         const struct blk *b = &blks[i];
