@@ -99,6 +99,21 @@ Test(xthread, rule1_64k_freed_or_reused_on_per_thread_default_streams_classic)
     run_mode("rule1-ptds-64k", "expandable_segments:false", NULL);
 }
 
+Test(xthread, rule1_allocated_on_a_per_thread_default_stream)
+{
+    run_mode("rule1-ptds-x", "", NULL);
+}
+
+Test(xthread, rule1_64k_allocated_on_a_per_thread_default_stream)
+{
+    run_mode("rule1-ptds-x-64k", "", NULL);
+}
+
+Test(xthread, rule1_64k_allocated_on_a_per_thread_default_stream_classic)
+{
+    run_mode("rule1-ptds-x-64k", "expandable_segments:false", NULL);
+}
+
 Test(xthread, a_thousand_blocks_freed_by_another_thread)
 {
     run_mode("remote-free", "", NULL);

@@ -12,8 +12,10 @@
  *       -async: on s1; the smaller sizes: both) and written later by a fill on s1, freed by B
  *       (cudaFree, cudaFreeAsync on s1, on s2); then A or B allocates the same size (plain,
  *       on s1, on s2); 20 MiB, 300 KiB, 64 KiB, 4 KiB blocks
- *   rule1-ptds[-64k]  the same where B frees on its per-thread default stream or Y is
+ *   rule1-ptds[-64k]  the same where B frees on its per-thread default stream (PTDS) or Y is
  *       allocated on the allocating thread's (20 MiB: X on s1; 64 KiB: both)
+ *   rule1-ptds-x[-64k]  X allocated and written on A's PTDS, freed and allocated again in
+ *       every way (20 MiB: not on s2)
  *   remote-free    1000 blocks of mixed sizes allocated by A, freed by B
  *   lookup         A allocates, B looks the blocks up through interior pointers, also after A
  *                  exited
@@ -194,11 +196,12 @@ enum alloc_way { ALLOC_PLAIN, ALLOC_ON_S1, ALLOC_ON_S2, ALLOC_ON_PTDS };
 
 static cudaStream_t s1, s2;
 
-/* One case: X allocated by A (plain or on s1), written by a fill on s1 that ends at `done`,
- * freed by B; then Y of the same size allocated by A or B. */
+/* One case: X allocated by A (plain, on s1 or on A's PTDS), written by a fill on s1 (on A's
+ * PTDS for X there) that ends at `done`, freed by B; then Y of the same size allocated by A
+ * or B. */
 struct r1_case {
     size_t size;
-    bool x_async;
+    enum alloc_way x_way; /* not ALLOC_ON_S2 */
     enum free_way how;
     enum alloc_way y_way;
     bool y_by_b; /* Y allocated by B (the thread that freed X), else by A */
@@ -235,23 +238,31 @@ static cudaStream_t stream_of(enum alloc_way w)
     return w == ALLOC_ON_PTDS ? cudaStreamPerThread : by_way[w] ? *by_way[w] : 0;
 }
 
+/* The stream X is allocated and written on (the calling thread's PTDS for ALLOC_ON_PTDS). */
+static cudaStream_t x_stream(const struct r1_case *c)
+{
+    return c->x_way == ALLOC_ON_PTDS ? cudaStreamPerThread : s1;
+}
+
 static void r1_alloc_and_fill(void *arg)
 {
     struct r1_case *c = arg;
+    cudaStream_t xs = x_stream(c);
+    bool async = c->x_way != ALLOC_PLAIN;
     for (unsigned i = 0; i < c->npads; i++)
-        pads[i].p = alloc(c->x_async, s1, pads[i].n);
-    c->x = alloc(c->x_async, s1, c->size);
-    CHECK(cudaStreamSynchronize(s1) == cudaSuccess, "sync");
-    CHECK(fill((CUstream)s1, c->x, 0x11, c->size, FILL_USEC) == 0, "queue the fill");
-    CHECK(cudaEventRecord(c->done, s1) == cudaSuccess, "record");
+        pads[i].p = alloc(async, xs, pads[i].n);
+    c->x = alloc(async, xs, c->size);
+    CHECK(cudaStreamSynchronize(xs) == cudaSuccess, "sync");
+    CHECK(fill((CUstream)xs, c->x, 0x11, c->size, FILL_USEC) == 0, "queue the fill");
+    CHECK(cudaEventRecord(c->done, xs) == cudaSuccess, "record");
 }
 
 static void r1_free(void *arg)
 {
     struct r1_case *c = arg;
     cudaStream_t fs = stream_of((enum alloc_way)c->how);
-    /* a free on s2 (or B's PTDS) of a block s1 writes is ordered after that write */
-    if (c->how == FREE_ON_S2 || c->how == FREE_ON_PTDS)
+    /* a stream-ordered free is ordered after the fill, as a program must */
+    if (c->how != FREE_PLAIN)
         CHECK(cudaStreamWaitEvent(fs, c->done, 0) == cudaSuccess, "wait event");
     release(c->how != FREE_PLAIN, fs, c->x);
 }
@@ -286,7 +297,7 @@ static void r1_free_pads(void *arg)
 {
     struct r1_case *c = arg;
     for (unsigned i = 0; i < c->npads; i++)
-        release(c->x_async, s1, pads[i].p);
+        release(c->x_way != ALLOC_PLAIN, x_stream(c), pads[i].p);
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "sync");
 }
 
@@ -295,13 +306,17 @@ static const char *const free_names[] = {"cudaFree", "cudaFreeAsync on s1", "cud
 static const char *const alloc_names[] = {"cudaMalloc", "cudaMallocAsync on s1",
                                           "cudaMallocAsync on s2", "cudaMallocAsync on its PTDS"};
 
+/* Sets of ways (bit 1 << way) that a mode runs. */
+#define BIT(way) (1u << (way))
+#define ALL_WAYS 0xfu
+#define NO_PTDS  0x7u
+
 /* Returns whether X was reused. */
 static bool r1_run(struct r1_case *c)
 {
     struct worker *by = c->y_by_b ? &wb : &wa;
-    snprintf(c->name, sizeof c->name, "%zu B: A %s, B %s, %s %s", c->size,
-             c->x_async ? "cudaMallocAsync on s1" : "cudaMalloc", free_names[c->how],
-             c->y_by_b ? "B" : "A", alloc_names[c->y_way]);
+    snprintf(c->name, sizeof c->name, "%zu B: A %s, B %s, %s %s", c->size, alloc_names[c->x_way],
+             free_names[c->how], c->y_by_b ? "B" : "A", alloc_names[c->y_way]);
     empty_cache(); /* only X can serve Y */
     CHECK(cudaEventCreate(&c->done) == cudaSuccess, "event");
     run_on(&wa, r1_alloc_and_fill, c);
@@ -312,23 +327,26 @@ static bool r1_run(struct r1_case *c)
     return c->reused;
 }
 
-/* X allocated by cudaMalloc when x_plain, by cudaMallocAsync on s1 when x_async; ptds: only
- * the cases where X is freed or Y allocated on a per-thread default stream, else only those
- * where neither is. */
-static void mode_rule1(size_t size, bool x_plain, bool x_async, bool ptds)
+/* Every case with X allocated, freed and Y allocated in the ways of x_ways, free_ways and
+ * y_ways; ptds: only those where one of them is on a per-thread default stream, else only
+ * those where none is. */
+static void mode_rule1(size_t size, unsigned x_ways, unsigned free_ways, unsigned y_ways, bool ptds)
 {
     s1 = new_stream();
     s2 = new_stream();
     fragless_stats_t before = ip_stats0();
     unsigned cases = 0, reused = 0, npads = 0;
-    for (int xa = !x_plain; xa <= x_async; xa++)
+    for (int xw = ALLOC_PLAIN; xw <= ALLOC_ON_PTDS; xw++)
         for (int how = FREE_PLAIN; how <= FREE_ON_PTDS; how++)
             for (int by = 0; by < 2; by++)
                 for (int yw = ALLOC_PLAIN; yw <= ALLOC_ON_PTDS; yw++) {
-                    if ((how == FREE_ON_PTDS || yw == ALLOC_ON_PTDS) != ptds)
+                    bool on_ptds =
+                        xw == ALLOC_ON_PTDS || how == FREE_ON_PTDS || yw == ALLOC_ON_PTDS;
+                    if (!(x_ways >> xw & 1) || !(free_ways >> how & 1) || !(y_ways >> yw & 1) ||
+                        on_ptds != ptds)
                         continue;
                     struct r1_case c = {.size = size,
-                                        .x_async = xa,
+                                        .x_way = xw,
                                         .how = how,
                                         .y_way = yw,
                                         .y_by_b = by,
@@ -902,37 +920,55 @@ static void mode_streamdestroy(void)
 
 static void rule1_20m_plain(void)
 {
-    mode_rule1((size_t)20 << 20, true, false, false);
+    mode_rule1((size_t)20 << 20, BIT(ALLOC_PLAIN), NO_PTDS, NO_PTDS, false);
 }
 
 static void rule1_20m_async(void)
 {
-    mode_rule1((size_t)20 << 20, false, true, false);
+    mode_rule1((size_t)20 << 20, BIT(ALLOC_ON_S1), NO_PTDS, NO_PTDS, false);
+}
+
+static void rule1_small(size_t size)
+{
+    mode_rule1(size, BIT(ALLOC_PLAIN) | BIT(ALLOC_ON_S1), NO_PTDS, NO_PTDS, false);
 }
 
 static void rule1_300k(void)
 {
-    mode_rule1(300 << 10, true, true, false);
+    rule1_small(300 << 10);
 }
 
 static void rule1_64k(void)
 {
-    mode_rule1(64 << 10, true, true, false);
+    rule1_small(64 << 10);
 }
 
 static void rule1_4k(void)
 {
-    mode_rule1(4 << 10, true, true, false);
+    rule1_small(4 << 10);
 }
 
 static void rule1_ptds_20m(void)
 {
-    mode_rule1((size_t)20 << 20, false, true, true);
+    mode_rule1((size_t)20 << 20, BIT(ALLOC_ON_S1), ALL_WAYS, ALL_WAYS, true);
 }
 
 static void rule1_ptds_64k(void)
 {
-    mode_rule1(64 << 10, true, true, true);
+    mode_rule1(64 << 10, BIT(ALLOC_PLAIN) | BIT(ALLOC_ON_S1), ALL_WAYS, ALL_WAYS, true);
+}
+
+/* X on A's PTDS: three ways of freeing and allocating again (s2 is as s1) at 20 MiB. */
+static void rule1_ptds_x_20m(void)
+{
+    mode_rule1((size_t)20 << 20, BIT(ALLOC_ON_PTDS),
+               BIT(FREE_PLAIN) | BIT(FREE_ON_S1) | BIT(FREE_ON_PTDS),
+               BIT(ALLOC_PLAIN) | BIT(ALLOC_ON_S1) | BIT(ALLOC_ON_PTDS), true);
+}
+
+static void rule1_ptds_x_64k(void)
+{
+    mode_rule1(64 << 10, BIT(ALLOC_ON_PTDS), ALL_WAYS, ALL_WAYS, true);
 }
 
 static const struct mode {
@@ -946,6 +982,8 @@ static const struct mode {
     {"rule1-xthread-4k", rule1_4k},
     {"rule1-ptds", rule1_ptds_20m},
     {"rule1-ptds-64k", rule1_ptds_64k},
+    {"rule1-ptds-x", rule1_ptds_x_20m},
+    {"rule1-ptds-x-64k", rule1_ptds_x_64k},
     {"remote-free", mode_remote_free},
     {"lookup", mode_lookup},
     {"concurrent", mode_concurrent},
