@@ -7,13 +7,16 @@
  * regions, its share of the statistics, and giving regions back to the heap.
  *
  * A region is a free block the heap handed over (region.c; BLOCK_HELD there), keyed by device,
- * stream (stream-ordered requests) or device-wide (cudaMalloc/cuMemAlloc), and pool. Requests
+ * stream and pool. Stream-ordered requests (cudaMallocAsync, cuMemAllocAsync) of up to 32 MiB
  * are carved from its front in order, and a block freed at the top of the stack of carved
  * blocks is given back at once, with every block below it that is free too — the alloc-then-
- * free pattern costs a few stores. Rule 1 (DESIGN.md §4): a block freed stream-ordered on the
- * region's own stream may be carved again at once (stream order); any other free — device-wide,
- * on another stream, or from another thread on its per-thread default stream — waits for a
- * device sync that began after it (the heap's sync counters), and then goes too.
+ * free pattern costs a few stores. Rule 1 (DESIGN.md §4): a block freed on the region's own
+ * stream may be carved again at once (stream order); any other free — device-wide, on another
+ * stream, or from another thread on its per-thread default stream — waits for a device sync
+ * that began after it (the heap's sync counters), and a region whose waiting frees reach the
+ * heap's batch makes that sync. Device-wide requests (cudaMalloc, cuMemAlloc) stay with the
+ * heap: their frees can only be reused after a device sync, which the heap batches over all
+ * its cached memory, while a region would have to hold every such free until then.
  *
  * Regions go back to the heap (their live blocks becoming the heap's) when one no longer
  * serves its thread, when the thread exits, and for every thread at once (front_reclaim)
@@ -77,8 +80,7 @@ struct dstat {
 struct region {
     struct heap *h; /* NULL: slot unused */
     struct dstat *ds;
-    CUstream stream; /* stream-ordered regions' stream */
-    bool async;
+    CUstream stream;
     enum heap_pool_kind pool;
     struct block *blk; /* the held block */
     CUdeviceptr base;
@@ -94,7 +96,7 @@ struct region {
 struct front {
     struct fl_lock lock;
     struct front *_Atomic next; /* registry */
-    bool alive;                 /* a thread owns it */
+    _Atomic bool alive;         /* a thread owns it */
     struct region r[FRONT_REGIONS];
     struct dstat ds[FRONT_DEVICES];
 };
@@ -282,14 +284,13 @@ static bool carve(struct region *r, size_t rounded, size_t size, CUdeviceptr *ou
     return true;
 }
 
-/* The region of f serving (h, stream, mode, pool); NULL if none. */
+/* The region of f serving (h, stream, pool); NULL if none. */
 static struct region *region_for(struct front *f, const struct heap *h, CUstream stream,
-                                 enum heap_mode mode, enum heap_pool_kind pool)
+                                 enum heap_pool_kind pool)
 {
-    bool async = mode == HEAP_ASYNC;
     for (int i = 0; i < FRONT_REGIONS; i++) {
         struct region *r = &f->r[i];
-        if (r->h == h && r->pool == pool && r->async == async && (!async || r->stream == stream))
+        if (r->h == h && r->pool == pool && r->stream == stream)
             return r;
     }
     return NULL;
@@ -332,7 +333,7 @@ static enum front_result free_in(struct region *r, CUdeviceptr ptr, CUstream str
     struct entry *e = entry_at(r, ptr - r->base);
     if (!e || e->off != ptr - r->base || e->state != ENTRY_LIVE)
         return FRONT_BAD;
-    bool same_stream = mode == HEAP_ASYNC && r->async && stream == r->stream &&
+    bool same_stream = mode == HEAP_ASYNC && stream == r->stream &&
                        (stream != CU_STREAM_PER_THREAD || own);
     if (same_stream) {
         e->state = ENTRY_FREE;
@@ -367,7 +368,7 @@ static bool entries_room(struct region *r)
 static void give_back(struct region *r, bool own)
 {
     struct heap *h = r->h;
-    struct region_home home = {.stream = r->stream, .async = r->async, .own_thread = own};
+    struct region_home home = {.stream = r->stream, .own_thread = own};
     heap_lock(h);
     struct block *rest = r->blk;
     region_open(h, rest);
@@ -409,7 +410,7 @@ static void give_back(struct region *r, bool own)
 /* A new region in free slot r for a request of `rounded` bytes; false if the heap has no
  * cached block for one (it then serves the request itself). Front lock held. */
 static bool region_new(struct front *f, struct region *r, struct heap *h, size_t rounded,
-                       CUstream stream, enum heap_mode mode, enum heap_pool_kind pool)
+                       CUstream stream, enum heap_pool_kind pool)
 {
     size_t want = REGION_SMALL;
     if (pool == POOL_LARGE) {
@@ -421,7 +422,7 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
     struct dstat *d = dstat_take(f, h);
     struct block *b = NULL;
     if (d && region_stash(h, &r->stash, &r->nstash, STASH_CHUNK))
-        b = region_take(h, rounded, want, stream, mode, f);
+        b = region_take(h, rounded, want, stream, f);
     if (!b)
         region_unstash(h, &r->stash, &r->nstash);
     heap_unlock(h);
@@ -430,7 +431,6 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
     *r = (struct region){.h = h,
                          .ds = d,
                          .stream = stream,
-                         .async = mode == HEAP_ASYNC,
                          .pool = pool,
                          .blk = b,
                          .base = b->ptr,
@@ -456,8 +456,8 @@ static void make_room(struct region *r, size_t rounded)
 
 /* The request on f's slow path: the region made to fit, or replaced. Front lock held. */
 static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t rounded,
-                       size_t size, CUstream stream, enum heap_mode mode,
-                       enum heap_pool_kind pool, CUdeviceptr *out)
+                       size_t size, CUstream stream, enum heap_pool_kind pool,
+                       CUdeviceptr *out)
 {
     if (r) {
         make_room(r, rounded);
@@ -477,7 +477,7 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
         if (!r)
             return false;
     }
-    return region_new(f, r, h, rounded, stream, mode, pool) && entries_room(r) &&
+    return region_new(f, r, h, rounded, stream, pool) && entries_room(r) &&
            carve(r, rounded, size, out);
 }
 
@@ -497,7 +497,7 @@ static void retire(struct front *f, bool own)
         dstat_drop(h, &f->ds[i]);
         heap_unlock(h);
     }
-    f->alive = false;
+    atomic_store(&f->alive, false);
 }
 
 static void on_thread_exit(void *arg)
@@ -523,7 +523,7 @@ static struct front *front_mine(void)
     pthread_once(&exit_once, exit_key_create);
     pthread_mutex_lock(&registry_lock);
     struct front *f = atomic_load_explicit(&registry, memory_order_relaxed);
-    while (f && f->alive)
+    while (f && atomic_load(&f->alive))
         f = atomic_load_explicit(&f->next, memory_order_relaxed);
     if (!f) {
         f = calloc(1, sizeof *f);
@@ -535,10 +535,10 @@ static struct front *front_mine(void)
         }
     }
     if (f)
-        f->alive = true;
+        atomic_store(&f->alive, true);
     pthread_mutex_unlock(&registry_lock);
     if (f && pthread_setspecific(exit_key, f) != 0) {
-        f->alive = false;
+        atomic_store(&f->alive, false);
         f = NULL;
     }
     mine = f;
@@ -550,15 +550,15 @@ bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream,
 {
     if (mode != HEAP_ASYNC || !h->serve_fronts || rounded > FRONT_MAX_REQUEST ||
         rounded >= h->max_split)
-        return false;
+        return false; /* device-wide requests: see the top of the file */
     struct front *f = mine;
     if (FL_UNLIKELY(!f) && !(f = front_mine()))
         return false;
     enum heap_pool_kind pool = size_pool(rounded);
     lock_take(&f->lock);
-    struct region *r = region_for(f, h, stream, mode, pool);
+    struct region *r = region_for(f, h, stream, pool);
     bool ok = (r && carve(r, rounded, size, out)) ||
-              serve_slow(f, r, h, rounded, size, stream, mode, pool, out);
+              serve_slow(f, r, h, rounded, size, stream, pool, out);
     lock_give(&f->lock);
     return ok;
 }
@@ -608,7 +608,7 @@ void front_reclaim(int device, bool any_stream, CUstream stream)
         for (int i = 0; i < FRONT_REGIONS; i++) {
             struct region *r = &f->r[i];
             if (r->h && (device == -1 || r->h->device == device) &&
-                (any_stream || (r->async && r->stream == stream)))
+                (any_stream || r->stream == stream))
                 give_back(r, f == mine);
         }
         lock_give(&f->lock);
@@ -714,7 +714,7 @@ void front_atfork_child(void)
     pthread_mutex_init(&registry_lock, NULL);
     for (struct front *f = atomic_load(&registry); f; f = atomic_load(&f->next)) {
         lock_reset(&f->lock);
-        if (f != mine && f->alive)
+        if (f != mine && atomic_load(&f->alive))
             retire(f, false);
     }
 }

@@ -612,15 +612,14 @@ void reuse_retire(struct heap *h, CUstream key, const char *why, bool context_go
 /* Keeps at least `want` block records on *stash (*n of them); false without host memory. */
 bool region_stash(struct heap *h, struct block **stash, uint32_t *n, uint32_t want);
 void region_unstash(struct heap *h, struct block **stash, uint32_t *n);
-/* A region for a request of `rounded` bytes on `stream`: a cached free block wholly mapped,
- * cut to at most `want` bytes where possible, now held by `owner`. NULL if the cache has none
- * (no driver call is made that allocates). */
+/* A region for a stream-ordered request of `rounded` bytes on `stream`: a cached free block
+ * wholly mapped, cut to at most `want` bytes where possible, now held by `owner`. NULL if the
+ * cache has none (no driver call is made). */
 struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream stream,
-                          enum heap_mode mode, struct front *owner);
+                          struct front *owner);
 /* Where a region's pieces go when it is given back. */
 struct region_home {
-    CUstream stream; /* stream-ordered regions: their stream */
-    bool async;
+    CUstream stream;
     bool own_thread; /* the region's thread gives it back (its per-thread stream's pool) */
 };
 enum piece_kind { PIECE_LIVE, PIECE_PENDING, PIECE_SPARE };
@@ -628,7 +627,7 @@ enum piece_kind { PIECE_LIVE, PIECE_PENDING, PIECE_SPARE };
 void region_open(struct heap *h, struct block *b);
 /* Cuts the first `size` bytes off *rest (all of it: *rest becomes NULL) into a record of
  * *stash and puts them where `kind` says: live (with `requested`), pending a device sync, or
- * spare (the home's stream pool, or every stream's). Cannot fail. */
+ * spare (the home's stream pool; pending when that cannot be had). Cannot fail. */
 void region_piece(struct heap *h, struct block **rest, size_t size, size_t requested,
                   enum piece_kind kind, const struct region_home *home, struct block **stash);
 

@@ -8,8 +8,8 @@
  * as one block. What its thread carved inside it is counted by front.c. Pages of a held block
  * are all mapped (expandable segments): carving never maps. Giving a region back replaces the
  * held block by its pieces in address order — live ones join the live map, pending ones wait
- * for a device sync, the rest is free on the region's stream (or everywhere for a region of
- * device-wide allocations) — using records the region already holds, so it cannot fail.
+ * for a device sync, the rest is free on the region's stream — using records the region
+ * already holds, so it cannot fail.
  * Called with the heap's lock.
  */
 #include "internal.h"
@@ -44,12 +44,12 @@ void region_unstash(struct heap *h, struct block **stash, uint32_t *n)
 }
 
 struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream stream,
-                          enum heap_mode mode, struct front *owner)
+                          struct front *owner)
 {
     bool backed; /* no event query or record: the heap's own path makes those */
-    struct block *b = heap_find_cached(h, want, stream, mode, &backed);
+    struct block *b = heap_find_cached(h, want, stream, HEAP_ASYNC, &backed);
     if (!b || !backed) /* a block of `want` bytes, else the best fit of the request's */
-        b = heap_find_cached(h, rounded, stream, mode, &backed);
+        b = heap_find_cached(h, rounded, stream, HEAP_ASYNC, &backed);
     if (!b || !backed)
         return NULL;
     size_t size = want < b->size ? want : b->size;
@@ -81,20 +81,18 @@ void region_open(struct heap *h, struct block *b)
     h->held--;
 }
 
-/* Where a piece that is neither live nor pending goes: the region's stream pool (async
- * regions; a per-thread default stream's only from its own thread), else every stream's. */
+/* Where a piece that is neither live nor pending goes: the region's stream pool (a per-thread
+ * default stream's only from its own thread), else it waits for a device sync. */
 static void put_spare(struct heap *h, struct block *b, const struct region_home *home)
 {
     struct stream_pool *sp = NULL;
-    if (home->async && (home->stream != CU_STREAM_PER_THREAD || home->own_thread))
+    if (home->stream != CU_STREAM_PER_THREAD || home->own_thread)
         sp = reuse_stream_pool(h, home->stream, true);
     if (sp) {
         block_release_to(h, b, &sp->index[b->seg->pool]);
-    } else if (home->async) {
+    } else {
         b->free_seq = ++h->free_seq;
         block_pend(h, b);
-    } else {
-        block_release_to(h, b, &h->global[b->seg->pool]);
     }
 }
 
