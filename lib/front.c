@@ -70,7 +70,7 @@ struct entry {
 
 /* A front's statistics for one device; atomics, see the top of the file. */
 struct dstat {
-    int device; /* -1: unused (written under the device's heap lock) */
+    _Atomic int device; /* -1: unused (written under that device's heap lock) */
     _Atomic int64_t allocated, requested, blocks;
     _Atomic int64_t hi_allocated, hi_requested, hi_blocks, lo_allocated;
     _Atomic int64_t allocs, frees, host;
@@ -149,7 +149,7 @@ static void count_free(struct dstat *d, size_t size, size_t requested)
 static struct dstat *dstat_of(struct front *f, int device)
 {
     for (int i = 0; i < FRONT_DEVICES; i++)
-        if (f->ds[i].device == device)
+        if (atomic_load_explicit(&f->ds[i].device, memory_order_relaxed) == device)
             return &f->ds[i];
     return NULL;
 }
@@ -168,7 +168,7 @@ static struct dstat *dstat_take(struct front *f, struct heap *h)
     atomic_store_explicit(&d->hi_requested, 0, memory_order_relaxed);
     atomic_store_explicit(&d->hi_blocks, 0, memory_order_relaxed);
     atomic_store_explicit(&d->lo_allocated, INT64_MAX, memory_order_relaxed);
-    d->device = h->device;
+    atomic_store_explicit(&d->device, h->device, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->fronts, 1, memory_order_relaxed);
     return d;
 }
@@ -181,7 +181,7 @@ static void dstat_drop(struct heap *h, struct dstat *d)
     h->st.num_cache_hits += (uint64_t)ld(&d->allocs);
     h->st.num_frees += (uint64_t)ld(&d->frees);
     stat_add(&h->st.host_metadata_bytes, ld(&d->host));
-    d->device = -1;
+    atomic_store_explicit(&d->device, -1, memory_order_relaxed);
     atomic_store_explicit(&d->allocs, 0, memory_order_relaxed);
     atomic_store_explicit(&d->frees, 0, memory_order_relaxed);
     atomic_store_explicit(&d->host, 0, memory_order_relaxed);
@@ -490,7 +490,8 @@ static void retire(struct front *f, bool own)
         if (f->r[i].h)
             give_back(&f->r[i], own);
     for (int i = 0; i < FRONT_DEVICES; i++) {
-        struct heap *h = f->ds[i].device >= 0 ? heap_find(f->ds[i].device) : NULL;
+        int device = atomic_load_explicit(&f->ds[i].device, memory_order_relaxed);
+        struct heap *h = device >= 0 ? heap_find(device) : NULL;
         if (!h)
             continue;
         heap_lock(h);
@@ -529,7 +530,7 @@ static struct front *front_mine(void)
         f = calloc(1, sizeof *f);
         if (f) {
             for (int i = 0; i < FRONT_DEVICES; i++)
-                f->ds[i].device = -1;
+                atomic_init(&f->ds[i].device, -1);
             atomic_store_explicit(&f->next, atomic_load(&registry), memory_order_relaxed);
             atomic_store_explicit(&registry, f, memory_order_release);
         }

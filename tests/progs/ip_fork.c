@@ -1,6 +1,7 @@
 /*
- * ip_fork.c — fork after fragless has initialized (while other threads allocate): the child
- * does not deadlock or crash, and either allocates or gets an error code (it prints which).
+ * ip_fork.c — fork after fragless has initialized (while another thread allocates, plain and
+ * stream-ordered): the child does not deadlock or crash, and either allocates or gets an error
+ * code (it prints which).
  */
 #include <pthread.h>
 #include <sys/wait.h>
@@ -10,14 +11,21 @@
 
 static volatile int stop;
 
+/* Plain pairs through the heap, stream-ordered ones through the thread's region (its front
+ * lock taken and given on every call while main forks). */
 static void *churn(void *arg)
 {
     (void)arg;
+    cudaStream_t s;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess, "stream");
     while (!stop) {
-        void *p = NULL;
+        void *p = NULL, *q = NULL;
         if (cudaMalloc(&p, 8192) == cudaSuccess)
             cudaFree(p);
+        if (cudaMallocAsync(&q, 8192, s) == cudaSuccess)
+            cudaFreeAsync(q, s);
     }
+    CHECK(cudaStreamDestroy(s) == cudaSuccess, "stream destroy");
     return NULL;
 }
 
