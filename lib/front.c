@@ -363,12 +363,12 @@ static bool entries_room(struct region *r)
     return true;
 }
 
-/* Gives r back to its heap: its live blocks become the heap's, the rest is freed as it was
- * (`own`: the calling thread is r's, for a per-thread default stream). Front lock held. */
-static void give_back(struct region *r, bool own)
+/* Gives r back to its heap: its live blocks become the heap's, the rest is freed as `home`
+ * says (its stream is r's). Front lock held. */
+static void give_back(struct region *r, struct region_home home)
 {
     struct heap *h = r->h;
-    struct region_home home = {.stream = r->stream, .own_thread = own};
+    home.stream = r->stream;
     heap_lock(h);
     struct block *rest = r->blk;
     region_open(h, rest);
@@ -418,6 +418,8 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
         want = want < REGION_LARGE_MIN ? REGION_LARGE_MIN : want;
         want = want > REGION_LARGE_MAX ? REGION_LARGE_MAX : want;
     }
+    if (want >= h->max_split) /* blocks of max_split_size_mb or more are never split */
+        want = rounded;
     heap_lock(h);
     struct dstat *d = dstat_take(f, h);
     struct block *b = NULL;
@@ -470,7 +472,7 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
             return true;
         if (r->live) /* what is live stays where it is: the heap serves this one */
             return false;
-        give_back(r, true);
+        give_back(r, (struct region_home){.own_thread = true});
     } else {
         for (int i = 0; i < FRONT_REGIONS && !r; i++)
             r = f->r[i].h ? NULL : &f->r[i];
@@ -484,11 +486,11 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
 /* ---- threads --------------------------------------------------------------------------- */
 
 /* Every region of f goes back, and its statistics into the heaps'. Front lock held. */
-static void retire(struct front *f, bool own)
+static void retire(struct front *f, struct region_home home)
 {
     for (int i = 0; i < FRONT_REGIONS; i++)
         if (f->r[i].h)
-            give_back(&f->r[i], own);
+            give_back(&f->r[i], home);
     for (int i = 0; i < FRONT_DEVICES; i++) {
         int device = atomic_load_explicit(&f->ds[i].device, memory_order_relaxed);
         struct heap *h = device >= 0 ? heap_find(device) : NULL;
@@ -506,7 +508,7 @@ static void on_thread_exit(void *arg)
     struct front *f = arg;
     lock_take(&f->lock);
     /* a per-thread default stream's frees wait for a sync: its pool goes with the thread */
-    retire(f, false);
+    retire(f, (struct region_home){.own_thread = false});
     lock_give(&f->lock);
     mine = NULL;
     heap_check_if_enabled();
@@ -610,7 +612,7 @@ void front_reclaim(int device, bool any_stream, CUstream stream)
             struct region *r = &f->r[i];
             if (r->h && (device == -1 || r->h->device == device) &&
                 (any_stream || r->stream == stream))
-                give_back(r, f == mine);
+                give_back(r, (struct region_home){.own_thread = f == mine});
         }
         lock_give(&f->lock);
     }
@@ -716,6 +718,6 @@ void front_atfork_child(void)
     for (struct front *f = atomic_load(&registry); f; f = atomic_load(&f->next)) {
         lock_reset(&f->lock);
         if (f != mine && atomic_load(&f->alive))
-            retire(f, false);
+            retire(f, (struct region_home){.in_fork_child = true});
     }
 }

@@ -183,10 +183,9 @@ static struct block *fit_in(const struct heap *h, struct freeindex *fi, size_t r
 
 /* A free block this request may use now: the stream's own frees, then the global ones;
  * *backed as fit_in says. */
-struct block *heap_find_cached(struct heap *h, size_t rounded, CUstream stream,
-                               enum heap_mode mode, bool *backed)
+struct block *heap_find_cached(struct heap *h, enum heap_pool_kind k, size_t rounded,
+                               CUstream stream, enum heap_mode mode, bool *backed)
 {
-    enum heap_pool_kind k = size_pool(rounded);
     if (mode == HEAP_ASYNC) {
         struct stream_pool *sp = reuse_stream_pool(h, stream, false);
         struct block *b = sp ? fit_in(h, &sp->index[k], rounded, backed) : NULL;
@@ -225,18 +224,18 @@ static CUresult serve(struct heap *h, struct block *b, size_t rounded, size_t si
 static struct block *cached_block(struct heap *h, size_t rounded, CUstream stream,
                                   enum heap_mode mode, bool *backed)
 {
-    struct block *b = heap_find_cached(h, rounded, stream, mode, backed);
+    struct block *b = heap_find_cached(h, size_pool(rounded), rounded, stream, mode, backed);
     if (b && *backed)
         return b;
     reuse_collect(h);
-    b = heap_find_cached(h, rounded, stream, mode, backed);
+    b = heap_find_cached(h, size_pool(rounded), rounded, stream, mode, backed);
     /* an expandable heap's sync pays once enough is pending to move its pages */
     size_t want = h->expandable ? 0 : rounded;
     if ((b && *backed) || !reuse_sync_pays(h, want))
         return b;
     /* the lock was dropped around the sync, even a failed one: look again */
     reuse_device_sync(h);
-    return heap_find_cached(h, rounded, stream, mode, backed);
+    return heap_find_cached(h, size_pool(rounded), rounded, stream, mode, backed);
 }
 
 /* Makes new segment s part of the heap with one free block; false if out of host memory. */
@@ -303,7 +302,7 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
     struct block *b = NULL;
     bool backed;
     if (reuse_has_pending(h) && reuse_device_sync(h) == CUDA_SUCCESS)
-        b = heap_find_cached(h, rounded, stream, mode, &backed);
+        b = heap_find_cached(h, size_pool(rounded), rounded, stream, mode, &backed);
     if (b && serve(h, b, rounded, size, false, ptr) == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
         r = CUDA_SUCCESS;
@@ -326,7 +325,7 @@ static CUresult expand_recover(struct heap *h, size_t rounded, size_t size, CUst
         reuse_device_sync(h);
     reuse_collect(h);
     bool backed;
-    struct block *b = heap_find_cached(h, rounded, stream, mode, &backed);
+    struct block *b = heap_find_cached(h, size_pool(rounded), rounded, stream, mode, &backed);
     CUresult r = b ? serve(h, b, rounded, size, false, out) : CUDA_ERROR_OUT_OF_MEMORY;
     if (r == CUDA_SUCCESS) {
         h->st.num_cache_hits++;
@@ -422,13 +421,20 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     }
     bool backed;
     struct block *b = cached_block(h, rounded, stream, mode, &backed);
-    if ((!b || !backed) && h->held) { /* threads give their regions back before the heap grows */
+    if (!b && h->held) { /* threads give their regions back before a new segment or range */
         heap_unlock(h);
         front_reclaim(device, true, NULL);
         heap_lock(h);
         b = cached_block(h, rounded, stream, mode, &backed);
     }
     CUresult r = b ? serve(h, b, rounded, size, backed, out) : CUDA_SUCCESS;
+    if (b && r == CUDA_ERROR_OUT_OF_MEMORY && h->held) { /* no pages: threads' regions first */
+        heap_unlock(h);
+        front_reclaim(device, true, NULL);
+        heap_lock(h);
+        b = cached_block(h, rounded, stream, mode, &backed);
+        r = b ? serve(h, b, rounded, size, backed, out) : CUDA_SUCCESS;
+    }
     if (b && r != CUDA_SUCCESS)
         r = expand_recover(h, rounded, size, stream, mode, out);
     else if (b)
@@ -510,12 +516,14 @@ static struct block *find_mapped(CUdeviceptr ptr, struct heap **hp)
 
 static struct block *block_containing(struct heap *h, CUdeviceptr ptr);
 
-/* The thread front holding ptr in a region of heap h, or NULL. */
-static struct front *holder_of(struct heap *h, CUdeviceptr ptr)
+/* The thread front holding ptr in a region of heap h, or NULL; *live: ptr is a live block's
+ * start now (its region went back since the caller looked). */
+static struct front *holder_of(struct heap *h, CUdeviceptr ptr, bool *live)
 {
     heap_lock(h);
-    struct block *b = h->held ? block_containing(h, ptr) : NULL;
+    struct block *b = block_containing(h, ptr);
     struct front *f = b && b->state == BLOCK_HELD ? b->owner : NULL;
+    *live = b && b->state == BLOCK_LIVE && b->ptr == ptr;
     heap_unlock(h);
     return f;
 }
@@ -543,7 +551,10 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
         b = ptr ? find_hinted(ptr, &h) : NULL;
         if (!b && ptr)
             b = find_mapped(ptr, &h);
-        struct front *f = !b && h ? holder_of(h, ptr) : NULL;
+        bool live = false;
+        struct front *f = !b && h ? holder_of(h, ptr, &live) : NULL;
+        if (live)
+            continue; /* the heap's now: look again */
         if (!f)
             break;
         fr = front_free_in(f, ptr, stream, mode); /* another thread's block */

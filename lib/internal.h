@@ -526,9 +526,10 @@ static inline void heap_unlock(struct heap *h)
     heap_settle(h);
     lock_give(&h->lock);
 }
-/* A free block a request may use now without a driver call (heap.c's cache look-up). */
-struct block *heap_find_cached(struct heap *h, size_t rounded, CUstream stream,
-                               enum heap_mode mode, bool *backed);
+/* A free block of pool k of at least `rounded` bytes a request may use now without a driver
+ * call (heap.c's cache look-up). */
+struct block *heap_find_cached(struct heap *h, enum heap_pool_kind k, size_t rounded,
+                               CUstream stream, enum heap_mode mode, bool *backed);
 /* Bytes allocated on h's device: the heap's live blocks and what threads carved. Lock held. */
 uint64_t heap_allocated(const struct heap *h);
 /* Makes segment s part of the heap as one free block; false if out of host memory. Counts
@@ -620,7 +621,8 @@ struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream 
 /* Where a region's pieces go when it is given back. */
 struct region_home {
     CUstream stream;
-    bool own_thread; /* the region's thread gives it back (its per-thread stream's pool) */
+    bool own_thread;    /* the region's thread gives it back (its per-thread stream's pool) */
+    bool in_fork_child; /* no new stream pool (no allocation): pending instead */
 };
 enum piece_kind { PIECE_LIVE, PIECE_PENDING, PIECE_SPARE };
 /* Begins giving held block b back: b is detached, its share out of the statistics. */

@@ -47,9 +47,10 @@ struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream 
                           struct front *owner)
 {
     bool backed; /* no event query or record: the heap's own path makes those */
-    struct block *b = heap_find_cached(h, want, stream, HEAP_ASYNC, &backed);
+    enum heap_pool_kind pool = size_pool(rounded);
+    struct block *b = heap_find_cached(h, pool, want, stream, HEAP_ASYNC, &backed);
     if (!b || !backed) /* a block of `want` bytes, else the best fit of the request's */
-        b = heap_find_cached(h, rounded, stream, HEAP_ASYNC, &backed);
+        b = heap_find_cached(h, pool, rounded, stream, HEAP_ASYNC, &backed);
     if (!b || !backed)
         return NULL;
     size_t size = want < b->size ? want : b->size;
@@ -87,11 +88,11 @@ static void put_spare(struct heap *h, struct block *b, const struct region_home 
 {
     struct stream_pool *sp = NULL;
     if (home->stream != CU_STREAM_PER_THREAD || home->own_thread)
-        sp = reuse_stream_pool(h, home->stream, true);
+        sp = reuse_stream_pool(h, home->stream, !home->in_fork_child);
+    b->free_seq = ++h->free_seq; /* after what the stream's recorded event covers */
     if (sp) {
         block_release_to(h, b, &sp->index[b->seg->pool]);
     } else {
-        b->free_seq = ++h->free_seq;
         block_pend(h, b);
     }
 }

@@ -112,7 +112,7 @@ Test(expand, a_training_loop_makes_no_driver_calls_once_warm)
     CUdeviceptr p[6];
     uint64_t calls = 0;
     for (int step = 0; step < 50; step++) {
-        if (step == 10) /* the heap and the thread's regions have settled */
+        if (step == 2)
             calls = ht_calls("*");
         for (int i = 0; i < 6; i++)
             p[i] = ht_alloc(sizes[i], s, HEAP_ASYNC);
