@@ -333,8 +333,8 @@ static enum front_result free_in(struct region *r, CUdeviceptr ptr, CUstream str
     struct entry *e = entry_at(r, ptr - r->base);
     if (!e || e->off != ptr - r->base || e->state != ENTRY_LIVE)
         return FRONT_BAD;
-    bool same_stream = mode == HEAP_ASYNC && stream == r->stream &&
-                       (stream != CU_STREAM_PER_THREAD || own);
+    bool same_stream =
+        mode == HEAP_ASYNC && stream == r->stream && (stream != CU_STREAM_PER_THREAD || own);
     if (same_stream) {
         e->state = ENTRY_FREE;
     } else {
@@ -458,8 +458,7 @@ static void make_room(struct region *r, size_t rounded)
 
 /* The request on f's slow path: the region made to fit, or replaced. Front lock held. */
 static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t rounded,
-                       size_t size, CUstream stream, enum heap_pool_kind pool,
-                       CUdeviceptr *out)
+                       size_t size, CUstream stream, enum heap_pool_kind pool, CUdeviceptr *out)
 {
     if (r) {
         make_room(r, rounded);
@@ -548,8 +547,8 @@ static struct front *front_mine(void)
     return f;
 }
 
-bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream,
-                 enum heap_mode mode, CUdeviceptr *out)
+bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, enum heap_mode mode,
+                 CUdeviceptr *out)
 {
     if (mode != HEAP_ASYNC || !h->serve_fronts || rounded > FRONT_MAX_REQUEST ||
         rounded >= h->max_split)
@@ -588,8 +587,7 @@ enum front_result front_free_in(struct front *f, CUdeviceptr ptr, CUstream strea
     return res;
 }
 
-enum front_result front_lookup_in(struct front *f, CUdeviceptr ptr, CUdeviceptr *base,
-                                  size_t *size)
+enum front_result front_lookup_in(struct front *f, CUdeviceptr ptr, CUdeviceptr *base, size_t *size)
 {
     lock_take(&f->lock);
     struct region *r = region_holding(f, ptr);

@@ -729,8 +729,7 @@ int heap_reset_peaks(int device)
         heap_lock(h);
         stats_reset_peaks(&h->st);
         /* with what threads carved: the next fold raises them to the merged levels */
-        h->st.reserved_unallocated_bytes.peak =
-            h->st.reserved_bytes.current - heap_allocated(h);
+        h->st.reserved_unallocated_bytes.peak = h->st.reserved_bytes.current - heap_allocated(h);
         heap_unlock(h);
     }
     return FRAGLESS_OK;

@@ -141,8 +141,8 @@ static bool check_stats(const struct heap *h, const struct tally *t)
         FAIL("more bytes allocated than reserved");
     if (s->reserved_unallocated_bytes.peak > s->reserved_bytes.peak)
         FAIL("reserved-but-unallocated peaked above reserved");
-    /* reserved-but-unallocated less what threads carved: front_check */
-#define PEAK_BELOW_(name, help)                                                             \
+        /* reserved-but-unallocated less what threads carved: front_check */
+#define PEAK_BELOW_(name, help)                                                       \
     if (s->name.peak < s->name.current && &s->name != &s->reserved_unallocated_bytes) \
         FAIL("%s: peak below the current level", #name);
 #define SKIP_COUNTER_(name, help)

@@ -321,8 +321,8 @@ void heap_atfork_child(void);
 enum heap_pool_kind { POOL_SMALL = 0, POOL_LARGE = 1, POOL_KINDS = 2 };
 
 enum block_state {
-    BLOCK_FREE,        /* in a free index; reusable on every stream (global) or on one */
-    BLOCK_LIVE,        /* handed out */
+    BLOCK_FREE,         /* in a free index; reusable on every stream (global) or on one */
+    BLOCK_LIVE,         /* handed out */
     BLOCK_SYNC_PENDING, /* freed by cudaFree/cuMemFree: reusable after a device sync */
     BLOCK_HELD          /* a thread's region (front.c): what it carved is counted there */
 };
@@ -644,8 +644,8 @@ struct front_sum {
 };
 /* Serves the request from the calling thread's region for it; false: the heap serves it
  * (thread_cache off, too large, no region to be had). Heap lock not held. */
-bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream,
-                 enum heap_mode mode, CUdeviceptr *out);
+bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, enum heap_mode mode,
+                 CUdeviceptr *out);
 /* Frees ptr if it lies in one of the calling thread's regions. */
 enum front_result front_free_own(CUdeviceptr ptr, CUstream stream, enum heap_mode mode);
 /* The same in front f's regions (a held block of f holds ptr); FRONT_NONE once f gave that
