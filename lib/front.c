@@ -26,8 +26,9 @@
  * its allocations and frees; readers add them to the heap's (merged on read). Peaks: each
  * front also keeps the highest (and for reserved-but-unallocated the lowest allocated) level
  * since the heap last looked, and the heap folds these into its peaks under its lock
- * (front_fold). With one thread per device that is exact; threads carving at once may make
- * a peak exceed the true one, never fall below it.
+ * (front_fold). With one thread carving on a device that is exact; with several (at once or
+ * taking turns between two folds) the sum of their highest levels may exceed the true peak,
+ * never fall below it.
  *
  * Locking: a front's lock guards its regions and statistics. Its thread takes it on every call
  * (uncontended); other threads take it to free or look up its blocks and to take its regions
