@@ -129,13 +129,13 @@ void heap_check_if_enabled(void)
 
 /* Brings the derived level and the peaks of the blocks' levels up to date; end of every
  * operation, lock held. */
-void heap_settle(struct heap *h)
+/* heap_settle with thread fronts on the device: their carved levels count in the peaks. */
+static void settle_with_fronts(struct heap *h)
 {
     fragless_stats_t *st = &h->st;
-    struct front_sum hi = {0};
-    int64_t lo = 0; /* threads' lowest carved bytes since the last fold */
-    if (atomic_load_explicit(&h->fronts, memory_order_relaxed))
-        front_fold(h, &hi, &lo);
+    struct front_sum hi;
+    int64_t lo; /* threads' lowest carved bytes since the last fold */
+    front_fold(h, &hi, &lo);
     st->reserved_unallocated_bytes.current =
         st->reserved_bytes.current - st->allocated_bytes.current;
     raise_peak(&st->reserved_unallocated_bytes,
@@ -145,6 +145,22 @@ void heap_settle(struct heap *h)
     raise_peak(&st->blocks, st->blocks.current + (uint64_t)hi.blocks);
     level_peak(&st->active_bytes);
     level_peak(&st->inactive_split_bytes);
+}
+
+void heap_settle(struct heap *h)
+{
+    if (atomic_load_explicit(&h->fronts, memory_order_relaxed)) {
+        settle_with_fronts(h);
+        return;
+    }
+    fragless_stats_t *st = &h->st;
+    stat_set(&st->reserved_unallocated_bytes,
+             st->reserved_bytes.current - st->allocated_bytes.current);
+    level_peak(&st->allocated_bytes);
+    level_peak(&st->requested_bytes);
+    level_peak(&st->active_bytes);
+    level_peak(&st->inactive_split_bytes);
+    level_peak(&st->blocks);
 }
 
 uint64_t heap_allocated(const struct heap *h)
