@@ -29,6 +29,23 @@ static void setup(void)
 
 TestSuite(drv_emu_time, .init = setup);
 
+/* A cuMemAlloc'ed MiB, zeroed; its host view. */
+static unsigned char *zeroed_mib(CUdeviceptr *p)
+{
+    CK(cuMemAlloc(p, 1 << 20));
+    return memset((void *)(uintptr_t)*p, 0, 1 << 20);
+}
+
+/* Checks that zeroed_mib's MiB at p holds `byte` at both ends, then frees it. */
+static void expect_filled_then_free(CUdeviceptr p, unsigned char byte, const char *what)
+{
+    const unsigned char *host = (const unsigned char *)(uintptr_t)p;
+    cr_expect_eq(host[0], byte, "%s", what);
+    cr_expect_eq(host[(1 << 20) - 1], byte, "%s", what);
+    CK(cuMemFree(p));
+    cr_expect_eq(fragless_emu_faults(), 0);
+}
+
 Test(drv_emu_time, work_completes_at_its_time)
 {
     CUstream s;
@@ -103,16 +120,12 @@ Test(drv_emu_time, fill_writes_when_its_work_completes)
     unsigned char out[64];
 
     CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
-    CK(cuMemAlloc(&p, 1 << 20));
-    host = (unsigned char *)(uintptr_t)p;
-    memset(host, 0, 1 << 20);
+    host = zeroed_mib(&p);
     CK(fragless_emu_stream_fill(s, p, 0x77, 1 << 20, WORK_US));
     cr_expect_eq(host[0], 0, "not yet written");
     CK(cuMemcpyDtoHAsync(out, p, sizeof out, s)); /* ordered after the fill */
     cr_expect_eq(out[0], 0x77);
-    cr_expect_eq(host[(1 << 20) - 1], 0x77);
-    CK(cuMemFree(p));
-    cr_expect_eq(fragless_emu_faults(), 0);
+    expect_filled_then_free(p, 0x77, "the copy waited for the fill");
 }
 
 Test(drv_emu_time, mem_free_waits_for_the_device)
@@ -126,6 +139,44 @@ Test(drv_emu_time, mem_free_waits_for_the_device)
     CK(cuMemFree(p)); /* waits, so the fill lands before the memory goes */
     CK(cuCtxSynchronize());
     cr_expect_eq(fragless_emu_faults(), 0);
+}
+
+/* Catches a context sync that forgets work queued on a stream destroyed since (the stream
+ * leaves the list the sync point reads; its work still runs on a GPU). */
+Test(drv_emu_time, ctx_sync_waits_for_a_destroyed_streams_work)
+{
+    CUstream s, again;
+    CUdeviceptr p;
+    unsigned char *host;
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    host = zeroed_mib(&p);
+    CK(fragless_emu_stream_fill(s, p, 0x5a, 1 << 20, WORK_US));
+    CK(cuStreamDestroy(s)); /* returns at once; the fill still runs */
+    cr_expect_eq(host[0], 0, "not yet written");
+    CK(cuStreamCreate(&again, CU_STREAM_NON_BLOCKING)); /* may take s's handle: no matter */
+    CK(cuStreamDestroy(again));
+    CK(cuCtxSynchronize());
+    expect_filled_then_free(p, 0x5a, "the sync returned before the destroyed stream's fill");
+}
+
+/* Catches the legacy stream not ordering after a destroyed blocking stream's work. */
+Test(drv_emu_time, legacy_stream_waits_for_a_destroyed_blocking_streams_work)
+{
+    CUstream blocking;
+    CUevent on_legacy;
+    CUdeviceptr p;
+
+    CK(cuStreamCreate(&blocking, CU_STREAM_DEFAULT));
+    CK(cuEventCreate(&on_legacy, CU_EVENT_DISABLE_TIMING));
+    zeroed_mib(&p);
+    CK(fragless_emu_stream_fill(blocking, p, 0x6b, 1 << 20, WORK_US));
+    CK(cuStreamDestroy(blocking));
+    CK(cuEventRecord(on_legacy, CU_STREAM_LEGACY));
+    cr_expect_eq(cuEventQuery(on_legacy), CUDA_ERROR_NOT_READY, "legacy waits for it");
+    CK(cuStreamSynchronize(CU_STREAM_LEGACY));
+    CK(cuEventDestroy(on_legacy));
+    expect_filled_then_free(p, 0x6b, "the legacy stream did not wait for the fill");
 }
 
 Test(drv_emu_time, fill_after_unmap_faults_and_sticks)

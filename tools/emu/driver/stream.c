@@ -26,6 +26,12 @@ static bool stream_is_legacy(const struct emu_stream *s)
     return s == &s->ctx->legacy;
 }
 
+/* Per context (one per device): when the work queued on its destroyed streams ends, all of
+ * them and its blocking ones (emulator lock held). A destroyed stream's queued work still runs
+ * to completion, as on a GPU: a context synchronization waits for it, and so does the legacy
+ * stream for a destroyed blocking stream's. */
+static uint64_t gone_until[EMU_MAX_DEVICES], gone_blocking_until[EMU_MAX_DEVICES];
+
 /* The last destroyed stream's memory, kept for the next stream created (emulator lock held):
  * like a real driver, the emulated one hands a destroyed stream's handle out again, which is
  * what anything that remembers streams by handle must survive. */
@@ -54,6 +60,12 @@ static struct emu_stream *stream_new(struct emu_ctx *ctx, unsigned flags, int pr
 static void stream_free(struct emu_stream *s)
 {
     struct emu_alloc *a, *tmp;
+    int dev = s->ctx->device;
+
+    if (s->busy_until > gone_until[dev])
+        gone_until[dev] = s->busy_until;
+    if (stream_blocking(s) && s->busy_until > gone_blocking_until[dev])
+        gone_blocking_until[dev] = s->busy_until;
 
     HASH_ITER(hh, emu.allocs, a, tmp)
     if (a->free_stream == s)
@@ -111,6 +123,8 @@ uint64_t emu_stream_order(struct emu_stream *s)
     uint64_t t = s->busy_until;
 
     if (stream_is_legacy(s)) {
+        if (gone_blocking_until[s->ctx->device] > t)
+            t = gone_blocking_until[s->ctx->device];
         HASH_ITER(hh, emu.streams, o, tmp)
         if (o->ctx == s->ctx && stream_blocking(o) && o->busy_until > t)
             t = o->busy_until;
@@ -138,6 +152,8 @@ uint64_t emu_ctx_point(struct emu_ctx *ctx)
     struct emu_stream *s, *tmp;
     uint64_t t = ctx->legacy.busy_until;
 
+    if (gone_until[ctx->device] > t)
+        t = gone_until[ctx->device];
     HASH_ITER(hh, emu.streams, s, tmp)
     if (s->ctx == ctx && s->busy_until > t)
         t = s->busy_until;
@@ -197,6 +213,8 @@ void emu_streams_teardown(struct emu_ctx *ctx)
             stream_free(s);
         }
     }
+    gone_until[ctx->device] = 0; /* its work was waited for */
+    gone_blocking_until[ctx->device] = 0;
 }
 
 /* ---- entry points ---------------------------------------------------------------------- */
