@@ -16,10 +16,14 @@
 #define EXPANDABLE "expandable_segments:true,page_size_mb:2"
 #define FILL_US    300000 /* simulated work before a fill lands: outlives a probe's allocations */
 
-/* A device of this test's own with the segment kind `conf`. */
+/* A device of this test's own with the segment kind `conf`, and what FRAGLESS_CONF says if it
+ * is set (to run the suite with other settings, e.g. FRAGLESS_CONF=thread_cache:false). */
 static void setup_kind(const char *conf, const char *mem)
 {
-    setenv("FRAGLESS_CONF", conf, 1);
+    const char *more = getenv("FRAGLESS_CONF");
+    char all[512];
+    snprintf(all, sizeof all, "%s%s%s", conf, more && *more ? "," : "", more ? more : "");
+    setenv("FRAGLESS_CONF", all, 1);
     ht_setup(mem);
 }
 
@@ -1283,6 +1287,102 @@ static void storm_with_remote_frees(void)
 }
 
 BOTH_KINDS(storm_with_remote_frees, "4G")
+
+/* ---- the fast path against empty-cache ---- */
+
+#define HAMMER_THREADS 2
+#define HAMMER_OPS     3000
+#define HAMMER_LIVE    4
+
+/* Short-lived small blocks, LIFO, on the thread's stream or its per-thread stream, each
+ * tagged from the host (no kernel runs) and checked before its free. */
+static void *hammer_thread(void *arg)
+{
+    static const size_t sizes[] = {512, 4096, 65536, FL_MiB};
+    struct stormer *w = arg;
+    struct sblock live[HAMMER_LIVE];
+    int n = 0;
+    drv_ctx_set_current(w->ctx);
+    for (int op = 0; op < HAMMER_OPS && !w->failed; op++) {
+        if (n < HAMMER_LIVE && (n == 0 || next_rand(&w->rng) % 3)) {
+            struct sblock *b = &live[n];
+            b->size = sizes[next_rand(&w->rng) % 4];
+            b->rounded = b->size;
+            b->stream = op % 7 ? w->own[0] : CU_STREAM_PER_THREAD;
+            b->mode = HEAP_ASYNC;
+            b->tag = (unsigned char)(op % 0x7f + 1);
+            if (heap_alloc(0, b->size, b->stream, HEAP_ASYNC, &b->p) != CUDA_SUCCESS) {
+                THREAD_ERROR("thread %d: allocation %d failed", w->id, op);
+                w->failed = true;
+                break;
+            }
+            w->allocs++;
+            if (!storm_claim(b)) {
+                THREAD_ERROR("thread %d: block %#llx overlaps a live one", w->id,
+                             (unsigned long long)b->p);
+                w->failed = true;
+            }
+            n++;
+            memset((void *)(uintptr_t)b->p, b->tag, MARK);
+        } else {
+            struct sblock *b = &live[--n];
+            storm_check(w, b);
+            storm_unclaim(b->p);
+            if (heap_free(b->p, b->stream, HEAP_ASYNC, NULL) != CUDA_SUCCESS) {
+                THREAD_ERROR("thread %d: free %d failed", w->id, op);
+                w->failed = true;
+            }
+            w->frees++;
+        }
+    }
+    for (int i = 0; i < n; i++, w->frees++) {
+        storm_unclaim(live[i].p);
+        heap_free(live[i].p, live[i].stream, HEAP_ASYNC, NULL);
+    }
+    atomic_fetch_sub(&storm_running, 1);
+    return NULL;
+}
+
+/* Two threads allocate and free small blocks as fast as they can while the test's thread
+ * empties the cache, checks the heap and looks their blocks up: a front end whose regions
+ * are taken back under a thread that is carving from them (the owner not seeing the
+ * "returned" state) hands a block out twice or frees memory under a live block. */
+static void fast_path_against_empty_cache(void)
+{
+    struct stormer w[HAMMER_THREADS], watcher = {.id = -1, .rng = 12345};
+    pthread_t t[HAMMER_THREADS];
+    CUstream streams[HAMMER_THREADS];
+    atomic_store(&storm_running, HAMMER_THREADS);
+    for (int i = 0; i < HAMMER_THREADS; i++) {
+        w[i] = (struct stormer){.id = i, .rng = 0x2545f4914f6cdd1dull * (uint64_t)(i + 1)};
+        cr_assert_eq(drv_ctx_get_current(&w[i].ctx), CUDA_SUCCESS);
+        w[i].own[0] = streams[i] = ht_stream();
+        pthread_create(&t[i], NULL, hammer_thread, &w[i]);
+    }
+    int rounds = 0;
+    while (atomic_load(&storm_running) > 0) {
+        cr_assert_eq(heap_empty_cache(0, NULL), CUDA_SUCCESS);
+        cr_assert(heap_is_valid());
+        storm_lookup(&watcher);
+        rounds++;
+    }
+    uint64_t allocs = 0, frees = 0;
+    for (int i = 0; i < HAMMER_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        allocs += w[i].allocs;
+        frees += w[i].frees;
+    }
+    assert_no_thread_errors();
+    cr_log_info("fast path: %llu allocations against %d empty-caches", (unsigned long long)allocs,
+                rounds);
+    fragless_stats_t st = ht_stats(0);
+    cr_assert_eq(st.allocated_bytes.current, 0);
+    cr_assert_eq(st.num_allocs, allocs);
+    cr_assert_eq(st.num_frees, frees);
+    end_clean(streams, HAMMER_THREADS);
+}
+
+BOTH_KINDS(fast_path_against_empty_cache, "1G")
 
 /* ---- the driver refusing while two threads work ---- */
 
