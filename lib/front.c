@@ -566,6 +566,18 @@ bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, e
     return ok;
 }
 
+bool front_carve(struct heap *h, size_t rounded, size_t size, CUstream stream, CUdeviceptr *out)
+{
+    struct front *f = mine;
+    if (!f || rounded > FRONT_MAX_REQUEST)
+        return false;
+    lock_take(&f->lock);
+    struct region *r = region_for(f, h, stream, size_pool(rounded));
+    bool ok = r && carve(r, rounded, size, out);
+    lock_give(&f->lock);
+    return ok;
+}
+
 enum front_result front_free_own(CUdeviceptr ptr, CUstream stream, enum heap_mode mode)
 {
     struct front *f = mine;

@@ -544,6 +544,16 @@ static struct front *holder_of(struct heap *h, CUdeviceptr ptr, bool *live)
     return f;
 }
 
+bool heap_alloc_own(int device, size_t size, CUstream stream, CUdeviceptr *out)
+{
+    struct heap *h = heap_of(device, false);
+    size_t rounded = h && h->serve_fronts ? size_round(size, h->cfg) : 0;
+    if (!rounded || !front_carve(h, rounded, size, stream, out))
+        return false;
+    check();
+    return true;
+}
+
 bool heap_free_own(CUdeviceptr ptr, CUstream stream)
 {
     if (front_free_own(ptr, stream, HEAP_ASYNC) != FRONT_DONE)

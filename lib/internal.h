@@ -272,6 +272,9 @@ CUresult heap_free(CUdeviceptr ptr, CUstream stream, enum heap_mode mode, bool *
 /* A stream-ordered free of a block the calling thread carved from its own region: done
  * (true) without a driver call or a current context; false: use heap_free. */
 bool heap_free_own(CUdeviceptr ptr, CUstream stream);
+/* A stream-ordered allocation on `device` carved from the calling thread's region for
+ * `stream`: done (true) without a driver call or a current context; false: use heap_alloc. */
+bool heap_alloc_own(int device, size_t size, CUstream stream, CUdeviceptr *out);
 /* The live block containing `ptr`: its base, requested size and device. False if none. */
 bool heap_lookup(CUdeviceptr ptr, CUdeviceptr *base, size_t *size, int *device);
 /* Bytes of `device` a new request could take without asking the driver. */
@@ -646,6 +649,9 @@ struct front_sum {
  * (thread_cache off, too large, no region to be had). Heap lock not held. */
 bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, enum heap_mode mode,
                  CUdeviceptr *out);
+/* Only what front_alloc does without the heap: a carve from the calling thread's region for
+ * the request, if it has one with room (no driver call, no heap lock). */
+bool front_carve(struct heap *h, size_t rounded, size_t size, CUstream stream, CUdeviceptr *out);
 /* Frees ptr if it lies in one of the calling thread's regions. */
 enum front_result front_free_own(CUdeviceptr ptr, CUstream stream, enum heap_mode mode);
 /* The same in front f's regions (a held block of f holds ptr); FRONT_NONE once f gave that

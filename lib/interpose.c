@@ -406,18 +406,28 @@ static _Thread_local struct {
     unsigned next; /* the entry replaced next */
 } stream_cache FL_HOT_TLS;
 
-/* The context of `stream`, a created stream: this thread's cached answer while the epoch
- * lasts, else the driver's (cuStreamGetCtx), which is then cached. */
-static CUresult stream_context(CUstream stream, CUcontext *ctx)
+/* This thread's cached answer for the context of `stream` (a created stream) while the epoch
+ * lasts; false if it has none. */
+static bool stream_context_cached(CUstream stream, CUcontext *ctx)
 {
     uint64_t epoch = atomic_load_explicit(&stream_epoch, memory_order_acquire);
     for (int i = 0; i < STREAM_CACHE_SIZE; i++) {
         const struct stream_entry *e = &stream_cache.e[i];
         if (e->stream == stream && e->epoch == epoch) {
             *ctx = e->ctx;
-            return CUDA_SUCCESS;
+            return true;
         }
     }
+    return false;
+}
+
+/* The context of `stream`, a created stream: this thread's cached answer while the epoch
+ * lasts, else the driver's (cuStreamGetCtx), which is then cached. */
+static CUresult stream_context(CUstream stream, CUcontext *ctx)
+{
+    uint64_t epoch = atomic_load_explicit(&stream_epoch, memory_order_acquire);
+    if (stream_context_cached(stream, ctx))
+        return CUDA_SUCCESS;
     CUresult r = drv_stream_get_ctx(stream, ctx);
     if (r != CUDA_SUCCESS || !*ctx)
         return r;
@@ -862,6 +872,21 @@ static void leave_stream_ctx(const struct ctx_guard *g)
                   (int)r);
 }
 
+/* A stream-ordered allocation on a created stream whose context this thread knows, a primary
+ * one, carved from the thread's region for it: no driver call at all, so neither the current
+ * context nor a switch to the stream's is needed. False: the full path (also while tracing,
+ * and once a capture was begun: the stream may be capturing). */
+static bool own_stream_alloc(size_t size, CUstream stream, CUdeviceptr *out)
+{
+    CUcontext ctx = NULL;
+    if (default_stream(stream) || FL_UNLIKELY(trace_enabled()) ||
+        atomic_load_explicit(&capture_begun, memory_order_relaxed) ||
+        !stream_context_cached(stream, &ctx))
+        return false;
+    int dev = remembered_device(ctx);
+    return dev >= 0 && heap_alloc_own(dev, size, stream, out);
+}
+
 /* A stream-ordered allocation in the stream's context; `cur` is the thread's current context.
  * *served is false when fragless leaves it to the real function: a stream under capture, or a
  * context that is not its device's primary one. */
@@ -936,6 +961,8 @@ static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUstream stream)
 {
     if (!serving() || !dptr || size == 0)
         return drv_mem_alloc_async(dptr, size, stream);
+    if (own_stream_alloc(size, stream, dptr))
+        return CUDA_SUCCESS;
     CUcontext cur = NULL;
     CUresult r = drv_ctx_get_current(&cur);
     if (r != CUDA_SUCCESS)
@@ -1102,12 +1129,14 @@ static cudaError_t malloc_async(enum rt_fn id, void **dev_ptr, size_t size, CUst
 {
     if (!serving() || !dev_ptr || size == 0)
         return real_malloc_async(id, dev_ptr, size, stream);
+    CUdeviceptr p = 0;
+    if (own_stream_alloc(size, stream, &p))
+        return rt_alloc_result(CUDA_SUCCESS, p, dev_ptr);
     CUcontext cur = NULL;
     cudaError_t e = runtime_context(&cur);
     if (e != cudaSuccess)
         return e;
     bool served = false;
-    CUdeviceptr p = 0;
     CUresult r = stream_alloc(cur, &p, size, stream, &served);
     if (!served && r == CUDA_SUCCESS)
         return real_malloc_async(id, dev_ptr, size, stream);
