@@ -652,7 +652,8 @@ void front_unlock_all(void)
         return false;                                                        \
     } while (0)
 
-static bool region_is_valid(const struct heap *h, const struct region *r, struct front_sum *t)
+static bool region_is_valid(const struct heap *h, const struct region *r, struct front_sum *t,
+                            size_t *pending_sum)
 {
     size_t at = 0, pending = 0;
     if (r->blk->state != BLOCK_HELD || r->base != r->blk->ptr || r->size != r->blk->size ||
@@ -674,13 +675,14 @@ static bool region_is_valid(const struct heap *h, const struct region *r, struct
     if (r->n && r->e[r->n - 1].state == ENTRY_FREE)
         FAIL("region %#llx: a free block at the top", (unsigned long long)r->base);
     t->blocks += r->n;
-    t->frees += (int64_t)r->pending; /* (the pending bytes, compared below) */
+    *pending_sum += r->pending;
     return true;
 }
 
 bool front_check(const struct heap *h)
 {
     struct front_sum t = {0}, s;
+    size_t pending = 0;
     int held = 0;
     for (struct front *f = atomic_load(&registry); f; f = atomic_load(&f->next)) {
         for (int i = 0; i < FRONT_REGIONS; i++) {
@@ -689,13 +691,13 @@ bool front_check(const struct heap *h)
                 continue;
             if (r->blk->owner != f || r->ds != dstat_of(f, h->device))
                 FAIL("region %#llx held by another front", (unsigned long long)r->base);
-            if (!region_is_valid(h, r, &t))
+            if (!region_is_valid(h, r, &t, &pending))
                 return false;
             held++;
         }
     }
     front_sum(h, &s);
-    if (t.frees != (int64_t)pending_in_regions(h))
+    if (pending != pending_in_regions(h))
         FAIL("threads' pending bytes differ from the sum over regions");
     if (held != h->held)
         FAIL("%d regions held, the heap counts %d", held, h->held);
