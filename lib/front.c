@@ -87,6 +87,7 @@ struct region {
     CUdeviceptr base;
     size_t size, top;
     size_t live;    /* bytes of live entries (also in blk->carved, for fragstat's map) */
+    int64_t blocks; /* blocks it adds to the heap's one held block (in ds->blocks) */
     size_t pending; /* bytes of pending entries */
     struct entry *e;
     uint32_t n, cap;
@@ -131,11 +132,9 @@ static void count_carve(struct dstat *d, size_t size, size_t requested)
 {
     add(&d->allocated, (int64_t)size);
     add(&d->requested, (int64_t)requested);
-    add(&d->blocks, 1);
     add(&d->allocs, 1);
     raise_hi(&d->hi_allocated, ld(&d->allocated));
     raise_hi(&d->hi_requested, ld(&d->requested));
-    raise_hi(&d->hi_blocks, ld(&d->blocks));
 }
 
 static void count_free(struct dstat *d, size_t size, size_t requested)
@@ -252,6 +251,22 @@ static size_t pending_in_regions(const struct heap *h)
     return (size_t)sum;
 }
 
+/* The blocks r adds to the held block the heap counts: its entries, less the held block's own
+ * when they fill it (no free rest). */
+static int64_t blocks_of(const struct region *r)
+{
+    return (int64_t)r->n - (r->n && r->top == r->size);
+}
+
+/* Brings r's share of ds->blocks up to date after its entries or top changed. */
+static void count_blocks(struct region *r)
+{
+    int64_t now = blocks_of(r);
+    add(&r->ds->blocks, now - r->blocks);
+    raise_hi(&r->ds->hi_blocks, ld(&r->ds->blocks));
+    r->blocks = now;
+}
+
 /* Gives back the free blocks at the top of r's stack, and the pending ones a sync covered. */
 static void pop(struct region *r)
 {
@@ -260,11 +275,11 @@ static void pop(struct region *r)
         if (e->state == ENTRY_PENDING && ticket_done(r->h, e->ticket))
             set_pending(r, r->pending - e->size);
         else if (e->state != ENTRY_FREE)
-            return;
+            break;
         r->top = e->off;
         r->n--;
-        add(&r->ds->blocks, -1);
     }
+    count_blocks(r);
 }
 
 static void set_live(struct region *r, size_t live)
@@ -282,6 +297,7 @@ static bool carve(struct region *r, size_t rounded, size_t size, CUdeviceptr *ou
     r->top += rounded;
     set_live(r, r->live + rounded);
     count_carve(r->ds, rounded, size);
+    count_blocks(r);
     return true;
 }
 
@@ -399,7 +415,7 @@ static void give_back(struct region *r, struct region_home home)
         region_piece(h, &rest, rest->size, 0, PIECE_SPARE, &home, &r->stash);
     add(&r->ds->allocated, -live);
     add(&r->ds->requested, -requested);
-    add(&r->ds->blocks, -(int64_t)r->n);
+    add(&r->ds->blocks, -r->blocks);
     set_pending(r, 0);
     region_unstash(h, &r->stash, &r->nstash);
     heap_unlock(h);
@@ -674,7 +690,9 @@ static bool region_is_valid(const struct heap *h, const struct region *r, struct
         FAIL("region %#llx: entries do not add up", (unsigned long long)r->base);
     if (r->n && r->e[r->n - 1].state == ENTRY_FREE)
         FAIL("region %#llx: a free block at the top", (unsigned long long)r->base);
-    t->blocks += r->n;
+    if (r->blocks != blocks_of(r))
+        FAIL("region %#llx: its blocks are miscounted", (unsigned long long)r->base);
+    t->blocks += r->blocks;
     *pending_sum += r->pending;
     return true;
 }

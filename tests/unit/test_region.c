@@ -3,7 +3,8 @@
  * memory a region gives back into its stream's pool waits for that stream's work like any
  * free there (rule 1), a region never serves requests out of a block max_split_size_mb keeps
  * whole, small requests come from the small pool, and a remote free racing a region going
- * back is not taken for a double free. Each test runs with thread_cache on (the default).
+ * back is not taken for a double free; blocks are counted once. Each test runs with
+ * thread_cache on (the default).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -131,4 +132,18 @@ Test(region, remote_frees_race_regions_going_back)
     atomic_store(&stop_reclaim, 1);
     pthread_join(rc, NULL);
     cr_assert_eq(atomic_load(&bad_frees), 0, "%d remote frees failed", atomic_load(&bad_frees));
+}
+
+/* Catches a region filled to its end counted as its carved blocks plus its own (held) one. */
+Test(region, a_filled_region_counts_its_blocks_once)
+{
+    CUstream s = ht_stream();
+    CUdeviceptr anchor = ht_alloc(4096, s, HEAP_ASYNC); /* a 2 MiB small segment */
+    CUdeviceptr a = ht_alloc(FL_MiB, s, HEAP_ASYNC);
+    CUdeviceptr b = ht_alloc(FL_MiB - 4096, s, HEAP_ASYNC); /* the segment is full */
+    cr_assert_eq(ht_stats(0).blocks.current, 3);
+    ht_free(b, s, HEAP_ASYNC);
+    cr_assert(heap_is_valid());
+    ht_free(a, s, HEAP_ASYNC);
+    ht_free(anchor, s, HEAP_ASYNC);
 }
