@@ -42,6 +42,24 @@ void block_recycle(struct heap *h, struct block *b)
     h->spare = b;
 }
 
+void block_cut_head(struct block *b, struct block *f, size_t size)
+{
+    *f = (struct block){.ptr = b->ptr,
+                        .size = size,
+                        .seg = b->seg,
+                        .prev = b->prev,
+                        .next = b,
+                        .state = BLOCK_FREE};
+    if (b->prev)
+        b->prev->next = f;
+    else
+        b->seg->first = f;
+    b->prev = f;
+    b->ptr += size;
+    b->size -= size;
+    b->seg->nblocks++;
+}
+
 /* Splits the first `rounded` bytes off free block b (accounted, in its index) into a new
  * detached block, which it returns; b keeps the rest, and its place in the index when its
  * size class does not change (fi_resize). NULL if there is no record for it. */
@@ -52,21 +70,8 @@ static struct block *split_head(struct heap *h, struct block *b, size_t rounded)
         return NULL;
     size_t old = b->size;
     block_account(h, b, -1);
-    f->ptr = b->ptr;
-    f->size = rounded;
-    f->seg = b->seg;
-    f->state = BLOCK_FREE;
+    block_cut_head(b, f, rounded);
     f->free_seq = b->free_seq;
-    f->prev = b->prev;
-    f->next = b;
-    if (b->prev)
-        b->prev->next = f;
-    else
-        b->seg->first = f;
-    b->prev = f;
-    b->ptr += rounded;
-    b->size -= rounded;
-    b->seg->nblocks++;
     fi_resize(b->index, b, old);
     block_account(h, b, +1);
     return f;

@@ -573,6 +573,9 @@ bool expand_segment_is_valid(const struct heap *h, const struct segment *s);
 
 /* ---- block.c: blocks of a heap — split, merge, states, accounting ---- */
 struct block *block_new(struct heap *h);
+/* Record f (overwritten) becomes the first `size` bytes of b, a free block with no share in
+ * the statistics: address, neighbour links and the segment's count; b keeps the rest. */
+void block_cut_head(struct block *b, struct block *f, size_t size);
 void block_recycle(struct heap *h, struct block *b);
 /* block_account, b's share of the statistics, is inline below the statistics helpers. */
 

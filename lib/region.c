@@ -104,20 +104,7 @@ void region_piece(struct heap *h, struct block **rest, size_t size, size_t reque
     if (size < b->size) { /* cut the head off into a record of the stash */
         struct block *head = *stash;
         *stash = head->lnext;
-        *head = (struct block){.ptr = b->ptr,
-                               .size = size,
-                               .seg = b->seg,
-                               .prev = b->prev,
-                               .next = b,
-                               .state = BLOCK_FREE};
-        if (b->prev)
-            b->prev->next = head;
-        else
-            b->seg->first = head;
-        b->prev = head;
-        b->ptr += size;
-        b->size -= size;
-        b->seg->nblocks++;
+        block_cut_head(b, head, size);
         b = head;
     } else {
         *rest = NULL;
