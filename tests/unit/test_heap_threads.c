@@ -1406,6 +1406,13 @@ static void fast_path_against_empty_cache(void)
         cr_assert_eq(heap_empty_cache(0, NULL), CUDA_SUCCESS);
         cr_assert(heap_is_valid());
         storm_lookup(&watcher);
+        /* a snapshot taken while regions go back: what is live at most, never torn */
+        fragless_stats_t st = {.size = sizeof st};
+        if (heap_get_stats(0, &st) != 0) /* no allocation yet */
+            continue;
+        cr_assert_leq(st.allocated_bytes.current, HAMMER_THREADS * HAMMER_LIVE * FL_MiB);
+        cr_assert_leq(st.requested_bytes.current, st.allocated_bytes.current);
+        cr_assert_leq(st.allocated_bytes.current, st.reserved_bytes.current);
         rounds++;
     }
     uint64_t allocs = 0, frees = 0;
