@@ -279,6 +279,7 @@ static bool lookup_finds(struct worker *w, CUdeviceptr p, CUdeviceptr *base)
  *      overwritten when the fill lands ---- */
 
 #define PROBES 2
+#define BLK    ((size_t)65536) /* the blocks rule 1 is tested on: many fit in a small segment */
 
 struct probe {
     CUdeviceptr p[PROBES];
@@ -302,8 +303,8 @@ static void probes_take(struct probe *pr, const struct probe_at *at, int n, unsi
         pr[i] = (struct probe){
             .tag = (unsigned char)(tag0 + i), .stream = at[i].s, .mode = at[i].mode, .w = at[i].w};
         for (int k = 0; k < PROBES; k++) {
-            pr[i].p[k] = w_alloc(at[i].w, FL_MiB, at[i].s, at[i].mode);
-            memset((void *)(uintptr_t)pr[i].p[k], pr[i].tag, FL_MiB);
+            pr[i].p[k] = w_alloc(at[i].w, BLK, at[i].s, at[i].mode);
+            memset((void *)(uintptr_t)pr[i].p[k], pr[i].tag, BLK);
         }
     }
 }
@@ -314,7 +315,7 @@ static void probes_check(struct probe *pr, int n)
     for (int i = 0; i < n; i++)
         for (int k = 0; k < PROBES; k++) {
             const unsigned char *c = (const unsigned char *)(uintptr_t)pr[i].p[k];
-            for (size_t j = 0; j < FL_MiB; j++)
+            for (size_t j = 0; j < BLK; j++)
                 cr_assert_eq(c[j], pr[i].tag,
                              "probe %#llx (tag %#x) byte %zu overwritten: handed out while a "
                              "fill issued before a free could still write it",
@@ -327,7 +328,26 @@ static void probes_check(struct probe *pr, int n)
 struct scene {
     struct worker a, b;
     CUstream s, t, u;
+    CUdeviceptr warm; /* a block warm_up left live */
 };
+
+/* The cache warm, as in a program past its first steps (a thread cache builds its regions
+ * from cached memory): 8 MiB of small-pool and 60 MiB of large-pool blocks freed on a stream of
+ * their own, then made reusable everywhere by a request on another stream that misses (its
+ * look at the other streams' frees finds their work done). */
+static CUdeviceptr warm_up(void)
+{
+    CUstream w = ht_stream();
+    CUdeviceptr p[11];
+    for (int i = 0; i < 11; i++)
+        p[i] = ht_alloc(i < 8 ? FL_MiB : 20 * FL_MiB, w, HEAP_ASYNC);
+    for (int i = 0; i < 11; i++)
+        ht_free(p[i], w, HEAP_ASYNC);
+    CUdeviceptr keep = ht_alloc(512, NULL, HEAP_SYNC);
+    heap_stream_destroyed(w);
+    ht_stream_destroy(w);
+    return keep;
+}
 
 static void scene_start(struct scene *x)
 {
@@ -335,6 +355,7 @@ static void scene_start(struct scene *x)
     x->s = ht_stream();
     x->t = ht_stream();
     x->u = ht_stream();
+    x->warm = warm_up();
     worker_start(&x->a);
     worker_start(&x->b);
 }
@@ -345,6 +366,7 @@ static void scene_end(struct scene *x)
     cr_assert(heap_is_valid());
     worker_stop(&x->a);
     worker_stop(&x->b);
+    ht_free(x->warm, NULL, HEAP_SYNC);
 }
 
 /* Mixed sizes (small ones rounded, large ones multiples of 2 MiB). */
@@ -417,8 +439,8 @@ static void remote_free_then_probe(struct scene *x, CUstream fill, CUstream free
 {
     struct probe pr[MAX_PLACES];
     cr_assert_leq(n, MAX_PLACES);
-    CUdeviceptr p = w_alloc(&x->a, FL_MiB, x->s, HEAP_ASYNC);
-    w_fill(NULL, fill, p, FL_MiB);
+    CUdeviceptr p = w_alloc(&x->a, BLK, x->s, HEAP_ASYNC);
+    w_fill(NULL, fill, p, BLK);
     w_free(&x->b, p, free_s, mode);
     probes_take(pr, at, n, 0x11);
     cr_assert_eq(drv_stream_synchronize(fill), CUDA_SUCCESS);
@@ -458,12 +480,32 @@ Test(threads, remote_plain_free_waits_for_a_device_sync, .timeout = 60)
  * each on its stream. */
 static void own_frees_while_filled(struct scene *x)
 {
-    CUdeviceptr p = w_alloc(&x->a, FL_MiB, x->s, HEAP_ASYNC);
-    w_fill(NULL, x->s, p, FL_MiB);
+    CUdeviceptr p = w_alloc(&x->a, BLK, x->s, HEAP_ASYNC);
+    w_fill(NULL, x->s, p, BLK);
     w_free(&x->a, p, x->s, HEAP_ASYNC);
-    CUdeviceptr q = w_alloc(&x->a, FL_MiB, CU_STREAM_PER_THREAD, HEAP_ASYNC);
-    w_fill(&x->a, CU_STREAM_PER_THREAD, q, FL_MiB);
+    CUdeviceptr q = w_alloc(&x->a, BLK, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    w_fill(&x->a, CU_STREAM_PER_THREAD, q, BLK);
     w_free(&x->a, q, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+}
+
+/* A's block on its per-thread stream, freed by B on B's per-thread stream while B's fill
+ * writes it: the same handle (CU_STREAM_PER_THREAD) names two streams, so a front end that
+ * takes it for A's stream reuses the block on A's stream before the fill landed. */
+Test(threads, remote_free_on_another_threads_per_thread_stream, .timeout = 60)
+{
+    struct scene x;
+    scene_start(&x);
+    CUdeviceptr p = w_alloc(&x.a, BLK, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    w_fill(&x.b, CU_STREAM_PER_THREAD, p, BLK);
+    w_free(&x.b, p, CU_STREAM_PER_THREAD, HEAP_ASYNC);
+    const struct probe_at at[] = {{&x.a, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+                                  {NULL, CU_STREAM_PER_THREAD, HEAP_ASYNC},
+                                  {&x.a, NULL, HEAP_SYNC}};
+    struct probe pr[3];
+    probes_take(pr, at, 3, 0x71);
+    cr_assert_eq(drv_ctx_synchronize(), CUDA_SUCCESS);
+    probes_check(pr, 3);
+    scene_end(&x);
 }
 
 /* A frees its own block on S (LIFO back into its region) while S's fill runs, then on its
@@ -523,8 +565,8 @@ Test(threads, context_reset_retires_other_threads_stream_frees, .timeout = 60)
 {
     struct scene x;
     scene_start(&x);
-    CUdeviceptr p = w_alloc(&x.a, FL_MiB, x.s, HEAP_ASYNC);
-    w_fill(NULL, x.s, p, FL_MiB);
+    CUdeviceptr p = w_alloc(&x.a, BLK, x.s, HEAP_ASYNC);
+    w_fill(NULL, x.s, p, BLK);
     w_free(&x.a, p, x.s, HEAP_ASYNC);
     heap_streams_reset(false);
     const struct probe_at at[] = {{&x.a, x.s, HEAP_ASYNC},
@@ -534,7 +576,7 @@ Test(threads, context_reset_retires_other_threads_stream_frees, .timeout = 60)
     struct probe pr[4];
     probes_take(pr, at, 4, 0x61);
     fragless_stats_t st = ht_stats(0);
-    cr_assert_eq(st.active_bytes.current, st.allocated_bytes.current + FL_MiB, "p pending");
+    cr_assert_geq(st.active_bytes.current, st.allocated_bytes.current + BLK, "p pending");
     cr_assert_eq(drv_stream_synchronize(x.s), CUDA_SUCCESS);
     probes_check(pr, 4);
     scene_end(&x);
@@ -939,23 +981,23 @@ BOTH_KINDS(oom_takes_back_another_threads_cache, "64M")
 
 /* ---- stream destroy ---- */
 
-/* A's blocks on S, some freed by the test's thread, some by A, all written by a fill on S,
- * then S destroyed (its handle may come back for the next stream): a front end that does not
- * retire A's region for S hands them out on the new stream (or anywhere) before the fill. */
+/* A's blocks on S, all written by a fill on S; the top six freed (three by the test's thread,
+ * three by A), then S destroyed (its handle comes back for the next stream): a front end that
+ * does not retire A's region for S carves them again on the new stream before the fill. */
 Test(threads, destroyed_stream_with_another_threads_blocks, .timeout = 60)
 {
     struct scene x;
     scene_start(&x);
     CUdeviceptr p[8];
     for (int i = 0; i < 8; i++)
-        p[i] = w_alloc(&x.a, FL_MiB, x.s, HEAP_ASYNC);
+        p[i] = w_alloc(&x.a, BLK, x.s, HEAP_ASYNC);
     ht_work(x.s, FILL_US);
     for (int i = 0; i < 8; i++)
-        ht_fill(x.s, p[i], 0xab, FL_MiB, 0);
-    for (int i = 0; i < 4; i++)
+        ht_fill(x.s, p[i], 0xab, BLK, 0);
+    for (int i = 2; i < 5; i++)
         ht_free(p[i], x.s, HEAP_ASYNC);
-    w_free(&x.a, p[5], x.s, HEAP_ASYNC);
-    w_free(&x.a, p[4], x.s, HEAP_ASYNC);
+    for (int i = 7; i >= 5; i--)
+        w_free(&x.a, p[i], x.s, HEAP_ASYNC);
     /* the emulated device's cuCtxSynchronize does not wait for a destroyed stream's work:
      * an event recorded before the destroy tells when the fills landed */
     CUevent done = event_record(x.s);
@@ -973,14 +1015,14 @@ Test(threads, destroyed_stream_with_another_threads_blocks, .timeout = 60)
     event_wait(done);
     probes_check(pr, 5);
     /* the rest: live, found, freed by their owner on the legacy stream */
-    for (int i = 6; i < 8; i++) {
-        assert_lookup(&x.b, p[i] + 5, p[i], FL_MiB);
+    for (int i = 0; i < 2; i++) {
+        assert_lookup(&x.b, p[i] + 5, p[i], BLK);
         w_free(&x.a, p[i], CU_STREAM_LEGACY, HEAP_ASYNC);
     }
+    scene_end(&x);
     fragless_stats_t st = ht_stats(0);
     cr_assert_eq(st.allocated_bytes.current, 0);
     cr_assert_eq(st.num_frees, st.num_allocs);
-    scene_end(&x);
     end_clean((CUstream[]){x.s, x.t, x.u}, 3);
 }
 
@@ -1364,6 +1406,13 @@ static void fast_path_against_empty_cache(void)
         cr_assert_eq(heap_empty_cache(0, NULL), CUDA_SUCCESS);
         cr_assert(heap_is_valid());
         storm_lookup(&watcher);
+        /* a snapshot taken while regions go back: what is live at most, never torn */
+        fragless_stats_t st = {.size = sizeof st};
+        if (heap_get_stats(0, &st) != 0) /* no allocation yet */
+            continue;
+        cr_assert_leq(st.allocated_bytes.current, HAMMER_THREADS * HAMMER_LIVE * FL_MiB);
+        cr_assert_leq(st.requested_bytes.current, st.allocated_bytes.current);
+        cr_assert_leq(st.allocated_bytes.current, st.reserved_bytes.current);
         rounds++;
     }
     uint64_t allocs = 0, frees = 0;
