@@ -998,8 +998,8 @@ Test(threads, destroyed_stream_with_another_threads_blocks, .timeout = 60)
         ht_free(p[i], x.s, HEAP_ASYNC);
     for (int i = 7; i >= 5; i--)
         w_free(&x.a, p[i], x.s, HEAP_ASYNC);
-    /* the emulated device's cuCtxSynchronize does not wait for a destroyed stream's work:
-     * an event recorded before the destroy tells when the fills landed */
+    /* an event recorded before the destroy tells when the fills landed (a device sync would
+     * wait for them too, but would end the scene) */
     CUevent done = event_record(x.s);
     heap_stream_destroyed(x.s);
     ht_stream_destroy(x.s);
