@@ -127,8 +127,6 @@ void heap_check_if_enabled(void)
     check();
 }
 
-/* Brings the derived level and the peaks of the blocks' levels up to date; end of every
- * operation, lock held. */
 /* heap_settle with thread fronts on the device: their carved levels count in the peaks. */
 static void settle_with_fronts(struct heap *h)
 {
@@ -147,6 +145,8 @@ static void settle_with_fronts(struct heap *h)
     level_peak(&st->inactive_split_bytes);
 }
 
+/* Brings the derived level and the peaks of the blocks' levels up to date; end of every
+ * operation, lock held. */
 void heap_settle(struct heap *h)
 {
     if (atomic_load_explicit(&h->fronts, memory_order_relaxed)) {
