@@ -585,7 +585,7 @@ bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, e
 bool front_carve(struct heap *h, size_t rounded, size_t size, CUstream stream, CUdeviceptr *out)
 {
     struct front *f = mine;
-    if (!f || rounded > FRONT_MAX_REQUEST)
+    if (!f || rounded > FRONT_MAX_REQUEST || rounded >= h->max_split)
         return false;
     lock_take(&f->lock);
     struct region *r = region_for(f, h, stream, size_pool(rounded));

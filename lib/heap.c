@@ -300,20 +300,35 @@ static void log_oom(struct heap *h, size_t size)
               h->device, mib(size), mib(reserved), mib(allocated), mib(reserved - allocated));
 }
 
+/* Out of memory: every thread's regions go back, and no thread takes a new one until the
+ * request is served or has failed (its memory is this request's). Lock not held. */
+static void reclaim_begin(struct heap *h)
+{
+    atomic_fetch_add_explicit(&h->reclaiming, 1, memory_order_relaxed);
+    front_reclaim(h->device, true, NULL);
+}
+
+static void reclaim_end(struct heap *h)
+{
+    atomic_fetch_sub_explicit(&h->reclaiming, 1, memory_order_relaxed);
+}
+
 /* The driver refused a segment: release what is cached, retry once, then look again in the
  * cache after a device sync. Lock not held; on success *ptr is set. */
 static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream stream,
                         enum heap_mode mode, struct segment **seg, CUdeviceptr *ptr)
 {
-    front_reclaim(h->device, true, NULL);
+    reclaim_begin(h);
     size_t released = release_free_segments(h, SIZE_MAX);
     heap_lock(h);
     h->st.num_alloc_retries++;
     release_count_automatic(h, released); /* as expand_recover counts its release */
     heap_unlock(h);
     CUresult r = segment_create(size_segment(rounded, h->max_split), size_pool(rounded), seg);
-    if (r != CUDA_ERROR_OUT_OF_MEMORY)
+    if (r != CUDA_ERROR_OUT_OF_MEMORY) {
+        reclaim_end(h);
         return r;
+    }
     heap_lock(h);
     struct block *b = NULL;
     bool backed;
@@ -327,6 +342,7 @@ static CUresult recover(struct heap *h, size_t rounded, size_t size, CUstream st
         log_oom(h, size);
     }
     heap_unlock(h);
+    reclaim_end(h);
     return r;
 }
 
@@ -444,9 +460,10 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
         b = cached_block(h, rounded, stream, mode, &backed);
     }
     CUresult r = b ? serve(h, b, rounded, size, backed, out) : CUDA_SUCCESS;
-    if (b && r == CUDA_ERROR_OUT_OF_MEMORY && h->held) { /* no pages: threads' regions first */
+    bool reclaiming = b && r == CUDA_ERROR_OUT_OF_MEMORY && h->held;
+    if (reclaiming) { /* no pages: threads' regions first */
         heap_unlock(h);
-        front_reclaim(device, true, NULL);
+        reclaim_begin(h);
         heap_lock(h);
         b = cached_block(h, rounded, stream, mode, &backed);
         r = b ? serve(h, b, rounded, size, backed, out) : CUDA_SUCCESS;
@@ -458,6 +475,8 @@ CUresult heap_alloc(int device, size_t size, CUstream stream, enum heap_mode mod
     heap_unlock(h);
     if (!b)
         r = alloc_segment(h, rounded, size, stream, mode, out);
+    if (reclaiming)
+        reclaim_end(h);
     check();
     if (FL_UNLIKELY(r == CUDA_ERROR_OUT_OF_MEMORY))
         report_oom(device, size);

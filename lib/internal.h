@@ -503,9 +503,10 @@ struct heap {
     /* Device syncs begun and the highest-numbered one completed (front.c's plain frees wait
      * for a sync numbered above the count begun when they were freed). */
     _Atomic uint64_t syncs_begun, syncs_done;
-    _Atomic int fronts; /* thread fronts with statistics on this heap (front.c) */
-    bool serve_fronts;  /* thread_cache, unless release_threshold_mb caps what is cached */
-    int held;           /* blocks held as thread regions */
+    _Atomic int fronts;     /* thread fronts with statistics on this heap (front.c) */
+    _Atomic int reclaiming; /* requests out of memory: no thread takes a new region */
+    bool serve_fronts;      /* thread_cache, unless release_threshold_mb caps what is cached */
+    int held;               /* blocks held as thread regions */
     /* The heap's own levels: front.c adds what threads carved from their regions (merged on
      * read: heap_merged_stats). Peaks count the carved bytes too. */
     fragless_stats_t st;

@@ -916,8 +916,12 @@ static CUresult stream_alloc(CUcontext cur, CUdeviceptr *out, size_t size, CUstr
 static CUresult stream_free(CUdeviceptr p, CUstream stream, bool *foreign)
 {
     *foreign = false;
-    /* the calling thread's own carved block: no context needed (nothing to trace first) */
-    if (FL_LIKELY(!trace_enabled()) && heap_free_own(p, stream))
+    /* the calling thread's own carved block, on a stream this thread knows to be valid: no
+     * context needed (nor anything to trace first) */
+    CUcontext known = NULL;
+    if (FL_LIKELY(!trace_enabled()) &&
+        (default_stream(stream) || stream_context_cached(stream, &known)) &&
+        heap_free_own(p, stream))
         return CUDA_SUCCESS;
     CUcontext cur = NULL;
     CUresult r = default_stream(stream) ? CUDA_SUCCESS : drv_ctx_get_current(&cur);

@@ -46,7 +46,9 @@ void region_unstash(struct heap *h, struct block **stash, uint32_t *n)
 struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream stream,
                           struct front *owner)
 {
-    bool backed; /* no event query or record: the heap's own path makes those */
+    if (atomic_load_explicit(&h->reclaiming, memory_order_relaxed))
+        return NULL; /* a request out of memory needs what regions gave back */
+    bool backed;     /* no event query or record: the heap's own path makes those */
     enum heap_pool_kind pool = size_pool(rounded);
     struct block *b = heap_find_cached(h, pool, want, stream, HEAP_ASYNC, &backed);
     if (!b || !backed) /* a block of `want` bytes, else the best fit of the request's */

@@ -2,7 +2,8 @@
  * ip_async.c — the stream-ordered calls reach fragless: cudaMallocAsync/cudaFreeAsync (and
  * their per-thread-stream _ptsz forms), cuMemAllocAsync/cuMemFreeAsync; a stream under graph
  * capture goes to the real stream-ordered allocator, and a fragless block freed on a
- * capturing stream is refused (by either API) rather than freed out of order.
+ * capturing stream is refused (by either API) rather than freed out of order; a free on a
+ * destroyed stream fails and frees nothing.
  */
 #include "ip_prog.h"
 
@@ -64,11 +65,32 @@ static void captured(cudaStream_t s)
     CHECK(cudaFree(mine) == cudaSuccess, "cudaFree");
 }
 
+/* A stream-ordered free on a destroyed stream gets the driver's error and frees nothing, also
+ * for a block the calling thread carved from its own region (whose free needs no driver). */
+static void destroyed_stream(cudaStream_t s)
+{
+    cudaStream_t gone = NULL;
+    CUdeviceptr a = 0, p = 0;
+    CHECK(cuMemAllocAsync(&a, 4096, (CUstream)s) == CUDA_SUCCESS, "cuMemAllocAsync a");
+    CHECK(cuMemAllocAsync(&p, 4096, (CUstream)s) == CUDA_SUCCESS, "cuMemAllocAsync p");
+    CHECK(cudaStreamCreate(&gone) == cudaSuccess, "stream");
+    CHECK(cuMemFreeAsync(a, (CUstream)gone) == CUDA_SUCCESS, "free on a live stream");
+    CHECK(cudaStreamDestroy(gone) == cudaSuccess, "stream destroy");
+    fragless_stats_t before = ip_stats0();
+    CUresult r = cuMemFreeAsync(p, (CUstream)gone);
+    CHECK(r != CUDA_SUCCESS, "a free on a destroyed stream succeeded");
+    fragless_stats_t after = ip_stats0();
+    ip_expect_served(&before, &after, 0, 0);
+    CHECK(cuMemFreeAsync(p, (CUstream)s) == CUDA_SUCCESS, "p is still live");
+    CHECK(cudaStreamSynchronize(s) == cudaSuccess, "sync");
+}
+
 int main(void)
 {
     cudaStream_t s = NULL;
     CHECK(cudaStreamCreate(&s) == cudaSuccess, "stream");
     served(s);
+    destroyed_stream(s);
     captured(s);
     CHECK(cudaStreamDestroy(s) == cudaSuccess, "stream destroy");
     printf("ok async\n");
