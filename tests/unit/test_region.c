@@ -3,8 +3,8 @@
  * memory a region gives back into its stream's pool waits for that stream's work like any
  * free there (rule 1), a region never serves requests out of a block max_split_size_mb keeps
  * whole, small requests come from the small pool, and a remote free racing a region going
- * back is not taken for a double free; blocks are counted once. Each test runs with
- * thread_cache on (the default).
+ * back is not taken for a double free; blocks are counted once; a failed device sync makes
+ * nothing reusable. Each test runs with thread_cache on (the default).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -146,4 +146,33 @@ Test(region, a_filled_region_counts_its_blocks_once)
     cr_assert(heap_is_valid());
     ht_free(a, s, HEAP_ASYNC);
     ht_free(anchor, s, HEAP_ASYNC);
+}
+
+/* Catches a failed device sync taken as done: a region's pending frees (on another stream,
+ * whose fill still runs) carved again without a sync that waited for that fill. */
+Test(region, a_failed_sync_pops_nothing)
+{
+    CUstream s = ht_stream(), t = ht_stream();
+    CUdeviceptr warm = ht_alloc(64 * FL_MiB, s, HEAP_ASYNC);
+    ht_free(warm, s, HEAP_ASYNC); /* s's pool holds 64 MiB: room for a 64 MiB region */
+    CUdeviceptr a = ht_alloc(32 * FL_MiB, s, HEAP_ASYNC);
+    CUdeviceptr b = ht_alloc(32 * FL_MiB, s, HEAP_ASYNC);
+    ht_fill(t, a, 0xab, FL_MiB, 300000);
+    ht_free(a, t, HEAP_ASYNC); /* pending in the region: 64 MiB, a sync pays */
+    ht_free(b, t, HEAP_ASYNC);
+    cr_assert_eq(ht_fail("cuCtxSynchronize@1=CUDA_ERROR_UNKNOWN"), 0);
+    CUdeviceptr c = ht_alloc(32 * FL_MiB, s, HEAP_ASYNC);
+    cr_assert(!(ht_overlap(c, 32 * FL_MiB, a, 32 * FL_MiB) && query(t) == CUDA_ERROR_NOT_READY),
+              "a pending block carved again while the fill on t runs");
+    cr_assert_eq(ht_fail(""), 0);
+    cr_assert(heap_is_valid());
+    ht_free(c, s, HEAP_ASYNC);
+    cr_assert_eq(drv_ctx_synchronize(), CUDA_SUCCESS);
+    heap_stream_destroyed(s);
+    ht_stream_destroy(s);
+    heap_stream_destroyed(t);
+    ht_stream_destroy(t);
+    size_t released;
+    cr_assert_eq(heap_empty_cache(-1, &released), CUDA_SUCCESS);
+    cr_assert_eq(ht_audit(), 0);
 }
