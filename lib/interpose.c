@@ -406,11 +406,10 @@ static _Thread_local struct {
     unsigned next; /* the entry replaced next */
 } stream_cache FL_HOT_TLS;
 
-/* This thread's cached answer for the context of `stream` (a created stream) while the epoch
- * lasts; false if it has none. */
-static bool stream_context_cached(CUstream stream, CUcontext *ctx)
+/* This thread's cached answer for the context of `stream` (a created stream) made in `epoch`;
+ * false if it has none. */
+static bool cached_context(CUstream stream, uint64_t epoch, CUcontext *ctx)
 {
-    uint64_t epoch = atomic_load_explicit(&stream_epoch, memory_order_acquire);
     for (int i = 0; i < STREAM_CACHE_SIZE; i++) {
         const struct stream_entry *e = &stream_cache.e[i];
         if (e->stream == stream && e->epoch == epoch) {
@@ -421,12 +420,18 @@ static bool stream_context_cached(CUstream stream, CUcontext *ctx)
     return false;
 }
 
+/* This thread's cached answer for the context of `stream` while the epoch lasts. */
+static bool stream_context_cached(CUstream stream, CUcontext *ctx)
+{
+    return cached_context(stream, atomic_load_explicit(&stream_epoch, memory_order_acquire), ctx);
+}
+
 /* The context of `stream`, a created stream: this thread's cached answer while the epoch
  * lasts, else the driver's (cuStreamGetCtx), which is then cached. */
 static CUresult stream_context(CUstream stream, CUcontext *ctx)
 {
     uint64_t epoch = atomic_load_explicit(&stream_epoch, memory_order_acquire);
-    if (stream_context_cached(stream, ctx))
+    if (cached_context(stream, epoch, ctx))
         return CUDA_SUCCESS;
     CUresult r = drv_stream_get_ctx(stream, ctx);
     if (r != CUDA_SUCCESS || !*ctx)
