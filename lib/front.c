@@ -7,16 +7,18 @@
  * regions, its share of the statistics, and giving regions back to the heap.
  *
  * A region is a free block the heap handed over (region.c; BLOCK_HELD there), keyed by device,
- * stream and pool. Stream-ordered requests (cudaMallocAsync, cuMemAllocAsync) of up to 32 MiB
- * are carved from its front in order, and a block freed at the top of the stack of carved
- * blocks is given back at once, with every block below it that is free too — the alloc-then-
- * free pattern costs a few stores. Rule 1 (DESIGN.md §4): a block freed on the region's own
- * stream may be carved again at once (stream order); any other free — device-wide, on another
- * stream, or from another thread on its per-thread default stream — waits for a device sync
- * that began after it (the heap's sync counters), and a region whose waiting frees reach the
- * heap's batch makes that sync. Device-wide requests (cudaMalloc, cuMemAlloc) stay with the
- * heap: their frees can only be reused after a device sync, which the heap batches over all
- * its cached memory, while a region would have to hold every such free until then.
+ * stream and pool; device-wide requests (cudaMalloc, cuMemAlloc) have regions of their own,
+ * keyed REGION_DEVICE_WIDE, taken from the heap's global index. Requests of up to 32 MiB are
+ * carved from a region's front in order, and a block freed at the top of the stack of carved
+ * blocks is given back at once, with every block below it that is free too — the
+ * alloc-then-free pattern costs a few stores. Rule 1 (DESIGN.md §4): a block freed on the
+ * region's own stream may be carved again at once (stream order); any other free — device-wide
+ * (every free of a device-wide region's block), on another stream, or from another thread on
+ * its per-thread default stream — waits for a device sync that began after it (the heap's sync
+ * counters). A region that cannot serve a request while frees in it wait is set aside and
+ * another one taken (a thread may hold several for one key); once the waiting frees in the
+ * thread's regions on a device reach the heap's batch, the thread makes that sync, as the heap
+ * does for its own pending frees.
  *
  * Regions go back to the heap (their live blocks becoming the heap's) when one no longer
  * serves its thread, when the thread exits, and for every thread at once (front_reclaim)
@@ -43,6 +45,9 @@
 #include "internal.h"
 
 #define FRONT_REGIONS     8
+/* Most regions a thread holds for one (device, stream, pool): the rest set aside while frees
+ * in them wait for a device sync. */
+#define KEY_REGIONS       4
 #define FRONT_DEVICES     4
 /* Larger requests go to the heap: a region of their size would hold too much. */
 #define FRONT_MAX_REQUEST (32 * FL_MiB)
@@ -88,6 +93,7 @@ struct region {
     size_t live;    /* bytes of live entries (also in blk->carved, for fragstat's map) */
     int64_t blocks; /* blocks it adds to the heap's one held block (in ds->blocks) */
     size_t pending; /* bytes of pending entries */
+    uint64_t seen;  /* the heap's syncs done when settle last looked */
     struct entry *e;
     uint32_t n, cap;
     struct block *stash; /* block records for giving the region back */
@@ -261,6 +267,8 @@ static int64_t blocks_of(const struct region *r)
 static void count_blocks(struct region *r)
 {
     int64_t now = blocks_of(r);
+    if (now == r->blocks)
+        return;
     add(&r->ds->blocks, now - r->blocks);
     raise_hi(&r->ds->hi_blocks, ld(&r->ds->blocks));
     r->blocks = now;
@@ -349,8 +357,8 @@ static enum front_result free_in(struct region *r, CUdeviceptr ptr, CUstream str
     struct entry *e = entry_at(r, ptr - r->base);
     if (!e || e->off != ptr - r->base || e->state != ENTRY_LIVE)
         return FRONT_BAD;
-    bool same_stream =
-        mode == HEAP_ASYNC && stream == r->stream && (stream != CU_STREAM_PER_THREAD || own);
+    bool same_stream = mode == HEAP_ASYNC && stream == r->stream && stream != REGION_DEVICE_WIDE &&
+                       (stream != CU_STREAM_PER_THREAD || own);
     if (same_stream) {
         e->state = ENTRY_FREE;
     } else {
@@ -360,7 +368,8 @@ static enum front_result free_in(struct region *r, CUdeviceptr ptr, CUstream str
     }
     set_live(r, r->live - e->size);
     count_free(r->ds, e->size, e->requested);
-    pop(r);
+    if (same_stream && e == &r->e[r->n - 1]) /* else nothing pops before a sync (or the top) */
+        pop(r);
     return FRONT_DONE;
 }
 
@@ -430,7 +439,7 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
 {
     size_t want = REGION_SMALL;
     if (pool == POOL_LARGE) {
-        want = 2 * rounded;
+        want = stream == REGION_DEVICE_WIDE ? REGION_LARGE_MAX : 2 * rounded;
         want = want < REGION_LARGE_MIN ? REGION_LARGE_MIN : want;
         want = want > REGION_LARGE_MAX ? REGION_LARGE_MAX : want;
     }
@@ -458,44 +467,161 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
     return true;
 }
 
-/* What a region that cannot serve a request does first: pending frees a sync covered go, and
- * a device sync when the region's own device-wide frees pay for it as the heap's would.
- * Front lock held. */
-static void make_room(struct region *r, size_t rounded)
+/* Marks free every pending entry of r that a device sync covered since r last looked (free
+ * entries may be carved again once at the top: every stream may use them now), and pops. */
+static void settle(struct region *r)
 {
-    pop(r);
-    if (r->size - r->top >= rounded || !reuse_sync_pays_region(r->pending))
-        return;
-    heap_lock(r->h);
-    reuse_device_sync(r->h);
-    heap_unlock(r->h);
+    uint64_t done = atomic_load_explicit(&r->h->syncs_done, memory_order_acquire);
+    if (done != r->seen && r->pending) {
+        size_t pending = r->pending;
+        for (uint32_t i = 0; i < r->n; i++) {
+            struct entry *e = &r->e[i];
+            if (e->state == ENTRY_PENDING && done > e->ticket) {
+                e->state = ENTRY_FREE;
+                pending -= e->size;
+            }
+        }
+        set_pending(r, pending);
+    }
+    r->seen = done;
     pop(r);
 }
 
-/* The request on f's slow path: the region made to fit, or replaced. Front lock held. */
+/* settle for every region of f on heap h. */
+static void settle_all(struct front *f, const struct heap *h)
+{
+    for (int i = 0; i < FRONT_REGIONS; i++)
+        if (f->r[i].h == h)
+            settle(&f->r[i]);
+}
+
+static bool same_key(const struct region *a, const struct region *b)
+{
+    return a->h == b->h && a->pool == b->pool && a->stream == b->stream;
+}
+
+/* Settles every region of f serving what `first` (the first of them in f) serves, and moves one
+ * with room for `rounded` bytes into first's slot, where region_for finds it; false if none
+ * has room. Front lock held. */
+static bool room_in(struct front *f, struct region *first, size_t rounded)
+{
+    for (struct region *q = first; q < f->r + FRONT_REGIONS; q++) {
+        if (q != first && !same_key(q, first))
+            continue;
+        settle(q);
+        if (q->size - q->top < rounded)
+            continue;
+        if (q != first) {
+            struct region t = *first;
+            *first = *q;
+            *q = t;
+        }
+        return true;
+    }
+    return false;
+}
+
+/* Regions of f serving what r serves. */
+static int regions_like(const struct front *f, const struct region *r)
+{
+    int n = 0;
+    for (int i = 0; i < FRONT_REGIONS; i++)
+        n += same_key(&f->r[i], r);
+    return n;
+}
+
+/* A device sync for r's request, made by the thread as the heap makes its own: once the frees
+ * waiting in the thread's regions on r's device (those no sync covered yet) reach the heap's
+ * batch; true if one was made (a failed one pops nothing). Front lock held. */
+static bool sync_if_pays(struct front *f, struct region *r)
+{
+    if (!reuse_sync_pays_region((size_t)ld(&r->ds->pending)))
+        return false;
+    settle_all(f, r->h); /* frees a sync already covered do not count */
+    if (!reuse_sync_pays_region((size_t)ld(&r->ds->pending)))
+        return false;
+    heap_lock(r->h);
+    reuse_device_sync(r->h);
+    heap_unlock(r->h);
+    settle_all(f, r->h);
+    return true;
+}
+
+/* carve, with the block records and entries it needs first. Front lock held. */
+static bool carve_grown(struct region *r, size_t rounded, size_t size, CUdeviceptr *out)
+{
+    if (r->n + 1 >= r->nstash) {
+        heap_lock(r->h);
+        region_stash(r->h, &r->stash, &r->nstash, r->nstash + STASH_CHUNK);
+        heap_unlock(r->h);
+    }
+    return entries_room(r) && carve(r, rounded, size, out);
+}
+
+/* A free slot of f for a new region: an unused one, else the last region other than `keep`
+ * that holds nothing live, given back; NULL if none. Front lock held. */
+static struct region *slot_for_new(struct front *f, const struct region *keep)
+{
+    for (int i = 0; i < FRONT_REGIONS; i++)
+        if (!f->r[i].h)
+            return &f->r[i];
+    for (int i = FRONT_REGIONS - 1; i >= 0; i--) {
+        struct region *q = &f->r[i];
+        if (q != keep && !q->live) {
+            give_back(q, (struct region_home){.own_thread = true});
+            return q;
+        }
+    }
+    return NULL;
+}
+
+/* Gives back every region of f but `keep` holding nothing live, for the heap to make a new
+ * region `slot` of: what the thread set aside or stopped using may be what it needs; false if
+ * there was none. Front lock held. */
+static bool give_back_idle(struct front *f, const struct region *keep, const struct region *slot)
+{
+    bool any = false;
+    for (int i = 0; i < FRONT_REGIONS; i++) {
+        struct region *q = &f->r[i];
+        if (q->h && q != keep && q != slot && !q->live) {
+            give_back(q, (struct region_home){.own_thread = true});
+            any = true;
+        }
+    }
+    return any;
+}
+
+/* The request on f's slow path; r: f's first region for it, if any. One of the thread's
+ * regions for the request that has room once what a sync covered is popped (after a sync of
+ * its own when sync_if_pays says so); else a new region: r set aside while its frees wait,
+ * when its key may have one more region, or in r's place when r holds nothing live. False:
+ * the heap serves it. Front lock held. */
 static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t rounded,
                        size_t size, CUstream stream, enum heap_pool_kind pool, CUdeviceptr *out)
 {
-    if (r) {
-        make_room(r, rounded);
-        if (r->n + 1 >= r->nstash) {
-            heap_lock(h);
-            region_stash(h, &r->stash, &r->nstash, r->nstash + STASH_CHUNK);
-            heap_unlock(h);
-        }
-        if (entries_room(r) && carve(r, rounded, size, out))
-            return true;
+    if (r && (room_in(f, r, rounded) || (sync_if_pays(f, r) && room_in(f, r, rounded))))
+        return carve_grown(r, rounded, size, out);
+    struct region *slot = NULL;
+    if (r && r->pending && regions_like(f, r) < KEY_REGIONS)
+        slot = slot_for_new(f, r);
+    if (r && !slot) {
         if (r->live) /* what is live stays where it is: the heap serves this one */
             return false;
         give_back(r, (struct region_home){.own_thread = true});
-    } else {
-        for (int i = 0; i < FRONT_REGIONS && !r; i++)
-            r = f->r[i].h ? NULL : &f->r[i];
-        if (!r)
-            return false;
+        slot = r;
     }
-    return region_new(f, r, h, rounded, stream, pool) && entries_room(r) &&
-           carve(r, rounded, size, out);
+    if (!r)
+        slot = slot_for_new(f, NULL);
+    if (!slot || (!region_new(f, slot, h, rounded, stream, pool) &&
+                  !(give_back_idle(f, r, slot) && region_new(f, slot, h, rounded, stream, pool))))
+        return false;
+    if (r && slot != r) { /* the new region first, r set aside */
+        struct region t = *r;
+        *r = *slot;
+        *slot = t;
+        slot = r;
+    }
+    return entries_room(slot) && carve(slot, rounded, size, out);
 }
 
 /* ---- threads --------------------------------------------------------------------------- */
@@ -566,13 +692,13 @@ static struct front *front_mine(void)
 bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, enum heap_mode mode,
                  CUdeviceptr *out)
 {
-    if (mode != HEAP_ASYNC || !h->serve_fronts || rounded > FRONT_MAX_REQUEST ||
-        rounded >= h->max_split)
-        return false; /* device-wide requests: see the top of the file */
+    if (!h->serve_fronts || rounded > FRONT_MAX_REQUEST || rounded >= h->max_split)
+        return false;
     struct front *f = mine;
     if (FL_UNLIKELY(!f) && !(f = front_mine()))
         return false;
     enum heap_pool_kind pool = size_pool(rounded);
+    stream = mode == HEAP_ASYNC ? stream : REGION_DEVICE_WIDE;
     lock_take(&f->lock);
     struct region *r = region_for(f, h, stream, pool);
     bool ok = (r && carve(r, rounded, size, out)) ||

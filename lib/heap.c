@@ -102,7 +102,7 @@ struct heap *heap_find(int device)
 }
 
 /* FRAGLESS_CHECK set (and not "0"): check every invariant after every operation. */
-static bool check_enabled(void)
+static inline bool check_enabled(void)
 {
     static _Atomic int enabled = -1;
     int e = atomic_load_explicit(&enabled, memory_order_relaxed);
@@ -114,12 +114,18 @@ static bool check_enabled(void)
     return e;
 }
 
-static void check(void)
+static FL_COLD void check_now(void)
 {
-    if (FL_UNLIKELY(check_enabled()) && !heap_is_valid()) {
+    if (!heap_is_valid()) {
         log_error("heap invariant violated (FRAGLESS_CHECK); aborting");
         abort();
     }
+}
+
+static inline void check(void)
+{
+    if (FL_UNLIKELY(check_enabled()))
+        check_now();
 }
 
 void heap_check_if_enabled(void)

@@ -27,6 +27,8 @@
 #define FL_HOT_TLS       __attribute__((tls_model("initial-exec")))
 #define FL_LIKELY(x)     __builtin_expect(!!(x), 1)
 #define FL_UNLIKELY(x)   __builtin_expect(!!(x), 0)
+/* A function off the hot path: kept out of line so that its callers stay small. */
+#define FL_COLD          __attribute__((cold, noinline))
 #define FL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #define FL_KiB ((size_t)1 << 10)
@@ -601,7 +603,8 @@ struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool crea
 void reuse_collect(struct heap *h);
 /* Whether a device sync is worth it for a request of `rounded` bytes. */
 bool reuse_sync_pays(const struct heap *h, size_t rounded);
-/* Whether it is for a thread's region (front.c) holding `pending` bytes of device-wide frees. */
+/* Whether it is for a thread's regions (front.c) on one device holding `pending` bytes of
+ * frees that wait for a device sync. */
 bool reuse_sync_pays_region(size_t pending);
 /* One device synchronization (heap lock dropped around it); then every block freed before it
  * began is reusable everywhere. Called and returns with h->lock held. */
@@ -620,11 +623,14 @@ void reuse_retire(struct heap *h, CUstream key, const char *why, bool context_go
 /* Keeps at least `want` block records on *stash (*n of them); false without host memory. */
 bool region_stash(struct heap *h, struct block **stash, uint32_t *n, uint32_t want);
 void region_unstash(struct heap *h, struct block **stash, uint32_t *n);
-/* A region for a stream-ordered request of `rounded` bytes on `stream`: a cached free block
- * wholly mapped, cut to at most `want` bytes where possible, now held by `owner`. NULL if the
- * cache has none (no driver call is made). */
+/* A region for a request of `rounded` bytes on `stream` (REGION_DEVICE_WIDE: a device-wide
+ * one): a cached free block wholly mapped, cut to at most `want` bytes where possible, now held
+ * by `owner`. NULL if the cache has none (no driver call is made). */
 struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream stream,
                           struct front *owner);
+/* The stream key of regions serving device-wide requests (cudaMalloc, cuMemAlloc): no stream's
+ * handle. Their memory comes from the global index and goes back there. */
+#define REGION_DEVICE_WIDE ((CUstream)(uintptr_t)UINTPTR_MAX)
 /* Where a region's pieces go when it is given back. */
 struct region_home {
     CUstream stream;
@@ -636,7 +642,8 @@ enum piece_kind { PIECE_LIVE, PIECE_PENDING, PIECE_SPARE };
 void region_open(struct heap *h, struct block *b);
 /* Cuts the first `size` bytes off *rest (all of it: *rest becomes NULL) into a record of
  * *stash and puts them where `kind` says: live (with `requested`), pending a device sync, or
- * spare (the home's stream pool; pending when that cannot be had). Cannot fail. */
+ * spare (the home's stream pool, the global index for REGION_DEVICE_WIDE; pending when a pool
+ * cannot be had). Cannot fail. */
 void region_piece(struct heap *h, struct block **rest, size_t size, size_t requested,
                   enum piece_kind kind, const struct region_home *home, struct block **stash);
 
@@ -649,8 +656,9 @@ enum front_result {
 struct front_sum {
     int64_t allocated, requested, blocks, allocs, frees, host;
 };
-/* Serves the request from the calling thread's region for it; false: the heap serves it
- * (thread_cache off, too large, no region to be had). Heap lock not held. */
+/* Serves the request from the calling thread's region for it (device-wide requests from its
+ * REGION_DEVICE_WIDE ones); false: the heap serves it (thread_cache off, too large, no region
+ * to be had). Heap lock not held. */
 bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, enum heap_mode mode,
                  CUdeviceptr *out);
 /* Only what front_alloc does without the heap: a carve from the calling thread's region for

@@ -130,7 +130,7 @@ enum serve_mode { MODE_UNDECIDED, MODE_SERVE, MODE_PASS };
  * initialization is not retried). */
 static _Atomic int serve_mode;
 
-static bool decide_serving(void)
+static FL_COLD bool decide_serving(void)
 {
     int mode = passthrough() || init_once() != CUDA_SUCCESS ? MODE_PASS : MODE_SERVE;
     atomic_store_explicit(&serve_mode, mode, memory_order_relaxed);
@@ -138,7 +138,7 @@ static bool decide_serving(void)
 }
 
 /* True when this call is fragless's to serve; false sends it to the real function. */
-static bool serving(void)
+static inline bool serving(void)
 {
     if (in_init || in_real_runtime)
         return false;

@@ -50,9 +50,10 @@ struct block *region_take(struct heap *h, size_t rounded, size_t want, CUstream 
         return NULL; /* a request out of memory needs what regions gave back */
     bool backed;     /* no event query or record: the heap's own path makes those */
     enum heap_pool_kind pool = size_pool(rounded);
-    struct block *b = heap_find_cached(h, pool, want, stream, HEAP_ASYNC, &backed);
+    enum heap_mode mode = stream == REGION_DEVICE_WIDE ? HEAP_SYNC : HEAP_ASYNC;
+    struct block *b = heap_find_cached(h, pool, want, stream, mode, &backed);
     if (!b || !backed) /* a block of `want` bytes, else the best fit of the request's */
-        b = heap_find_cached(h, pool, rounded, stream, HEAP_ASYNC, &backed);
+        b = heap_find_cached(h, pool, rounded, stream, mode, &backed);
     if (!b || !backed)
         return NULL;
     size_t size = want < b->size ? want : b->size;
@@ -84,11 +85,18 @@ void region_open(struct heap *h, struct block *b)
     h->held--;
 }
 
-/* Where a piece that is neither live nor pending goes: the region's stream pool (a per-thread
- * default stream's only from its own thread), else it waits for a device sync. */
+/* Where a piece that is neither live nor pending goes: a device-wide region's to the global
+ * index (it came from there, and its frees a sync covered are ready everywhere); else the
+ * region's stream pool (a per-thread default stream's only from its own thread), else it waits
+ * for a device sync. */
 static void put_spare(struct heap *h, struct block *b, const struct region_home *home)
 {
     struct stream_pool *sp = NULL;
+    if (home->stream == REGION_DEVICE_WIDE) { /* from the global index, ready everywhere */
+        b->free_seq = ++h->free_seq;
+        block_release_to(h, b, &h->global[b->seg->pool]);
+        return;
+    }
     if (home->stream != CU_STREAM_PER_THREAD || home->own_thread)
         sp = reuse_stream_pool(h, home->stream, !home->in_fork_child);
     b->free_seq = ++h->free_seq; /* after what the stream's recorded event covers */
