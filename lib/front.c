@@ -575,15 +575,24 @@ static struct region *slot_for_new(struct front *f, const struct region *keep)
     return NULL;
 }
 
-/* Gives back every region of f but `keep` holding nothing live, for the heap to make a new
- * region `slot` of: what the thread set aside or stopped using may be what it needs; false if
- * there was none. Front lock held. */
-static bool give_back_idle(struct front *f, const struct region *keep, const struct region *slot)
+/* Whether region i of f is set aside: an earlier one serves the same requests first. */
+static bool set_aside(const struct front *f, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (same_key(&f->r[j], &f->r[i]))
+            return true;
+    return false;
+}
+
+/* Gives back every region of f set aside that holds nothing live (but `slot`), for the heap to
+ * make a new region `slot` of: what the thread set aside while frees in it waited may be what
+ * it needs; false if there was none. Front lock held. */
+static bool give_back_idle(struct front *f, const struct region *slot)
 {
     bool any = false;
-    for (int i = 0; i < FRONT_REGIONS; i++) {
+    for (int i = FRONT_REGIONS - 1; i > 0; i--) {
         struct region *q = &f->r[i];
-        if (q->h && q != keep && q != slot && !q->live) {
+        if (q->h && q != slot && !q->live && set_aside(f, i)) {
             give_back(q, (struct region_home){.own_thread = true});
             any = true;
         }
@@ -613,7 +622,7 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
     if (!r)
         slot = slot_for_new(f, NULL);
     if (!slot || (!region_new(f, slot, h, rounded, stream, pool) &&
-                  !(give_back_idle(f, r, slot) && region_new(f, slot, h, rounded, stream, pool))))
+                  !(give_back_idle(f, slot) && region_new(f, slot, h, rounded, stream, pool))))
         return false;
     if (r && slot != r) { /* the new region first, r set aside */
         struct region t = *r;
