@@ -439,7 +439,7 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
 {
     size_t want = REGION_SMALL;
     if (pool == POOL_LARGE) {
-        want = stream == REGION_DEVICE_WIDE ? REGION_LARGE_MAX : 2 * rounded;
+        want = 2 * rounded;
         want = want < REGION_LARGE_MIN ? REGION_LARGE_MIN : want;
         want = want > REGION_LARGE_MAX ? REGION_LARGE_MAX : want;
     }
