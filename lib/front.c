@@ -244,8 +244,7 @@ static void set_pending(struct region *r, size_t pending)
     r->pending = pending;
 }
 
-/* Bytes of device-wide frees waiting in every thread's regions on h's device. */
-static size_t pending_in_regions(const struct heap *h)
+size_t front_pending(const struct heap *h)
 {
     int64_t sum = 0;
     for (struct front *f = atomic_load_explicit(&registry, memory_order_acquire); f;
@@ -432,14 +431,15 @@ static void give_back(struct region *r, struct region_home home)
     *r = (struct region){0};
 }
 
-/* A new region in free slot r for a request of `rounded` bytes; false if the heap has no
+/* A new region in free slot r for a request of `rounded` bytes (for large requests, of at
+ * least `at_least` bytes within the bounds above); false if the heap has no
  * cached block for one (it then serves the request itself). Front lock held. */
 static bool region_new(struct front *f, struct region *r, struct heap *h, size_t rounded,
-                       CUstream stream, enum heap_pool_kind pool)
+                       size_t at_least, CUstream stream, enum heap_pool_kind pool)
 {
     size_t want = REGION_SMALL;
     if (pool == POOL_LARGE) {
-        want = 2 * rounded;
+        want = 2 * rounded > at_least ? 2 * rounded : at_least;
         want = want < REGION_LARGE_MIN ? REGION_LARGE_MIN : want;
         want = want > REGION_LARGE_MAX ? REGION_LARGE_MAX : want;
     }
@@ -530,20 +530,29 @@ static int regions_like(const struct front *f, const struct region *r)
     return n;
 }
 
-/* A device sync for r's request, made by the thread as the heap makes its own: once the frees
- * waiting in the thread's regions on r's device (those no sync covered yet) reach the heap's
- * batch; true if one was made (a failed one pops nothing). Front lock held. */
-static bool sync_if_pays(struct front *f, struct region *r)
+/* A device sync for a request r cannot serve, made by the thread as the heap makes its own:
+ * once the frees waiting in the thread's regions on r's device (those no sync covered yet)
+ * reach the heap's batch. The sync is made without the front's lock (other threads may free
+ * or look up the thread's blocks, or take its regions back, meanwhile; the lock is not held
+ * across a driver call), so the thread's first region for the request is looked up again
+ * after it (*r; NULL if it went back). True if a sync was made (a failed one pops nothing).
+ * Front lock held. */
+static bool sync_if_pays(struct front *f, struct region **r, CUstream stream,
+                         enum heap_pool_kind pool)
 {
-    if (!reuse_sync_pays_region((size_t)ld(&r->ds->pending)))
+    struct heap *h = (*r)->h;
+    if (!reuse_sync_pays_region((size_t)ld(&(*r)->ds->pending)))
         return false;
-    settle_all(f, r->h); /* frees a sync already covered do not count */
-    if (!reuse_sync_pays_region((size_t)ld(&r->ds->pending)))
+    settle_all(f, h); /* frees a sync already covered do not count */
+    if (!reuse_sync_pays_region((size_t)ld(&(*r)->ds->pending)))
         return false;
-    heap_lock(r->h);
-    reuse_device_sync(r->h);
-    heap_unlock(r->h);
-    settle_all(f, r->h);
+    lock_give(&f->lock);
+    heap_lock(h);
+    reuse_device_sync(h);
+    heap_unlock(h);
+    lock_take(&f->lock);
+    settle_all(f, h);
+    *r = region_for(f, h, stream, pool);
     return true;
 }
 
@@ -602,14 +611,17 @@ static bool give_back_idle(struct front *f, const struct region *slot)
 
 /* The request on f's slow path; r: f's first region for it, if any. One of the thread's
  * regions for the request that has room once what a sync covered is popped (after a sync of
- * its own when sync_if_pays says so); else a new region: r set aside while its frees wait,
- * when its key may have one more region, or in r's place when r holds nothing live. False:
- * the heap serves it. Front lock held. */
+ * its own when sync_if_pays says so); else a new region: r set aside while what is in it is
+ * in use, when its key may have one more region, or in r's place when r holds nothing live.
+ * False: the heap serves it. Front lock held (given up around a sync). */
 static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t rounded,
                        size_t size, CUstream stream, enum heap_pool_kind pool, CUdeviceptr *out)
 {
-    if (r && (room_in(f, r, rounded) || (sync_if_pays(f, r) && room_in(f, r, rounded))))
+    if (r && room_in(f, r, rounded))
         return carve_grown(r, rounded, size, out);
+    if (r && sync_if_pays(f, &r, stream, pool) && r && room_in(f, r, rounded))
+        return carve_grown(r, rounded, size, out);
+    size_t grown = r ? r->size : 0; /* a region replaced is replaced by a larger one */
     struct region *slot = NULL;
     if (r && r->pending && regions_like(f, r) < KEY_REGIONS)
         slot = slot_for_new(f, r);
@@ -621,8 +633,9 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
     }
     if (!r)
         slot = slot_for_new(f, NULL);
-    if (!slot || (!region_new(f, slot, h, rounded, stream, pool) &&
-                  !(give_back_idle(f, slot) && region_new(f, slot, h, rounded, stream, pool))))
+    if (!slot ||
+        (!region_new(f, slot, h, rounded, grown, stream, pool) &&
+         !(give_back_idle(f, slot) && region_new(f, slot, h, rounded, grown, stream, pool))))
         return false;
     if (r && slot != r) { /* the new region first, r set aside */
         struct region t = *r;
@@ -849,7 +862,7 @@ bool front_check(const struct heap *h)
         }
     }
     front_sum(h, &s);
-    if (pending != pending_in_regions(h))
+    if (pending != front_pending(h))
         FAIL("threads' pending bytes differ from the sum over regions");
     if (held != h->held)
         FAIL("%d regions held, the heap counts %d", held, h->held);

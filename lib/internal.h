@@ -601,10 +601,12 @@ struct stream_pool *reuse_stream_pool(struct heap *h, CUstream stream, bool crea
 /* Non-blocking: records/queries each stream pool's event; blocks whose event completed move
  * to the global index. Driver calls only when stream pools hold blocks. */
 void reuse_collect(struct heap *h);
-/* Whether a device sync is worth it for a request of `rounded` bytes. */
+/* Whether a device sync is worth it for a request of `rounded` bytes: the heap's pending
+ * frees hold that much, and with those waiting in threads' regions reach the batch. */
 bool reuse_sync_pays(const struct heap *h, size_t rounded);
 /* Whether it is for a thread's regions (front.c) on one device holding `pending` bytes of
- * frees that wait for a device sync. */
+ * frees that wait for a device sync (a batch of their own: the heap's pending list and each
+ * thread's regions each hold at most about one batch). */
 bool reuse_sync_pays_region(size_t pending);
 /* One device synchronization (heap lock dropped around it); then every block freed before it
  * began is reusable everywhere. Called and returns with h->lock held. */
@@ -676,6 +678,8 @@ enum front_result front_lookup_in(struct front *f, CUdeviceptr ptr, CUdeviceptr 
 /* Every thread's regions on `device` (-1: all) — only those of `stream` unless any_stream —
  * go back to their heaps. Call with no heap or front lock held. */
 void front_reclaim(int device, bool any_stream, CUstream stream);
+/* Bytes of frees waiting for a device sync in every thread's regions on h's device. */
+size_t front_pending(const struct heap *h);
 /* What fronts carved on h's device now (h's lock held, or a snapshot's worth). */
 void front_sum(const struct heap *h, struct front_sum *s);
 /* h's lock held: per front, the highest carved levels and the lowest allocated since the last

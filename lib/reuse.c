@@ -187,7 +187,11 @@ bool reuse_has_pending(const struct heap *h)
 
 bool reuse_sync_pays(const struct heap *h, size_t rounded)
 {
-    return h->pending_bytes >= rounded && h->pending_bytes >= REUSE_SYNC_BATCH;
+    if (h->pending_bytes < rounded)
+        return false; /* the sync would not give this request what it needs */
+    size_t in_regions =
+        atomic_load_explicit(&h->fronts, memory_order_relaxed) ? front_pending(h) : 0;
+    return h->pending_bytes + in_regions >= REUSE_SYNC_BATCH;
 }
 
 bool reuse_sync_pays_region(size_t pending)
