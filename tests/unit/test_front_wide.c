@@ -190,14 +190,14 @@ Test(front_wide, a_sync_begun_before_the_free_does_not_cover_it)
     CUdeviceptr a[2], x[2];
     anchor(a, NULL, HEAP_SYNC);
     take_x(x, NULL, HEAP_SYNC, true);
-    ht_work(u, 100000); /* what the other thread's sync waits for */
+    ht_work(u, 150000); /* what the other thread's sync waits for */
     cr_assert_eq(drv_ctx_get_current(&sync_ctx), CUDA_SUCCESS);
     uint64_t syncs = ht_calls("cuCtxSynchronize");
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, syncer, NULL), 0);
     while (ht_calls("cuCtxSynchronize") == syncs)
         sched_yield();
-    usleep(20000); /* the sync is waiting for u's work */
+    usleep(50000); /* the sync is waiting for u's work */
     fill_x(x, t);
     for (int i = 1; i >= 0; i--)
         ht_free(x[i], NULL, HEAP_SYNC);
