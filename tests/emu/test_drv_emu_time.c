@@ -353,3 +353,41 @@ Test(drv_emu_time, threads_share_the_device_safely)
     cr_expect_eq(fragless_emu_audit(-1), 0);
     cr_expect_eq(fragless_emu_used(0), 0);
 }
+
+/* An event or stream query that answers "done" answers after the fills that work made are
+ * written (a query once answered before applying them: the fill landed on a later call). */
+Test(drv_emu_time, queries_answer_done_only_with_the_fills_written)
+{
+    CUstream s;
+    CUevent e;
+    CUdeviceptr p;
+    volatile unsigned char *host;
+    int early_event = 0, early_stream = 0;
+
+    CK(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    CK(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING));
+    host = zeroed_mib(&p);
+    for (int i = 0; i < 400; i++) {
+        unsigned char b = (unsigned char)(i % 250 + 1);
+        CK(fragless_emu_stream_fill(s, p, b, 4096, 30));
+        CK(cuEventRecord(e, s));
+        CUresult r;
+        while ((r = cuEventQuery(e)) == CUDA_ERROR_NOT_READY)
+            ;
+        CK(r);
+        early_event += host[0] != b;
+        b = (unsigned char)(b ^ 0xff);
+        CK(fragless_emu_stream_fill(s, p, b, 4096, 30));
+        while ((r = cuStreamQuery(s)) == CUDA_ERROR_NOT_READY)
+            ;
+        CK(r);
+        early_stream += host[0] != b;
+    }
+    cr_expect_eq(early_event, 0, "%d of 400 event queries answered before their fill", early_event);
+    cr_expect_eq(early_stream, 0, "%d of 400 stream queries answered before their fill",
+                 early_stream);
+    CK(cuEventDestroy(e));
+    CK(cuStreamDestroy(s));
+    CK(cuMemFree(p));
+    cr_expect_eq(fragless_emu_faults(), 0);
+}

@@ -383,26 +383,27 @@ Test(front_wide, plain_loop_syncs_once_per_batch)
     assert_batched(syncs, freed);
 }
 
-/* Catches settle() that leaves the entries a sync covered pending: 120 MiB freed below two
- * blocks kept live at the top of the thread's two device-wide regions still count toward its
- * batch after another thread's sync covered them, and the next request its full regions
- * cannot serve syncs again (then every one that fills a region). */
+/* Catches settle() that leaves the entries a sync covered pending: 64 MiB freed below blocks
+ * kept live at the top of the thread's four device-wide regions (as many as one key may have)
+ * still count toward its batch after another thread's sync covered them, and the next request
+ * its full regions cannot serve syncs again (then every one that fills a region). */
 Test(front_wide, covered_frees_below_live_blocks_leave_the_batch)
 {
     CUdeviceptr w = ht_alloc(512 * FL_MiB, NULL, HEAP_SYNC); /* the heap's own */
     ht_free(w, NULL, HEAP_SYNC);
-    cr_assert_eq(heap_sync(), CUDA_SUCCESS); /* 512 MiB free: room for 64 MiB regions */
-    CUdeviceptr pin[2], tmp[10];
+    cr_assert_eq(heap_sync(), CUDA_SUCCESS); /* 512 MiB free: room for the regions */
+    enum { REGIONS = 4 };
+    CUdeviceptr pin[REGIONS], tmp[2];
     int before = held();
-    for (int r = 0; r < 2; r++) { /* a region: 60 MiB freed, below 4 MiB kept */
-        for (int k = 0; k < 10; k++)
-            tmp[k] = ht_alloc(6 * FL_MiB, NULL, HEAP_SYNC);
+    for (int r = 0; r < REGIONS; r++) { /* a 20 MiB region: 16 MiB freed, below 4 MiB kept */
+        for (int k = 0; k < 2; k++)
+            tmp[k] = ht_alloc(8 * FL_MiB, NULL, HEAP_SYNC);
         pin[r] = ht_alloc(4 * FL_MiB, NULL, HEAP_SYNC);
-        cr_assert_eq(pin[r], tmp[0] + 60 * FL_MiB, "not carved from one region");
-        for (int k = 0; k < 10; k++)
+        cr_assert_eq(pin[r], tmp[0] + 16 * FL_MiB, "not carved from one region");
+        for (int k = 0; k < 2; k++)
             ht_free(tmp[k], NULL, HEAP_SYNC);
     }
-    cr_assert_eq(held(), before + 2, "not two regions");
+    cr_assert_eq(held(), before + REGIONS, "not %d regions", REGIONS);
     cr_assert_eq(drv_ctx_get_current(&sync_ctx), CUDA_SUCCESS);
     pthread_t th; /* another thread's sync covers every free */
     cr_assert_eq(pthread_create(&th, NULL, syncer, NULL), 0);
@@ -414,7 +415,7 @@ Test(front_wide, covered_frees_below_live_blocks_leave_the_batch)
     size_t freed;
     syncs = plain_loop(large_sizes, FL_ARRAY_SIZE(large_sizes), 200, &freed);
     assert_batched(syncs, freed);
-    for (int r = 0; r < 2; r++)
+    for (int r = 0; r < REGIONS; r++)
         ht_free(pin[r], NULL, HEAP_SYNC);
 }
 
@@ -787,16 +788,10 @@ Test(front_wide, traders_never_see_a_block_written_after_its_free)
     run_traders(false);
 }
 
-/* The same with every third free stream-ordered on the freeing thread's stream. DISABLED for
- * an emulator bug, not a fragless one: the emulated cuEventQuery can answer CUDA_SUCCESS
- * before the fills due by then are applied (its fast entry looks for due work before it takes
- * its lock, and it reads the clock again under the lock; the fill lands on the next emulator
- * call), so a block that rightly went to a device-wide request once its stream's event was
- * seen complete still loses its tag to that fill (about 1 run in 2). With cuEventQuery
- * applying due fills before it answers (emu_device_advance under its lock), it passed 12 runs
- * of 12, thread_cache on and off. Enable once the emulator is fixed. */
-Test(front_wide, traders_with_stream_frees_never_see_a_block_written_after_its_free,
-     .disabled = true)
+/* The same with every third free stream-ordered on the freeing thread's stream. (It found an
+ * emulator bug: cuEventQuery answered CUDA_SUCCESS before the fills due by then were written;
+ * drv_emu_time::queries_answer_done_only_with_the_fills_written.) */
+Test(front_wide, traders_with_stream_frees_never_see_a_block_written_after_its_free)
 {
     run_traders(true);
 }

@@ -149,6 +149,8 @@ EMU_API CUresult cuEventQuery(CUevent hEvent)
         r = emu_event_find(hEvent, &e);
     if (r == CUDA_SUCCESS && e->recorded && emu_now() < e->at)
         r = CUDA_ERROR_NOT_READY;
+    else if (r == CUDA_SUCCESS) /* the work it covers done: its fills written before the answer */
+        emu_device_advance();
     emu_unlock();
     emu_latency("cuEventQuery", 0);
     return r;

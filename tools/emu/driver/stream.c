@@ -327,6 +327,8 @@ static CUresult stream_query(CUstream h, bool ptds)
     if (r == CUDA_SUCCESS) {
         t = stream_is_legacy(s) ? emu_stream_order(s) : s->busy_until;
         r = emu_now() < t ? CUDA_ERROR_NOT_READY : CUDA_SUCCESS;
+        if (r == CUDA_SUCCESS) /* the stream's work done: its fills written before the answer */
+            emu_device_advance();
     }
     emu_unlock();
     emu_latency("cuStreamQuery", 0);
