@@ -3,7 +3,8 @@
  * REGION_DEVICE_WIDE) on the emulated device.
  *
  * What holds (regression tests): a rule-1 oracle under random device-wide and stream-ordered
- * traffic on one and four threads (cross-thread frees, classic, expandable, tight memory);
+ * traffic on one and four threads (cross-thread frees, the legacy and per-thread default
+ * streams, classic, expandable, tight memory);
  * another thread's device-wide regions never make a request fail and go back on empty-cache;
  * a fork child with another thread's device-wide regions is valid; statistics exact after
  * every device-wide step; an exited thread's pending device-wide frees wait for their work.
@@ -48,6 +49,7 @@ struct gone {
     CUevent ev; /* recorded after the work that writes the block */
     CUstream fill_s, free_s;
     enum heap_mode free_mode;
+    pthread_t thread; /* the freeing thread: a per-thread default stream is its own */
 };
 
 #define GONE_MAX 20000
@@ -58,12 +60,14 @@ static atomic_int violations, failed_allocs;
 static CUcontext sctx;
 static CUstream streams[4];
 static int stress_iters = 3000;
+static bool default_streams; /* streams[2], [3]: the legacy and per-thread default ones */
 
 struct live {
     CUdeviceptr p;
     size_t n;
     CUstream fill_s;
     CUevent ev;
+    pthread_t filler;
 };
 
 #define SHARED_MAX 64
@@ -90,8 +94,9 @@ static void check_new(CUdeviceptr q, size_t n, CUstream s, enum heap_mode mode)
         const struct gone *g = &gone[i];
         if (!ht_overlap(q, n, g->p, g->n))
             continue;
-        bool in_order =
-            mode == HEAP_ASYNC && g->free_mode == HEAP_ASYNC && g->free_s == s && g->fill_s == s;
+        bool in_order = mode == HEAP_ASYNC && g->free_mode == HEAP_ASYNC && g->free_s == s &&
+                        g->fill_s == s &&
+                        (s != CU_STREAM_PER_THREAD || pthread_equal(g->thread, pthread_self()));
         if (!in_order && drv_event_query(g->ev) == CUDA_ERROR_NOT_READY &&
             atomic_fetch_add(&violations, 1) < 5)
             fprintf(stderr,
@@ -116,6 +121,7 @@ static bool oracle_alloc(struct live *l, size_t n, CUstream s, enum heap_mode mo
     ht_fill(l->fill_s, p, 0x5a, n < 4096 ? n : 4096, (uint64_t)(rand_r(seed) % 3000));
     cr_assert_eq(drv_event_create(&l->ev, CU_EVENT_DISABLE_TIMING), CUDA_SUCCESS);
     cr_assert_eq(drv_event_record(l->ev, l->fill_s), CUDA_SUCCESS);
+    l->filler = pthread_self();
     l->p = p;
     l->n = n;
     return true;
@@ -128,7 +134,7 @@ static void oracle_free(struct live *l, CUstream s, enum heap_mode mode)
     if (ngone == GONE_MAX)
         prune_locked();
     cr_assert_lt(ngone, GONE_MAX);
-    gone[ngone++] = (struct gone){l->p, l->n, l->ev, l->fill_s, s, mode};
+    gone[ngone++] = (struct gone){l->p, l->n, l->ev, l->fill_s, s, mode, pthread_self()};
     pthread_mutex_unlock(&gone_lock);
     cr_assert_eq(heap_free(l->p, s, mode, NULL), CUDA_SUCCESS);
     l->p = 0;
@@ -159,6 +165,10 @@ static void *stresser(void *arg)
             pthread_mutex_unlock(&gone_lock);
             mine[k] = other;
         } else {
+            /* another thread's per-thread stream is not ordered after the work: device-wide */
+            if (mine[k].fill_s == CU_STREAM_PER_THREAD &&
+                !pthread_equal(mine[k].filler, pthread_self()))
+                mode = HEAP_SYNC;
             oracle_free(&mine[k], mode == HEAP_SYNC ? NULL : mine[k].fill_s, mode);
         }
     }
@@ -173,6 +183,10 @@ static void stress(int threads)
     cr_assert_eq(drv_ctx_get_current(&sctx), CUDA_SUCCESS);
     for (int i = 0; i < 4; i++)
         streams[i] = ht_stream();
+    if (default_streams) { /* the legacy and per-thread default streams too */
+        streams[2] = NULL;
+        streams[3] = CU_STREAM_PER_THREAD;
+    }
     pthread_t t[4];
     for (int i = 0; i < threads; i++)
         pthread_create(&t[i], NULL, stresser, (void *)(uintptr_t)(i + 1));
@@ -197,6 +211,13 @@ Test(review4, rule1_oracle_one_thread)
 Test(review4, rule1_oracle_four_threads)
 {
     setup_with(CLASSIC, "1G");
+    stress(4);
+}
+
+Test(review4, rule1_oracle_four_threads_default_streams)
+{
+    setup_with(CLASSIC, "1G");
+    default_streams = true;
     stress(4);
 }
 
