@@ -4,10 +4,10 @@
  *
  * What holds (regression tests): a rule-1 oracle under random device-wide and stream-ordered
  * traffic on one and four threads (cross-thread frees, the legacy and per-thread default
- * streams, classic, expandable, tight memory);
- * another thread's device-wide regions never make a request fail and go back on empty-cache;
- * a fork child with another thread's device-wide regions is valid; statistics exact after
- * every device-wide step; an exited thread's pending device-wide frees wait for their work.
+ * streams, classic, expandable, tight memory); another thread's device-wide regions never make
+ * a request fail and go back on empty-cache; a fork child with another thread's device-wide
+ * regions is valid; statistics exact after every device-wide step; an exited thread's pending
+ * device-wide frees wait for their work.
  *
  * What does not (disabled, each names its finding): pending device-wide frees held in regions
  * and in the heap each below their own 64 MiB batch (reserved peak of a plain loop far above
