@@ -540,7 +540,7 @@ Test(review4, plain_loop_pending_held_within_one_batch_without_fronts)
  * the heap each hold pending device-wide frees up to their own 64 MiB batch (set-aside regions
  * give theirs to the heap's list, which syncs only on a heap miss), so the plain loop's
  * reserved peak is 168-184 MiB with expandable segments (72 MiB with thread_cache:false). */
-Test(review4, plain_loop_pending_held_within_one_batch, .disabled = true)
+Test(review4, plain_loop_pending_held_within_one_batch)
 {
     uint64_t peak = plain_loop_reserved_peak(EXPANDABLE);
     cr_assert_leq(peak, PLAIN_LOOP_BOUND, "reserved peak %llu MiB", (unsigned long long)peak >> 20);
@@ -617,7 +617,7 @@ Test(review4, lookup_during_a_heap_sync_does_not_wait_without_fronts)
  * front lock, so every other thread that looks up or frees one of its blocks (cudaFreeAsync,
  * cuMemGetAddressRange, cudaPointerGetAttributes) or takes regions back waits for the whole
  * device sync. */
-Test(review4, lookup_during_a_fronts_sync_does_not_wait, .disabled = true)
+Test(review4, lookup_during_a_fronts_sync_does_not_wait)
 {
     lookup_during_a_sync(CLASSIC);
 }
@@ -671,7 +671,7 @@ Test(review4, device1_allocation_during_device0_heap_sync_does_not_wait_without_
 
 /* Finding 2 also couples devices: front_reclaim (device 1's heap miss) takes every front's
  * lock, also that of a thread syncing device 0 under it (front.c:762). */
-Test(review4, device1_allocation_during_device0_fronts_sync_does_not_wait, .disabled = true)
+Test(review4, device1_allocation_during_device0_fronts_sync_does_not_wait)
 {
     device1_during_device0_sync(CLASSIC);
 }
