@@ -105,6 +105,7 @@ struct front {
     struct front *_Atomic next; /* registry */
     _Atomic bool alive;         /* a thread owns it */
     struct region r[FRONT_REGIONS];
+    struct region *mru; /* where its thread last carved: looked at first (a hint) */
     struct dstat ds[FRONT_DEVICES];
 };
 
@@ -322,9 +323,12 @@ static struct region *region_for(struct front *f, const struct heap *h, CUstream
 /* The region of f holding ptr; NULL if none. */
 static struct region *region_holding(struct front *f, CUdeviceptr ptr)
 {
+    struct region *r = f->mru; /* an unused slot has size 0: holds nothing */
+    if (r && ptr - r->base < r->size)
+        return r;
     for (int i = 0; i < FRONT_REGIONS; i++) {
-        struct region *r = &f->r[i];
-        if (r->h && ptr - r->base < r->size)
+        r = &f->r[i];
+        if (ptr - r->base < r->size)
             return r;
     }
     return NULL;
@@ -722,9 +726,15 @@ bool front_alloc(struct heap *h, size_t rounded, size_t size, CUstream stream, e
     enum heap_pool_kind pool = size_pool(rounded);
     stream = mode == HEAP_ASYNC ? stream : REGION_DEVICE_WIDE;
     lock_take(&f->lock);
-    struct region *r = region_for(f, h, stream, pool);
-    bool ok = (r && carve(r, rounded, size, out)) ||
-              serve_slow(f, r, h, rounded, size, stream, pool, out);
+    struct region *r = f->mru;
+    bool ok =
+        r && r->h == h && r->stream == stream && r->pool == pool && carve(r, rounded, size, out);
+    if (!ok) {
+        r = region_for(f, h, stream, pool);
+        ok = (r && carve(r, rounded, size, out)) ||
+             serve_slow(f, r, h, rounded, size, stream, pool, out);
+        f->mru = ok ? region_for(f, h, stream, pool) : NULL;
+    }
     lock_give(&f->lock);
     return ok;
 }
@@ -734,8 +744,11 @@ bool front_carve(struct heap *h, size_t rounded, size_t size, CUstream stream, C
     struct front *f = mine;
     if (!f || rounded > FRONT_MAX_REQUEST || rounded >= h->max_split)
         return false;
+    enum heap_pool_kind pool = size_pool(rounded);
     lock_take(&f->lock);
-    struct region *r = region_for(f, h, stream, size_pool(rounded));
+    struct region *r = f->mru;
+    if (!(r && r->h == h && r->stream == stream && r->pool == pool))
+        r = f->mru = region_for(f, h, stream, pool);
     bool ok = r && carve(r, rounded, size, out);
     lock_give(&f->lock);
     return ok;

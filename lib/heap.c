@@ -78,14 +78,23 @@ static struct heap *heap_create(int device)
     return h;
 }
 
+static FL_COLD struct heap *heap_make(int device);
+
 /* The heap of `device`; created on first use when `create`. */
-static struct heap *heap_of(int device, bool create)
+static inline struct heap *heap_of(int device, bool create)
 {
     if (!fl_device_in_range(device))
         return NULL;
     struct heap *h = atomic_load_explicit(&heaps[device], memory_order_acquire);
     if (FL_LIKELY(h) || !create)
         return h;
+    return heap_make(device);
+}
+
+/* heap_of's first use of a device: its heap made, once. */
+static FL_COLD struct heap *heap_make(int device)
+{
+    struct heap *h;
     pthread_mutex_lock(&heaps_lock);
     h = atomic_load_explicit(&heaps[device], memory_order_relaxed);
     if (!h) {
