@@ -451,11 +451,9 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
         want = rounded;
     heap_lock(h);
     struct dstat *d = dstat_take(f, h);
-    struct block *b = NULL;
-    if (d && region_stash(h, &r->stash, &r->nstash, STASH_CHUNK))
-        b = region_take(h, rounded, want, stream, f);
-    if (!b)
-        region_unstash(h, &r->stash, &r->nstash);
+    /* the block first: a cache with none for a region costs no block records */
+    struct block *b = d ? region_take(h, rounded, want, stream, f) : NULL;
+    bool stashed = b && region_stash(h, &r->stash, &r->nstash, STASH_CHUNK);
     heap_unlock(h);
     if (!b)
         return false;
@@ -468,7 +466,9 @@ static bool region_new(struct front *f, struct region *r, struct heap *h, size_t
                          .size = b->size,
                          .stash = r->stash,
                          .nstash = r->nstash};
-    return true;
+    if (!stashed) /* no host memory: back at once (with nothing carved it needs no record) */
+        give_back(r, (struct region_home){.own_thread = true});
+    return stashed;
 }
 
 /* Marks free every pending entry of r that a device sync covered since r last looked (free
