@@ -499,6 +499,14 @@ static void settle_all(struct front *f, const struct heap *h)
             settle(&f->r[i]);
 }
 
+/* Two slots trade regions (only f->mru keeps a slot's address: a hint, checked on use). */
+static void swap_regions(struct region *a, struct region *b)
+{
+    struct region t = *a;
+    *a = *b;
+    *b = t;
+}
+
 static bool same_key(const struct region *a, const struct region *b)
 {
     return a->h == b->h && a->pool == b->pool && a->stream == b->stream;
@@ -515,11 +523,8 @@ static bool room_in(struct front *f, struct region *first, size_t rounded)
         settle(q);
         if (q->size - q->top < rounded)
             continue;
-        if (q != first) {
-            struct region t = *first;
-            *first = *q;
-            *q = t;
-        }
+        if (q != first)
+            swap_regions(first, q);
         return true;
     }
     return false;
@@ -642,9 +647,7 @@ static bool serve_slow(struct front *f, struct region *r, struct heap *h, size_t
          !(give_back_idle(f, slot) && region_new(f, slot, h, rounded, grown, stream, pool))))
         return false;
     if (r && slot != r) { /* the new region first, r set aside */
-        struct region t = *r;
-        *r = *slot;
-        *slot = t;
+        swap_regions(r, slot);
         slot = r;
     }
     return entries_room(slot) && carve(slot, rounded, size, out);
