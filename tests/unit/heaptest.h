@@ -8,8 +8,10 @@
 
 #include <criterion/criterion.h>
 #include <dlfcn.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fragless_emu.h"
@@ -127,6 +129,18 @@ static inline void ht_free(CUdeviceptr p, CUstream s, enum heap_mode mode)
     bool foreign = true;
     cr_assert_eq(heap_free(p, s, mode, &foreign), CUDA_SUCCESS);
     cr_assert(!foreign);
+}
+
+/* A forked child's wait status: waited for up to 5 s, then killed (a child stuck on a lock
+ * its parent held at fork). */
+static inline int ht_reap(pid_t pid)
+{
+    int status = -1;
+    for (int waited = 0; waited < 500 && waitpid(pid, &status, WNOHANG) == 0; waited++)
+        usleep(10000);
+    if (status == -1)
+        kill(pid, SIGKILL), waitpid(pid, &status, 0);
+    return status;
 }
 
 static inline bool ht_overlap(CUdeviceptr a, size_t an, CUdeviceptr b, size_t bn)

@@ -353,11 +353,7 @@ Test(heap, fork_leaves_the_child_usable_locks)
                       heap_get_stats(0, &s) == 0 && heap_is_valid();
             _exit(ok ? 0 : 1);
         }
-        int status = -1;
-        for (int waited = 0; waited < 500 && waitpid(pid, &status, WNOHANG) == 0; waited++)
-            usleep(10000);
-        if (status == -1)
-            kill(pid, SIGKILL), waitpid(pid, &status, 0);
+        int status = ht_reap(pid);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d", i, status);
     }
     hammering = 0;

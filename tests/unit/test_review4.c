@@ -361,11 +361,7 @@ Test(review4, fork_child_is_valid_with_another_threads_device_wide_regions)
                       heap_free(p, NULL, HEAP_SYNC, NULL) == CUDA_SUCCESS && heap_is_valid();
             _exit(ok ? 0 : 1);
         }
-        int status = -1;
-        for (int waited = 0; waited < 500 && waitpid(pid, &status, WNOHANG) == 0; waited++)
-            usleep(10000);
-        if (status == -1)
-            kill(pid, SIGKILL), waitpid(pid, &status, 0);
+        int status = ht_reap(pid);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d", i, status);
     }
     hammering = 0;
